@@ -1,0 +1,30 @@
+use crate::gguf::GgufError;
+
+/// Errors from loading a model or generating with it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("model: {0}")]
+    Model(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("the conversation needs {needed} tokens but the context holds {limit}")]
+    ContextLength { needed: usize, limit: usize },
+    #[error("generation was cancelled")]
+    Cancelled,
+    #[error("backend: {0}")]
+    Backend(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Backend(e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

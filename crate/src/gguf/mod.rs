@@ -1,0 +1,20 @@
+//! GGUF v2/v3 reader: header, metadata, tensor infos. Every count and length in the header is
+//! checked against the bytes that remain before anything is allocated for it, so a hostile
+//! file gets a typed error and never a panic or a huge allocation.
+
+mod error;
+mod reader;
+mod source;
+mod types;
+
+pub use error::GgufError;
+pub use reader::{GgufFile, TensorInfo};
+pub use source::{ByteSource, MemorySource};
+#[cfg(unix)]
+pub use source::FileSource;
+pub use types::{GgmlType, Value, ValueType};
+
+/// `GGUF` in little-endian order.
+pub const GGUF_MAGIC: u32 = 0x4655_4747;
+/// Default tensor-data alignment when `general.alignment` is absent.
+pub const DEFAULT_ALIGNMENT: u64 = 32;

@@ -1,0 +1,13 @@
+//! edgechat: llama-architecture GGUF inference for the browser (WebGPU, wasm) and native.
+
+pub mod backend;
+pub mod chat;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod model;
+pub mod sampling;
+pub mod session;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
