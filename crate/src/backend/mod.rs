@@ -1,1 +1,68 @@
-//! (being written)
+//! The small interface the model is written against. A backend owns how tensors are stored and
+//! computed (candle on the CPU; wgpu with our WGSL kernels next); the forward pass in
+//! `model::llama` is the same for all of them.
+
+pub mod cpu;
+
+use crate::error::Result;
+use crate::gguf::TensorInfo;
+
+/// Attention shape and position parameters for one layer call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionParams {
+    pub head_count: usize,
+    pub head_count_kv: usize,
+    pub head_dim: usize,
+    /// Position of the first token of this call in the sequence.
+    pub start_pos: usize,
+    /// Keys further back than this are masked out (sliding-window attention).
+    pub sliding_window: Option<usize>,
+}
+
+pub trait Backend: Send + Sized {
+    /// Activations: `rows` tokens × `cols` features, row-major.
+    type Tensor: Send;
+    /// A weight matrix `rows × cols` used as `x · Wᵀ`, kept in its GGUF encoding where possible.
+    type Matrix: Send;
+    /// A weight vector (norm scales).
+    type Vector: Send;
+    /// An embedding table, looked up row by row.
+    type Embedding: Send;
+    /// One layer's keys and values.
+    type KvCache: Send;
+
+    fn name(&self) -> &'static str;
+
+    fn load_matrix(&self, info: &TensorInfo, bytes: &[u8]) -> Result<Self::Matrix>;
+    fn load_vector(&self, info: &TensorInfo, bytes: &[u8]) -> Result<Self::Vector>;
+    fn load_embedding(&self, info: &TensorInfo, bytes: &[u8]) -> Result<Self::Embedding>;
+
+    /// Rows of the table for `tokens`.
+    fn embed(&self, table: &Self::Embedding, tokens: &[u32]) -> Result<Self::Tensor>;
+    fn rms_norm(&self, x: &Self::Tensor, scale: &Self::Vector, eps: f32) -> Result<Self::Tensor>;
+    /// `x · Wᵀ`.
+    fn matmul(&self, x: &Self::Tensor, w: &Self::Matrix) -> Result<Self::Tensor>;
+    /// Rotary embedding on interleaved pairs `(x[2i], x[2i+1])` of each head (GGUF `llama` layout),
+    /// for positions `start_pos..start_pos + rows`; `inv_freq` has `head_dim / 2` entries.
+    fn rope(&self, x: &Self::Tensor, n_heads: usize, start_pos: usize, inv_freq: &[f32]) -> Result<Self::Tensor>;
+    /// `silu(gate) * up`.
+    fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor>;
+    fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// The last row of `x` (only the last token's logits are needed in generation).
+    fn last_row(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    fn to_vec(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
+
+    fn new_kv_cache(&self, head_count_kv: usize, head_dim: usize, max_len: usize) -> Result<Self::KvCache>;
+    fn kv_cache_len(&self, cache: &Self::KvCache) -> usize;
+    fn truncate_kv_cache(&self, cache: &mut Self::KvCache, len: usize);
+    /// Appends `k`, `v` (already rotated) at `params.start_pos` and returns causal attention of `q`
+    /// over the whole cache: `rows × head_count·head_dim`.
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        cache: &mut Self::KvCache,
+        params: &AttentionParams,
+    ) -> Result<Self::Tensor>;
+}

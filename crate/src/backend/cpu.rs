@@ -1,0 +1,244 @@
+//! CPU backend on candle-core: weights stay in their GGUF quantization and are multiplied with
+//! candle's quantized kernels (SIMD: AVX2 natively, simd128 in wasm).
+
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use super::{AttentionParams, Backend};
+use crate::error::{Error, Result};
+use crate::gguf::{ByteSource, GgmlType, GgufFile, TensorInfo};
+use crate::model::{LanguageModel, Llama};
+
+/// Loads a `llama` GGUF onto the CPU backend.
+pub fn load_model(file: &GgufFile, source: &dyn ByteSource) -> Result<Box<dyn LanguageModel>> {
+    Ok(Box::new(Llama::load(CpuBackend::new(), file, source)?))
+}
+
+#[derive(Debug, Clone)]
+pub struct CpuBackend {
+    device: Device,
+}
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        Self { device: Device::Cpu }
+    }
+
+    fn qtensor(&self, info: &TensorInfo, bytes: &[u8]) -> Result<QTensor> {
+        Ok(qtensor_from_ggml(candle_dtype(info.dtype), bytes, info.shape(), &self.device)?)
+    }
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn candle_dtype(t: GgmlType) -> GgmlDType {
+    match t {
+        GgmlType::F32 => GgmlDType::F32,
+        GgmlType::F16 => GgmlDType::F16,
+        GgmlType::BF16 => GgmlDType::BF16,
+        GgmlType::Q4_0 => GgmlDType::Q4_0,
+        GgmlType::Q4_1 => GgmlDType::Q4_1,
+        GgmlType::Q8_0 => GgmlDType::Q8_0,
+        GgmlType::Q4K => GgmlDType::Q4K,
+        GgmlType::Q5K => GgmlDType::Q5K,
+        GgmlType::Q6K => GgmlDType::Q6K,
+    }
+}
+
+/// Keys and values of one layer, `[kv_heads, capacity, head_dim]`, grown by doubling so a short
+/// chat does not reserve the whole context.
+pub struct CpuKvCache {
+    keys: Option<Tensor>,
+    values: Option<Tensor>,
+    len: usize,
+    head_count_kv: usize,
+    head_dim: usize,
+    max_len: usize,
+}
+
+impl CpuKvCache {
+    fn capacity(&self) -> usize {
+        self.keys.as_ref().map_or(0, |k| k.dims()[1])
+    }
+
+    fn reserve(&mut self, needed: usize, device: &Device) -> Result<()> {
+        if needed <= self.capacity() {
+            return Ok(());
+        }
+        if needed > self.max_len {
+            return Err(Error::ContextLength { needed, limit: self.max_len });
+        }
+        let capacity = needed.max(self.capacity() * 2).clamp(256, self.max_len.max(needed));
+        let shape = (self.head_count_kv, capacity, self.head_dim);
+        let new_keys = Tensor::zeros(shape, DType::F32, device)?;
+        let new_values = Tensor::zeros(shape, DType::F32, device)?;
+        if let (Some(k), Some(v)) = (&self.keys, &self.values) {
+            if self.len > 0 {
+                new_keys.slice_set(&k.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                new_values.slice_set(&v.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+            }
+        }
+        self.keys = Some(new_keys);
+        self.values = Some(new_values);
+        Ok(())
+    }
+}
+
+/// `[rows, heads * head_dim]` → `[heads, rows, head_dim]`.
+fn split_heads(x: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
+    let rows = x.dims()[0];
+    Ok(x.reshape((rows, heads, head_dim))?.transpose(0, 1)?.contiguous()?)
+}
+
+impl Backend for CpuBackend {
+    type Tensor = Tensor;
+    type Matrix = QMatMul;
+    type Vector = Tensor;
+    type Embedding = QTensor;
+    type KvCache = CpuKvCache;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn load_matrix(&self, info: &TensorInfo, bytes: &[u8]) -> Result<QMatMul> {
+        Ok(QMatMul::from_qtensor(self.qtensor(info, bytes)?)?)
+    }
+
+    fn load_vector(&self, info: &TensorInfo, bytes: &[u8]) -> Result<Tensor> {
+        Ok(self.qtensor(info, bytes)?.dequantize(&self.device)?)
+    }
+
+    fn load_embedding(&self, info: &TensorInfo, bytes: &[u8]) -> Result<QTensor> {
+        self.qtensor(info, bytes)
+    }
+
+    fn embed(&self, table: &QTensor, tokens: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::new(tokens, &self.device)?;
+        Ok(table.embedding(&ids)?)
+    }
+
+    fn rms_norm(&self, x: &Tensor, scale: &Tensor, eps: f32) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(x, scale, eps)?)
+    }
+
+    fn matmul(&self, x: &Tensor, w: &QMatMul) -> Result<Tensor> {
+        Ok(x.apply(w)?)
+    }
+
+    fn rope(&self, x: &Tensor, n_heads: usize, start_pos: usize, inv_freq: &[f32]) -> Result<Tensor> {
+        let rows = x.dims()[0];
+        let half = inv_freq.len();
+        let head_dim = half * 2;
+        let mut cos = Vec::with_capacity(rows * half);
+        let mut sin = Vec::with_capacity(rows * half);
+        for t in 0..rows {
+            let pos = (start_pos + t) as f32;
+            for &f in inv_freq {
+                let angle = pos * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (rows, half), &self.device)?;
+        let sin = Tensor::from_vec(sin, (rows, half), &self.device)?;
+        let heads = split_heads(x, n_heads, head_dim)?.unsqueeze(0)?;
+        let rotated = candle_nn::rotary_emb::rope_i(&heads, &cos, &sin)?;
+        Ok(rotated.squeeze(0)?.transpose(0, 1)?.reshape((rows, n_heads * head_dim))?)
+    }
+
+    fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        Ok((candle_nn::ops::silu(gate)? * up)?)
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        Ok((a + b)?)
+    }
+
+    fn last_row(&self, x: &Tensor) -> Result<Tensor> {
+        let rows = x.dims()[0];
+        Ok(x.narrow(0, rows - 1, 1)?)
+    }
+
+    fn to_vec(&self, x: &Tensor) -> Result<Vec<f32>> {
+        Ok(x.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    fn new_kv_cache(&self, head_count_kv: usize, head_dim: usize, max_len: usize) -> Result<CpuKvCache> {
+        Ok(CpuKvCache { keys: None, values: None, len: 0, head_count_kv, head_dim, max_len })
+    }
+
+    fn kv_cache_len(&self, cache: &CpuKvCache) -> usize {
+        cache.len
+    }
+
+    fn truncate_kv_cache(&self, cache: &mut CpuKvCache, len: usize) {
+        cache.len = cache.len.min(len);
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut CpuKvCache,
+        p: &AttentionParams,
+    ) -> Result<Tensor> {
+        let rows = q.dims()[0];
+        if p.start_pos != cache.len {
+            return Err(Error::Backend(format!(
+                "attention at position {} but the cache holds {}",
+                p.start_pos, cache.len
+            )));
+        }
+        let total = cache.len + rows;
+        cache.reserve(total, &self.device)?;
+        let (Some(keys), Some(values)) = (&cache.keys, &cache.values) else {
+            return Err(Error::Backend("KV cache was not allocated".into()));
+        };
+        keys.slice_set(&split_heads(k, p.head_count_kv, p.head_dim)?, 1, cache.len)?;
+        values.slice_set(&split_heads(v, p.head_count_kv, p.head_dim)?, 1, cache.len)?;
+        cache.len = total;
+
+        // Keys before the first query's window are never attended to: skip them entirely.
+        let first_key = match p.sliding_window {
+            Some(w) => (p.start_pos + 1).saturating_sub(w),
+            None => 0,
+        };
+        let n_keys = total - first_key;
+        let keys = keys.narrow(1, first_key, n_keys)?.contiguous()?;
+        let values = values.narrow(1, first_key, n_keys)?;
+
+        // Group the query heads that share a KV head: [kv_heads, group * rows, head_dim].
+        let group = p.head_count / p.head_count_kv;
+        let q = split_heads(q, p.head_count, p.head_dim)?.reshape((p.head_count_kv, group * rows, p.head_dim))?;
+        let scale = 1.0 / (p.head_dim as f64).sqrt();
+        let mut scores = (q.matmul(&keys.t()?.contiguous()?)? * scale)?;
+
+        if rows > 1 || p.sliding_window.is_some_and(|w| w < n_keys) {
+            let mut mask = Vec::with_capacity(group * rows * n_keys);
+            for _ in 0..group {
+                for t in 0..rows {
+                    let pos = p.start_pos + t;
+                    for j in 0..n_keys {
+                        let key_pos = first_key + j;
+                        let visible = key_pos <= pos && p.sliding_window.is_none_or(|w| pos - key_pos < w);
+                        mask.push(if visible { 0f32 } else { f32::NEG_INFINITY });
+                    }
+                }
+            }
+            let mask = Tensor::from_vec(mask, (group * rows, n_keys), &self.device)?;
+            scores = scores.broadcast_add(&mask)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&values.contiguous()?)?;
+        Ok(out
+            .reshape((p.head_count, rows, p.head_dim))?
+            .transpose(0, 1)?
+            .reshape((rows, p.head_count * p.head_dim))?)
+    }
+}
