@@ -4,6 +4,10 @@
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
+mod q4_1;
+
+use q4_1::Q4_1Matrix;
+
 use super::{AttentionParams, Backend};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgmlType, GgufFile, TensorInfo};
@@ -47,6 +51,12 @@ fn candle_dtype(t: GgmlType) -> GgmlDType {
         GgmlType::Q5K => GgmlDType::Q5K,
         GgmlType::Q6K => GgmlDType::Q6K,
     }
+}
+
+/// A weight matrix: Q4_1 through our own kernel, everything else through candle's.
+pub enum CpuMatrix {
+    Candle(QMatMul),
+    Q4_1(Q4_1Matrix),
 }
 
 /// Keys and values of one layer, `[kv_heads, capacity, head_dim]`, grown by doubling so a short
@@ -96,7 +106,7 @@ fn split_heads(x: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
 
 impl Backend for CpuBackend {
     type Tensor = Tensor;
-    type Matrix = QMatMul;
+    type Matrix = CpuMatrix;
     type Vector = Tensor;
     type Embedding = QTensor;
     type KvCache = CpuKvCache;
@@ -105,8 +115,12 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    fn load_matrix(&self, info: &TensorInfo, bytes: &[u8]) -> Result<QMatMul> {
-        Ok(QMatMul::from_qtensor(self.qtensor(info, bytes)?)?)
+    fn load_matrix(&self, info: &TensorInfo, bytes: &[u8]) -> Result<CpuMatrix> {
+        if info.dtype == GgmlType::Q4_1 && info.dims.len() == 2 {
+            let (cols, rows) = (info.dims[0] as usize, info.dims[1] as usize);
+            return Ok(CpuMatrix::Q4_1(Q4_1Matrix::new(bytes.to_vec(), rows, cols)?));
+        }
+        Ok(CpuMatrix::Candle(QMatMul::from_qtensor(self.qtensor(info, bytes)?)?))
     }
 
     fn load_vector(&self, info: &TensorInfo, bytes: &[u8]) -> Result<Tensor> {
@@ -126,8 +140,15 @@ impl Backend for CpuBackend {
         Ok(candle_nn::ops::rms_norm(x, scale, eps)?)
     }
 
-    fn matmul(&self, x: &Tensor, w: &QMatMul) -> Result<Tensor> {
-        Ok(x.apply(w)?)
+    fn matmul(&self, x: &Tensor, w: &CpuMatrix) -> Result<Tensor> {
+        match w {
+            CpuMatrix::Candle(w) => Ok(x.apply(w)?),
+            CpuMatrix::Q4_1(w) => {
+                let rows = x.dims()[0];
+                let input = x.flatten_all()?.to_vec1::<f32>()?;
+                Ok(Tensor::from_vec(w.matmul(&input, rows), (rows, w.rows()), &self.device)?)
+            }
+        }
     }
 
     fn rope(&self, x: &Tensor, n_heads: usize, start_pos: usize, inv_freq: &[f32]) -> Result<Tensor> {
