@@ -16,8 +16,9 @@ import llama_cpp
 DEFAULT_MODELS = ["models/smollm2-135m-instruct-q4_1.gguf", "models/tiny-mistral.gguf"]
 
 
-def bench_llama_cpp(path, prompt_tokens, gen_tokens, threads, repetitions):
+def bench_llama_cpp(path, prompt_tokens, gen_tokens, threads, repetitions, use_extra_bufts=True):
     params = llama_cpp.llama_model_default_params()
+    params.use_extra_bufts = use_extra_bufts
     model = llama_cpp.llama_model_load_from_file(path.encode(), params)
     vocab = llama_cpp.llama_model_get_vocab(model)
     n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
@@ -34,7 +35,9 @@ def bench_llama_cpp(path, prompt_tokens, gen_tokens, threads, repetitions):
     best_prefill, best_decode = 0.0, 0.0
     for _ in range(repetitions):
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-        batch = llama_cpp.llama_batch_get_one((llama_cpp.llama_token * prompt_tokens)(*tokens[:prompt_tokens]), prompt_tokens)
+        # The batch only points at the ids: keep the array alive while it is used.
+        prompt = (llama_cpp.llama_token * prompt_tokens)(*tokens[:prompt_tokens])
+        batch = llama_cpp.llama_batch_get_one(prompt, prompt_tokens)
         start = time.perf_counter()
         assert llama_cpp.llama_decode(ctx, batch) == 0
         llama_cpp.llama_get_logits_ith(ctx, -1)
@@ -42,7 +45,8 @@ def bench_llama_cpp(path, prompt_tokens, gen_tokens, threads, repetitions):
 
         start = time.perf_counter()
         for t in tokens[prompt_tokens:]:
-            one = llama_cpp.llama_batch_get_one((llama_cpp.llama_token * 1)(t), 1)
+            token = (llama_cpp.llama_token * 1)(t)
+            one = llama_cpp.llama_batch_get_one(token, 1)
             assert llama_cpp.llama_decode(ctx, one) == 0
             llama_cpp.llama_get_logits_ith(ctx, -1)
         decode = gen_tokens / (time.perf_counter() - start)
@@ -84,9 +88,9 @@ def main():
     for path, size, ours, ref in rows:
         gb_per_token = ours["weight_bytes_per_token"] / 1e9
         print(f"| {os.path.basename(path)} | {size / 1e6:.0f} "
-              f"| {ours['prefill_tok_s']:.1f} | {ref['prefill_tok_s']:.1f} | {ours['prefill_tok_s'] / ref['prefill_tok_s']:.2f}x "
-              f"| {ours['decode_tok_s']:.1f} | {ref['decode_tok_s']:.1f} | {ours['decode_tok_s'] / ref['decode_tok_s']:.2f}x "
-              f"| {ours['decode_tok_s'] * gb_per_token:.2f} | {ref['decode_tok_s'] * gb_per_token:.2f} |")
+              f"| {ours['prefill_tokens_per_second']:.1f} | {ref['prefill_tok_s']:.1f} | {ours['prefill_tokens_per_second'] / ref['prefill_tok_s']:.2f}x "
+              f"| {ours['decode_tokens_per_second']:.1f} | {ref['decode_tok_s']:.1f} | {ours['decode_tokens_per_second'] / ref['decode_tok_s']:.2f}x "
+              f"| {ours['decode_tokens_per_second'] * gb_per_token:.2f} | {ref['decode_tok_s'] * gb_per_token:.2f} |")
 
 
 if __name__ == "__main__":

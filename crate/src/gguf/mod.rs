@@ -6,6 +6,7 @@ mod error;
 mod reader;
 mod source;
 mod types;
+mod writer;
 
 pub use error::GgufError;
 pub use reader::{GgufFile, TensorInfo};
@@ -13,6 +14,7 @@ pub use source::{ByteSource, MemorySource};
 #[cfg(unix)]
 pub use source::FileSource;
 pub use types::{GgmlType, Value, ValueType};
+pub use writer::{GgufWriteError, GgufWriter, PlannedTensor, GGUF_WRITE_VERSION};
 
 /// `GGUF` in little-endian order.
 pub const GGUF_MAGIC: u32 = 0x4655_4747;
