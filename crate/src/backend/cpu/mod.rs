@@ -145,8 +145,9 @@ impl Backend for CpuBackend {
             CpuMatrix::Candle(w) => Ok(x.apply(w)?),
             CpuMatrix::Q4_1(w) => {
                 let rows = x.dims()[0];
-                let input = x.flatten_all()?.to_vec1::<f32>()?;
-                Ok(Tensor::from_vec(w.matmul(&input, rows), (rows, w.rows()), &self.device)?)
+                let input = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let out = w.matmul(&input, rows);
+                Ok(Tensor::from_vec(out, (rows, w.rows()), &self.device)?)
             }
         }
     }

@@ -260,6 +260,20 @@ mod tests {
         }
     }
 
+    /// A batch gives exactly the rows one-at-a-time calls give (prefill and decode agree).
+    #[test]
+    fn batched_rows_equal_single_rows() {
+        for (rows, cols, m) in [(300, 576, 7), (576, 1536, 6), (1536, 576, 2), (192, 576, 6)] {
+        let matrix = Q4_1Matrix::new(random_q4_1(rows, cols, 7), rows, cols).unwrap();
+        let x: Vec<f32> = (0..m * cols).map(|i| ((i * 53 % 97) as f32 - 48.0) / 17.0).collect();
+        let batched = matrix.matmul(&x, m);
+        for i in 0..m {
+            let single = matrix.matmul(&x[i * cols..(i + 1) * cols], 1);
+            assert_eq!(&batched[i * rows..(i + 1) * rows], &single[..], "{rows}x{cols} row {i}");
+        }
+        }
+    }
+
     #[test]
     fn rejects_wrong_sizes() {
         assert!(Q4_1Matrix::new(vec![0; 19], 1, 32).is_err());
