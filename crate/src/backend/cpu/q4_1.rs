@@ -36,6 +36,11 @@ impl Q4_1Matrix {
         Ok(Self { bytes, rows, cols })
     }
 
+    /// The GGUF blocks, row after row.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }
