@@ -254,3 +254,16 @@ fn smollm2_matches_naive_f64() {
 fn tiny_mistral_matches_naive_f64() {
     compare_with_naive(common::TINY_MISTRAL, &[1, 3, 22177, 1044, 2606, 1584, 1636, 1063, 4]);
 }
+
+/// A 40-token prompt takes the batched prefill path (dequantized tiles for Q4_1 from 32 tokens):
+/// its logits agree with candle-transformers within the tolerance above, with the same argmax.
+#[test]
+fn long_prompt_prefill_matches_candle_transformers() {
+    let path = common::model_path(common::SMOLLM2);
+    let prompt: Vec<u32> = (0..40).map(|i| 200 + (i * 577) % 40000).collect();
+    let expected = Reference::load(&path).forward(&prompt);
+    let got = ours(&path).forward(&prompt).unwrap();
+    let diff = relative_max_diff(&got, &expected);
+    assert!(diff < 0.08, "40-token prefill logits differ by {diff} (relative)");
+    assert_eq!(argmax(&got), argmax(&expected));
+}

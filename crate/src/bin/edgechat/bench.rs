@@ -1,0 +1,142 @@
+//! `edgechat bench`: prefill and decode speed, like `llama-bench`'s pp/tg figures.
+//!
+//! Prefill is one batched forward over `--prompt-tokens` tokens from an empty cache. Decode is
+//! `--gen-tokens` single-token forwards right after that prompt (so attention reads a cache of
+//! `prompt..prompt+gen` positions, as in a real chat). The tokens are fixed pseudo-random ids: the
+//! speed of a dense model does not depend on which tokens it reads. Effective bandwidth is
+//! `weight_bytes_per_token × decode tok/s`: the weight bytes each decoded token streams.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::common::{load_model, CliError, CliResult};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// GGUF model file
+    #[arg(long, short)]
+    model: PathBuf,
+    /// Prompt length for the prefill measurement
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    /// Tokens decoded one at a time after the prompt
+    #[arg(long, default_value_t = 128)]
+    gen_tokens: usize,
+    /// Worker threads for the CPU kernels (default: the physical cores)
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Measured runs (after one warm-up run)
+    #[arg(long, default_value_t = 3)]
+    repetitions: usize,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn main(args: Args) -> CliResult {
+    if let Some(threads) = args.threads {
+        if threads == 0 {
+            return Err(CliError::Usage("--threads must be at least 1".into()));
+        }
+        // candle sizes its CPU thread pools from CANDLE_NUM_THREADS, falling back to rayon's
+        // RAYON_NUM_THREADS; both are read on first use, which is after this point.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+    }
+    if args.prompt_tokens == 0 || args.gen_tokens == 0 || args.repetitions == 0 {
+        return Err(CliError::Usage("--prompt-tokens, --gen-tokens and --repetitions must be at least 1".into()));
+    }
+    // candle's default is the number of physical cores.
+    let threads = args.threads.unwrap_or_else(candle_core::utils::get_num_threads);
+
+    let load_started = Instant::now();
+    let mut loaded = load_model(&args.model)?;
+    let load_seconds = load_started.elapsed().as_secs_f64();
+    let config = loaded.model.config().clone();
+    let needed = args.prompt_tokens + args.gen_tokens;
+    if needed > config.context_length {
+        return Err(edgechat::Error::ContextLength { needed, limit: config.context_length }.into());
+    }
+    let vocab = config.vocab_size as u64;
+    // A fixed pseudo-random token sequence (a linear congruential walk over the vocabulary).
+    let token_at = |i: usize| ((i as u64).wrapping_mul(2_654_435_761).wrapping_add(12_345) % vocab) as u32;
+    let prompt: Vec<u32> = (0..args.prompt_tokens).map(token_at).collect();
+
+    let mut prefill_rates = Vec::new();
+    let mut decode_rates = Vec::new();
+    // Run 0 warms up caches and allocations and is not counted.
+    for run in 0..=args.repetitions {
+        let model = &mut loaded.model;
+        model.truncate_cache(0);
+        let started = Instant::now();
+        model.forward(&prompt)?;
+        let prefill_seconds = started.elapsed().as_secs_f64();
+
+        let started = Instant::now();
+        for i in 0..args.gen_tokens {
+            model.forward(&[token_at(args.prompt_tokens + i)])?;
+        }
+        let decode_seconds = started.elapsed().as_secs_f64();
+        if run > 0 {
+            prefill_rates.push(args.prompt_tokens as f64 / prefill_seconds);
+            decode_rates.push(args.gen_tokens as f64 / decode_seconds);
+        }
+    }
+    loaded.model.truncate_cache(0);
+
+    let weight_bytes = loaded.model.weight_bytes_per_token();
+    let (prefill_mean, prefill_sd) = mean_and_sd(&prefill_rates);
+    let (decode_mean, decode_sd) = mean_and_sd(&decode_rates);
+    let decode_gbps = weight_bytes as f64 * decode_mean / 1e9;
+    let backend = loaded.model.backend_name();
+
+    if args.json {
+        let report = json!({
+            "model": args.model.display().to_string(),
+            "backend": backend,
+            "threads": threads,
+            "load_seconds": load_seconds,
+            "prompt_tokens": args.prompt_tokens,
+            "gen_tokens": args.gen_tokens,
+            "repetitions": args.repetitions,
+            "prefill_tokens_per_second": prefill_mean,
+            "prefill_tokens_per_second_sd": prefill_sd,
+            "decode_tokens_per_second": decode_mean,
+            "decode_tokens_per_second_sd": decode_sd,
+            "weight_bytes_per_token": weight_bytes,
+            "decode_effective_gb_per_second": decode_gbps,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "model: {} (backend {backend}, {threads} threads, loaded in {load_seconds:.2} s)",
+            args.model.display()
+        );
+        println!(
+            "prefill: {:>9.1} tok/s ± {:.1}   ({} tokens, {} runs)",
+            prefill_mean, prefill_sd, args.prompt_tokens, args.repetitions
+        );
+        println!(
+            "decode:  {:>9.1} tok/s ± {:.1}   ({} tokens after the prompt, {} runs)",
+            decode_mean, decode_sd, args.gen_tokens, args.repetitions
+        );
+        println!(
+            "decode effective bandwidth: {decode_gbps:.2} GB/s ({:.1} MB of weights per token)",
+            weight_bytes as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
+/// Mean and sample standard deviation (0 for a single value).
+fn mean_and_sd(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    if values.len() < 2 {
+        return (mean, 0.0);
+    }
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, variance.sqrt())
+}
