@@ -82,7 +82,8 @@ impl CpuKvCache {
         if needed > self.max_len {
             return Err(Error::ContextLength { needed, limit: self.max_len });
         }
-        let capacity = needed.max(self.capacity() * 2).clamp(256, self.max_len.max(needed));
+        // needed <= max_len here, so the result is at least `needed`.
+        let capacity = needed.max(self.capacity() * 2).max(256).min(self.max_len);
         let shape = (self.head_count_kv, capacity, self.head_dim);
         let new_keys = Tensor::zeros(shape, DType::F32, device)?;
         let new_values = Tensor::zeros(shape, DType::F32, device)?;
@@ -288,5 +289,86 @@ impl Backend for CpuBackend {
             .reshape((p.head_count, rows, p.head_dim))?
             .transpose(0, 1)?
             .reshape((rows, p.head_count * p.head_dim))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Causal attention written out per query over the keys it may see, in f64.
+    fn reference_attention(q: &[f32], k: &[f32], v: &[f32], p: &AttentionParams, rows: usize) -> Vec<f32> {
+        let (h, kvh, hd) = (p.head_count, p.head_count_kv, p.head_dim);
+        let mut out = vec![0f32; rows * h * hd];
+        for t in 0..rows {
+            for head in 0..h {
+                let kv = head / (h / kvh);
+                let visible: Vec<usize> = (0..=t).filter(|&j| p.sliding_window.is_none_or(|w| t - j < w)).collect();
+                let scores: Vec<f64> = visible
+                    .iter()
+                    .map(|&j| {
+                        (0..hd).map(|i| q[t * h * hd + head * hd + i] as f64 * k[j * kvh * hd + kv * hd + i] as f64).sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for (w, &j) in weights.iter().zip(&visible) {
+                    for i in 0..hd {
+                        out[t * h * hd + head * hd + i] += (w / total * v[j * kvh * hd + kv * hd + i] as f64) as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Prefill in one call and decode one token at a time both match the reference, with and
+    /// without a sliding window (tolerance 1e-5: f32 against f64 over a few terms).
+    #[test]
+    fn attention_matches_reference_with_and_without_window() {
+        let backend = CpuBackend::new();
+        let (rows, h, kvh, hd) = (7, 4, 2, 8);
+        let values = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n).map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0) - 1.0).collect()
+        };
+        let (q, k, v) = (values(rows * h * hd, 1), values(rows * kvh * hd, 2), values(rows * kvh * hd, 3));
+        let tensor = |data: &[f32], cols: usize, from: usize, n: usize| {
+            Tensor::from_vec(data[from * cols..(from + n) * cols].to_vec(), (n, cols), &Device::Cpu).unwrap()
+        };
+        for window in [None, Some(3)] {
+            let params = |start_pos| AttentionParams { head_count: h, head_count_kv: kvh, head_dim: hd, start_pos, sliding_window: window };
+            let expected = reference_attention(&q, &k, &v, &params(0), rows);
+
+            let mut cache = backend.new_kv_cache(kvh, hd, 64).unwrap();
+            let out = backend
+                .attention(&tensor(&q, h * hd, 0, rows), &tensor(&k, kvh * hd, 0, rows), &tensor(&v, kvh * hd, 0, rows), &mut cache, &params(0))
+                .unwrap();
+            let batched = backend.to_vec(&out).unwrap();
+
+            let mut cache = backend.new_kv_cache(kvh, hd, 64).unwrap();
+            let mut stepwise = Vec::new();
+            for t in 0..rows {
+                let out = backend
+                    .attention(&tensor(&q, h * hd, t, 1), &tensor(&k, kvh * hd, t, 1), &tensor(&v, kvh * hd, t, 1), &mut cache, &params(t))
+                    .unwrap();
+                stepwise.extend(backend.to_vec(&out).unwrap());
+            }
+            for (name, got) in [("batched", &batched), ("stepwise", &stepwise)] {
+                let diff = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(diff < 1e-5, "{name} window {window:?}: differs by {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn kv_cache_refuses_to_grow_past_the_context() {
+        let backend = CpuBackend::new();
+        let mut cache = backend.new_kv_cache(1, 2, 4).unwrap();
+        let params = AttentionParams { head_count: 1, head_count_kv: 1, head_dim: 2, start_pos: 0, sliding_window: None };
+        let x = Tensor::zeros((5, 2), DType::F32, &Device::Cpu).unwrap();
+        let err = backend.attention(&x, &x, &x, &mut cache, &params).unwrap_err();
+        assert!(matches!(err, Error::ContextLength { needed: 5, limit: 4 }), "{err}");
     }
 }
