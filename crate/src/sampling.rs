@@ -1,1 +1,233 @@
-//! (being written)
+//! Choosing the next token from logits: greedy, temperature, top-k, top-p, min-p, repetition /
+//! frequency / presence penalties and a seeded RNG.
+//!
+//! The order follows llama.cpp's default chain: penalties, then top-k, top-p and min-p (computed on
+//! the penalized logits *before* temperature), then temperature and a weighted draw. A temperature
+//! of 0 (or `top_k == 1`) is greedy: a plain argmax, lowest token id on ties.
+
+use std::collections::HashMap;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// How to pick tokens and when to stop. Missing fields deserialize to [`Default`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    /// Softmax temperature. 0 = greedy (argmax).
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens. 0 = off.
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability adds up to `top_p`. 1 = off.
+    pub top_p: f32,
+    /// Drop tokens whose probability is below `min_p` times the most likely one's. 0 = off.
+    pub min_p: f32,
+    /// llama.cpp semantics: for tokens in the last `penalty_last_n` tokens, positive logits are
+    /// divided by this and negative ones multiplied by it. 1 = off.
+    pub repetition_penalty: f32,
+    /// OpenAI semantics: subtract `count * frequency_penalty` from a token's logit, where `count`
+    /// is how often it occurs in the last `penalty_last_n` tokens. 0 = off.
+    pub frequency_penalty: f32,
+    /// OpenAI semantics: subtract `presence_penalty` from the logit of every token that occurs in
+    /// the last `penalty_last_n` tokens. 0 = off.
+    pub presence_penalty: f32,
+    /// How many of the most recent tokens (prompt included) the penalties look at. 0 = no penalties.
+    pub penalty_last_n: usize,
+    /// RNG seed; `None` seeds from the operating system (or the browser's crypto API).
+    pub seed: Option<u64>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Generation stops before any of these strings; they are never part of the output.
+    pub stop: Vec<String>,
+}
+
+impl Default for SamplingParams {
+    /// llama.cpp's defaults: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, no penalties.
+    fn default() -> Self {
+        Self {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            penalty_last_n: 64,
+            seed: None,
+            max_tokens: 512,
+            stop: Vec::new(),
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Deterministic argmax decoding: temperature 0, every filter and penalty off.
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            ..Self::default()
+        }
+    }
+
+    /// True when sampling reduces to an argmax.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0 || self.top_k == 1
+    }
+
+    fn has_penalties(&self) -> bool {
+        self.penalty_last_n > 0
+            && (self.repetition_penalty != 1.0
+                || self.frequency_penalty != 0.0
+                || self.presence_penalty != 0.0)
+    }
+}
+
+/// Picks tokens according to [`SamplingParams`]. Keeps its RNG between calls, so one sampler per
+/// request gives a reproducible sequence for a fixed seed.
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+    /// Penalized logits, reused between calls (a vocabulary can be 131k entries).
+    scratch: Vec<f32>,
+    /// (token, logit) candidates, reused between calls.
+    candidates: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    pub fn new(params: &SamplingParams) -> Self {
+        let rng = match params.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
+        Self { params: params.clone(), rng, scratch: Vec::new(), candidates: Vec::new() }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Chooses the next token. `history` is the sequence so far (prompt and generated tokens);
+    /// only its last `penalty_last_n` tokens matter, and ids outside the vocabulary are ignored.
+    /// An empty `logits` slice yields token 0.
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let logits = if self.params.has_penalties() || logits.iter().any(|v| v.is_nan()) {
+            self.penalized(logits, history);
+            &self.scratch[..]
+        } else {
+            logits
+        };
+        // `logits` may borrow self.scratch: from here on use the other fields one by one.
+        let params = &self.params;
+        if params.is_greedy() {
+            return argmax(logits);
+        }
+        let max_logit = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if !max_logit.is_finite() {
+            // Everything -inf, or some +inf: no distribution to draw from.
+            return argmax(logits);
+        }
+
+        // top-k: an O(n) selection, then only the k survivors get sorted.
+        let candidates = &mut self.candidates;
+        candidates.clear();
+        candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        if params.top_k > 0 && params.top_k < candidates.len() {
+            candidates.select_nth_unstable_by(params.top_k - 1, by_logit_desc);
+            candidates.truncate(params.top_k);
+        }
+
+        // Probabilities of top-p and min-p are over the top-k set at temperature 1 (llama.cpp).
+        let normalizer: f64 = candidates.iter().map(|&(_, l)| ((l - max_logit) as f64).exp()).sum();
+
+        // min-p keeps p >= min_p * p_max, i.e. logit >= max + ln(min_p). Applying it before the
+        // sort is equivalent (it removes a suffix of the sorted order and does not change the
+        // normalizer top-p uses) and makes the sort cheap when top-k is off.
+        if params.min_p > 0.0 && params.min_p <= 1.0 {
+            let threshold = max_logit + params.min_p.ln();
+            candidates.retain(|&(_, l)| l >= threshold);
+        }
+        candidates.sort_unstable_by(by_logit_desc);
+
+        if params.top_p < 1.0 {
+            let mut cumulative = 0.0f64;
+            let mut keep = candidates.len();
+            for (i, &(_, l)) in candidates.iter().enumerate() {
+                cumulative += ((l - max_logit) as f64).exp() / normalizer;
+                if cumulative >= params.top_p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            candidates.truncate(keep.max(1));
+        }
+
+        // Temperature, then a weighted draw.
+        let inv_temp = 1.0 / params.temperature as f64;
+        let weights_sum: f64 =
+            candidates.iter().map(|&(_, l)| ((l - max_logit) as f64 * inv_temp).exp()).sum();
+        if !weights_sum.is_finite() || weights_sum <= 0.0 {
+            return candidates.first().map_or(0, |&(t, _)| t);
+        }
+        let mut target = self.rng.gen::<f64>() * weights_sum;
+        for &(token, l) in candidates.iter() {
+            target -= ((l - max_logit) as f64 * inv_temp).exp();
+            if target < 0.0 {
+                return token;
+            }
+        }
+        // Rounding left a sliver: the last candidate takes it.
+        candidates.last().map_or(0, |&(t, _)| t)
+    }
+
+    /// Copies `logits` into `scratch` with NaN turned into -inf and the penalties applied.
+    fn penalized(&mut self, logits: &[f32], history: &[u32]) {
+        self.scratch.clear();
+        self.scratch.extend(logits.iter().map(|&l| if l.is_nan() { f32::NEG_INFINITY } else { l }));
+        let p = &self.params;
+        if !p.has_penalties() {
+            return;
+        }
+        let window = &history[history.len().saturating_sub(p.penalty_last_n)..];
+        let mut counts: HashMap<u32, u32> = HashMap::with_capacity(window.len());
+        for &token in window {
+            *counts.entry(token).or_insert(0) += 1;
+        }
+        for (&token, &count) in &counts {
+            let Some(logit) = self.scratch.get_mut(token as usize) else { continue };
+            if p.repetition_penalty != 1.0 && p.repetition_penalty > 0.0 {
+                if *logit > 0.0 {
+                    *logit /= p.repetition_penalty;
+                } else {
+                    *logit *= p.repetition_penalty;
+                }
+            }
+            *logit -= count as f32 * p.frequency_penalty + p.presence_penalty;
+        }
+    }
+}
+
+/// Descending by logit, ascending by token id on ties: a total order, so results never depend on
+/// how the unstable sort/selection happened to arrange equal values.
+fn by_logit_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// Index of the largest logit, the lowest index on ties; NaN never wins. 0 for an empty slice.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_value = f32::NEG_INFINITY;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > best_value {
+            best = i;
+            best_value = v;
+        }
+    }
+    best as u32
+}
