@@ -16,7 +16,9 @@ import llama_cpp
 DEFAULT_MODELS = ["models/smollm2-135m-instruct-q4_1.gguf", "models/tiny-mistral.gguf"]
 
 
-def bench_llama_cpp(path, prompt_tokens, gen_tokens, threads, repetitions, use_extra_bufts=True):
+def bench_llama_cpp(path, prompt_tokens, gen_tokens, threads, repetitions, use_extra_bufts=False):
+    # use_extra_bufts=False keeps llama.cpp on its AVX2/AVX-512 CPU kernels: its AMX repacked
+    # buffers (chosen by default on Sapphire Rapids) crash in llama_decode with this build.
     params = llama_cpp.llama_model_default_params()
     params.use_extra_bufts = use_extra_bufts
     model = llama_cpp.llama_model_load_from_file(path.encode(), params)
