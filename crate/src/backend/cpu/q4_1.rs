@@ -56,8 +56,9 @@ impl Q4_1Matrix {
         let activations: Vec<BlockQ8_1> = x.chunks_exact(BLOCK).map(quantize_block).collect();
         let act_row = |i: usize| &activations[i * blocks_per_row..(i + 1) * blocks_per_row];
         let weight_row = |j: usize| &self.bytes[j * row_bytes..(j + 1) * row_bytes];
-        // Enough rows per task to amortize scheduling, few enough to balance two cores.
-        let rows_per_task = (self.rows / 32).max(16);
+        // A few tasks per thread: enough to balance, few enough that scheduling stays cheap
+        // (a decode step makes hundreds of these calls).
+        let rows_per_task = self.rows.div_ceil(rayon::current_num_threads() * 2).max(8);
 
         if m == 1 {
             let mut out = vec![0f32; self.rows];
