@@ -11,7 +11,7 @@ use std::fmt;
 use std::io::Write;
 use std::str::FromStr;
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -417,17 +417,13 @@ fn encode_chunk(seed: u64, tensor_index: usize, tensor: &TensorPlan, chunk: usiz
 
 /// Encodes `rows × cols` row-major values as `dtype` (ggml block layout for quantized types).
 fn encode(values: Vec<f32>, rows: usize, cols: usize, dtype: GgmlType) -> Result<Vec<u8>> {
-    let candle_type = match dtype {
+    match dtype {
         GgmlType::F32 => return Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
         GgmlType::F16 => return Ok(values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()),
         GgmlType::BF16 => return Ok(values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()),
-        GgmlType::Q4_0 => GgmlDType::Q4_0,
-        GgmlType::Q4_1 => GgmlDType::Q4_1,
-        GgmlType::Q8_0 => GgmlDType::Q8_0,
-        GgmlType::Q4K => GgmlDType::Q4K,
-        GgmlType::Q5K => GgmlDType::Q5K,
-        GgmlType::Q6K => GgmlDType::Q6K,
-    };
+        _ => {}
+    }
+    let candle_type = crate::backend::cpu::candle_dtype(dtype);
     let tensor = Tensor::from_vec(values, (rows, cols), &Device::Cpu)?;
     let quantized = QTensor::quantize(&tensor, candle_type)?;
     Ok(quantized.data()?.into_owned())

@@ -30,10 +30,13 @@ pub trait Backend: Send + Sized {
     type Embedding: Send;
     /// One layer's keys and values.
     type KvCache: Send;
+    /// What every layer of one forward call shares: the rotary tables and the attention mask for
+    /// its positions, computed once per call instead of once per layer.
+    type Positions;
 
     fn name(&self) -> &'static str;
 
-    fn load_matrix(&self, info: &TensorInfo, bytes: &[u8]) -> Result<Self::Matrix>;
+    fn load_matrix(&self, info: &TensorInfo, bytes: Vec<u8>) -> Result<Self::Matrix>;
     fn load_vector(&self, info: &TensorInfo, bytes: &[u8]) -> Result<Self::Vector>;
     fn load_embedding(&self, info: &TensorInfo, bytes: &[u8]) -> Result<Self::Embedding>;
 
@@ -42,9 +45,10 @@ pub trait Backend: Send + Sized {
     fn rms_norm(&self, x: &Self::Tensor, scale: &Self::Vector, eps: f32) -> Result<Self::Tensor>;
     /// `x · Wᵀ`.
     fn matmul(&self, x: &Self::Tensor, w: &Self::Matrix) -> Result<Self::Tensor>;
-    /// Rotary embedding on interleaved pairs `(x[2i], x[2i+1])` of each head (GGUF `llama` layout),
-    /// for positions `start_pos..start_pos + rows`; `inv_freq` has `head_dim / 2` entries.
-    fn rope(&self, x: &Self::Tensor, n_heads: usize, start_pos: usize, inv_freq: &[f32]) -> Result<Self::Tensor>;
+    /// Tables for `rows` tokens at `params.start_pos..`; `inv_freq` has `head_dim / 2` entries.
+    fn positions(&self, params: &AttentionParams, rows: usize, inv_freq: &[f32]) -> Result<Self::Positions>;
+    /// Rotary embedding on interleaved pairs `(x[2i], x[2i+1])` of each head (GGUF `llama` layout).
+    fn rope(&self, x: &Self::Tensor, n_heads: usize, positions: &Self::Positions) -> Result<Self::Tensor>;
     /// `silu(gate) * up`.
     fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor>;
     fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
@@ -64,5 +68,6 @@ pub trait Backend: Send + Sized {
         v: &Self::Tensor,
         cache: &mut Self::KvCache,
         params: &AttentionParams,
+        positions: &Self::Positions,
     ) -> Result<Self::Tensor>;
 }

@@ -9,6 +9,10 @@ use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC};
 const MAX_ARRAY_NESTING: u32 = 4;
 /// The header is read in chunks of this size, never all at once.
 const CHUNK: usize = 1 << 16;
+/// Metadata array items in the whole header, at most. Each becomes a `Value` in memory (32
+/// bytes) however small it is on disk, so the file size alone does not bound the allocation.
+/// Real vocabularies use under a million (tekken: 131k tokens + 269k merges + 131k types).
+const MAX_METADATA_ARRAY_ITEMS: u64 = 1 << 22;
 /// Largest single metadata string we accept (chat templates are a few KiB; a vocabulary is an array).
 const MAX_STRING_LEN: u64 = 16 << 20;
 
@@ -254,11 +258,13 @@ struct Cursor<'a> {
     buf: Vec<u8>,
     /// Absolute offset of `buf[0]`.
     buf_start: u64,
+    /// Metadata array items read so far (bounded by `MAX_METADATA_ARRAY_ITEMS`).
+    array_items: u64,
 }
 
 impl<'a> Cursor<'a> {
     fn new(source: &'a dyn ByteSource) -> Self {
-        Self { source, len: source.len(), pos: 0, buf: Vec::new(), buf_start: 0 }
+        Self { source, len: source.len(), pos: 0, buf: Vec::new(), buf_start: 0, array_items: 0 }
     }
 
     fn remaining(&self) -> u64 {
@@ -355,6 +361,14 @@ impl<'a> Cursor<'a> {
                 let item_type = self.value_type()?;
                 let count = self.u64()?;
                 self.check_count("array length", count, item_type.min_size())?;
+                self.array_items = self.array_items.saturating_add(count);
+                if self.array_items > MAX_METADATA_ARRAY_ITEMS {
+                    return Err(GgufError::CountTooLarge {
+                        what: "metadata array items in total",
+                        count: self.array_items,
+                        max: MAX_METADATA_ARRAY_ITEMS,
+                    });
+                }
                 let mut items = Vec::with_capacity(count.min(1 << 16) as usize);
                 for _ in 0..count {
                     items.push(self.value(item_type, depth + 1)?);

@@ -250,10 +250,6 @@ impl GgmlType {
         }
     }
 
-    pub fn is_quantized(self) -> bool {
-        self.block_len() > 1
-    }
-
     /// Bytes for `n_elements` values, or None when they do not fill whole blocks.
     pub fn bytes_for(self, n_elements: u64) -> Option<u64> {
         let block = self.block_len() as u64;

@@ -67,6 +67,11 @@ impl LlamaConfig {
             Some(_) => bounded("rope.dimension_count", head_dim as u64)?,
             None => head_dim,
         };
+        for (what, heads) in [("head_count", head_count), ("head_count_kv", head_count_kv)] {
+            if (heads as u64) * (head_dim as u64) > MAX_DIM {
+                return Err(Error::Model(format!("{what} × head dim {head_dim} is out of range")));
+            }
+        }
         let vocab_size = match file.get_u64(&key("vocab_size"))? {
             Some(_) => bounded("vocab_size", MAX_DIM * 4)?,
             None => {
@@ -80,6 +85,18 @@ impl LlamaConfig {
             Some(0) | None => None,
             Some(w) => Some(w.min(MAX_CONTEXT) as usize),
         };
+        let positive = |name: &str, value: f64| -> Result<f32> {
+            if value.is_finite() && value > 0.0 {
+                Ok(value as f32)
+            } else {
+                Err(Error::Model(format!("llama.{name} = {value} must be a positive number")))
+            }
+        };
+        let rope_freq_base = positive("rope.freq_base", file.get_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0))?;
+        let rms_norm_eps = positive(
+            "attention.layer_norm_rms_epsilon",
+            file.get_f64(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
+        )?;
         Ok(Self {
             vocab_size,
             context_length: bounded("context_length", MAX_CONTEXT)?,
@@ -90,8 +107,8 @@ impl LlamaConfig {
             head_count_kv,
             head_dim,
             rope_dim,
-            rope_freq_base: file.get_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0) as f32,
-            rms_norm_eps: file.get_f64(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5) as f32,
+            rope_freq_base,
+            rms_norm_eps,
             sliding_window,
         })
     }

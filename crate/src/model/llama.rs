@@ -58,7 +58,7 @@ impl<'a, B: Backend> Loader<'a, B> {
     fn matrix(&mut self, name: &str, cols: usize, rows: usize) -> Result<B::Matrix> {
         let info = self.info(name, &[cols as u64, rows as u64])?;
         self.bytes_per_token += info.n_bytes;
-        self.backend.load_matrix(info, &self.bytes(info)?)
+        self.backend.load_matrix(info, self.bytes(info)?)
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<B::Vector> {
@@ -158,13 +158,14 @@ impl<B: Backend> Llama<B> {
             start_pos,
             sliding_window: c.sliding_window,
         };
+        let positions = b.positions(&params, tokens.len(), &self.inv_freq)?;
         let mut x = b.embed(&self.token_embd, tokens)?;
         for (layer, cache) in self.layers.iter().zip(self.kv_caches.iter_mut()) {
             let h = b.rms_norm(&x, &layer.attn_norm, c.rms_norm_eps)?;
-            let q = b.rope(&b.matmul(&h, &layer.attn_q)?, c.head_count, start_pos, &self.inv_freq)?;
-            let k = b.rope(&b.matmul(&h, &layer.attn_k)?, c.head_count_kv, start_pos, &self.inv_freq)?;
+            let q = b.rope(&b.matmul(&h, &layer.attn_q)?, c.head_count, &positions)?;
+            let k = b.rope(&b.matmul(&h, &layer.attn_k)?, c.head_count_kv, &positions)?;
             let v = b.matmul(&h, &layer.attn_v)?;
-            let attn = b.attention(&q, &k, &v, cache, &params)?;
+            let attn = b.attention(&q, &k, &v, cache, &params, &positions)?;
             x = b.add(&x, &b.matmul(&attn, &layer.attn_output)?)?;
 
             let h = b.rms_norm(&x, &layer.ffn_norm, c.rms_norm_eps)?;
@@ -184,11 +185,13 @@ impl<B: Backend> Llama<B> {
 fn rope_inverse_frequencies<B: Backend>(config: &LlamaConfig, loader: &Loader<'_, B>) -> Result<Vec<f32>> {
     let half = config.head_dim / 2;
     let base = config.rope_freq_base as f64;
-    let mut inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1f32 / (base as f32).powf((2 * i) as f32 / config.head_dim as f32))
-        .collect();
+    let mut inv_freq: Vec<f32> =
+        (0..half).map(|i| base.powf(-2.0 * i as f64 / config.head_dim as f64) as f32).collect();
     if let Some(info) = loader.file.tensor("rope_freqs.weight") {
-        if info.dims != [half as u64] || info.dtype != GgmlType::F32 {
+        if info.dtype != GgmlType::F32 {
+            return Err(Error::Model(format!("rope_freqs.weight is {}, expected F32", info.dtype.name())));
+        }
+        if info.dims != [half as u64] {
             return Err(Error::TensorShape {
                 name: info.name.clone(),
                 expected: vec![half as u64],

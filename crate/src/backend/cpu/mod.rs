@@ -39,7 +39,7 @@ impl Default for CpuBackend {
     }
 }
 
-fn candle_dtype(t: GgmlType) -> GgmlDType {
+pub(crate) fn candle_dtype(t: GgmlType) -> GgmlDType {
     match t {
         GgmlType::F32 => GgmlDType::F32,
         GgmlType::F16 => GgmlDType::F16,
@@ -99,6 +99,17 @@ impl CpuKvCache {
     }
 }
 
+/// Rotary tables and the attention mask for the positions of one forward call.
+pub struct CpuPositions {
+    /// `[rows, head_dim / 2]`.
+    cos: Tensor,
+    sin: Tensor,
+    /// First cached position any query of this call can see (sliding window).
+    first_key: usize,
+    /// `[rows, keys]` of 0 / −∞; none when every query sees every key.
+    mask: Option<Tensor>,
+}
+
 /// `[rows, heads * head_dim]` → `[heads, rows, head_dim]`.
 fn split_heads(x: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
     let rows = x.dims()[0];
@@ -134,17 +145,18 @@ impl Backend for CpuBackend {
     type Vector = Tensor;
     type Embedding = QTensor;
     type KvCache = CpuKvCache;
+    type Positions = CpuPositions;
 
     fn name(&self) -> &'static str {
         "cpu"
     }
 
-    fn load_matrix(&self, info: &TensorInfo, bytes: &[u8]) -> Result<CpuMatrix> {
+    fn load_matrix(&self, info: &TensorInfo, bytes: Vec<u8>) -> Result<CpuMatrix> {
         if info.dtype == GgmlType::Q4_1 && info.dims.len() == 2 {
             let (cols, rows) = (info.dims[0] as usize, info.dims[1] as usize);
-            return Ok(CpuMatrix::Q4_1(Q4_1Matrix::new(bytes.to_vec(), rows, cols)?));
+            return Ok(CpuMatrix::Q4_1(Q4_1Matrix::new(bytes, rows, cols)?));
         }
-        Ok(CpuMatrix::Candle(QMatMul::from_qtensor(self.qtensor(info, bytes)?)?))
+        Ok(CpuMatrix::Candle(QMatMul::from_qtensor(self.qtensor(info, &bytes)?)?))
     }
 
     fn load_vector(&self, info: &TensorInfo, bytes: &[u8]) -> Result<Tensor> {
@@ -179,24 +191,51 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn rope(&self, x: &Tensor, n_heads: usize, start_pos: usize, inv_freq: &[f32]) -> Result<Tensor> {
-        let rows = x.dims()[0];
+    fn positions(&self, p: &AttentionParams, rows: usize, inv_freq: &[f32]) -> Result<CpuPositions> {
         let half = inv_freq.len();
-        let head_dim = half * 2;
         let mut cos = Vec::with_capacity(rows * half);
         let mut sin = Vec::with_capacity(rows * half);
         for t in 0..rows {
-            let pos = (start_pos + t) as f32;
+            let pos = (p.start_pos + t) as f32;
             for &f in inv_freq {
                 let angle = pos * f;
                 cos.push(angle.cos());
                 sin.push(angle.sin());
             }
         }
-        let cos = Tensor::from_vec(cos, (rows, half), &self.device)?;
-        let sin = Tensor::from_vec(sin, (rows, half), &self.device)?;
+        // Keys before the first query's window are never attended to: skip them entirely.
+        let first_key = match p.sliding_window {
+            Some(w) => (p.start_pos + 1).saturating_sub(w),
+            None => 0,
+        };
+        let n_keys = p.start_pos + rows - first_key;
+        let mask = if rows > 1 || p.sliding_window.is_some_and(|w| w < n_keys) {
+            let mut mask = Vec::with_capacity(rows * n_keys);
+            for t in 0..rows {
+                let pos = p.start_pos + t;
+                for j in 0..n_keys {
+                    let key_pos = first_key + j;
+                    let visible = key_pos <= pos && p.sliding_window.is_none_or(|w| pos - key_pos < w);
+                    mask.push(if visible { 0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+            Some(Tensor::from_vec(mask, (rows, n_keys), &self.device)?)
+        } else {
+            None
+        };
+        Ok(CpuPositions {
+            cos: Tensor::from_vec(cos, (rows, half), &self.device)?,
+            sin: Tensor::from_vec(sin, (rows, half), &self.device)?,
+            first_key,
+            mask,
+        })
+    }
+
+    fn rope(&self, x: &Tensor, n_heads: usize, positions: &CpuPositions) -> Result<Tensor> {
+        let (rows, half) = positions.cos.dims2()?;
+        let head_dim = half * 2;
         let heads = split_heads(x, n_heads, head_dim)?.unsqueeze(0)?;
-        let rotated = candle_nn::rotary_emb::rope_i(&heads, &cos, &sin)?;
+        let rotated = candle_nn::rotary_emb::rope_i(&heads, &positions.cos, &positions.sin)?;
         Ok(rotated.squeeze(0)?.transpose(0, 1)?.reshape((rows, n_heads * head_dim))?)
     }
 
@@ -236,6 +275,7 @@ impl Backend for CpuBackend {
         v: &Tensor,
         cache: &mut CpuKvCache,
         p: &AttentionParams,
+        positions: &CpuPositions,
     ) -> Result<Tensor> {
         let rows = q.dims()[0];
         if p.start_pos != cache.len {
@@ -253,38 +293,24 @@ impl Backend for CpuBackend {
         values.slice_set(&split_heads(v, p.head_count_kv, p.head_dim)?, 1, cache.len)?;
         cache.len = total;
 
-        // Keys before the first query's window are never attended to: skip them entirely.
-        let first_key = match p.sliding_window {
-            Some(w) => (p.start_pos + 1).saturating_sub(w),
-            None => 0,
-        };
-        let n_keys = total - first_key;
-        let keys = keys.narrow(1, first_key, n_keys)?.contiguous()?;
-        let values = values.narrow(1, first_key, n_keys)?;
+        // Views into the cache (candle's matmul takes the strides as they are: no copies).
+        let n_keys = total - positions.first_key;
+        let keys = keys.narrow(1, positions.first_key, n_keys)?;
+        let values = values.narrow(1, positions.first_key, n_keys)?;
 
         // Group the query heads that share a KV head: [kv_heads, group * rows, head_dim].
         let group = p.head_count / p.head_count_kv;
         let q = split_heads(q, p.head_count, p.head_dim)?.reshape((p.head_count_kv, group * rows, p.head_dim))?;
         let scale = 1.0 / (p.head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&keys.t()?.contiguous()?)? * scale)?;
-
-        if rows > 1 || p.sliding_window.is_some_and(|w| w < n_keys) {
-            let mut mask = Vec::with_capacity(group * rows * n_keys);
-            for _ in 0..group {
-                for t in 0..rows {
-                    let pos = p.start_pos + t;
-                    for j in 0..n_keys {
-                        let key_pos = first_key + j;
-                        let visible = key_pos <= pos && p.sliding_window.is_none_or(|w| pos - key_pos < w);
-                        mask.push(if visible { 0f32 } else { f32::NEG_INFINITY });
-                    }
-                }
-            }
-            let mask = Tensor::from_vec(mask, (group * rows, n_keys), &self.device)?;
-            scores = scores.broadcast_add(&mask)?;
+        let mut scores = (q.matmul(&keys.t()?)? * scale)?;
+        if let Some(mask) = &positions.mask {
+            scores = scores
+                .reshape((p.head_count_kv, group, rows, n_keys))?
+                .broadcast_add(mask)?
+                .reshape((p.head_count_kv, group * rows, n_keys))?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&values.contiguous()?)?;
+        let out = probs.matmul(&values)?;
         Ok(out
             .reshape((p.head_count, rows, p.head_dim))?
             .transpose(0, 1)?
@@ -339,11 +365,19 @@ mod tests {
         };
         for window in [None, Some(3)] {
             let params = |start_pos| AttentionParams { head_count: h, head_count_kv: kvh, head_dim: hd, start_pos, sliding_window: window };
+            let inv_freq = vec![1.0f32; hd / 2];
             let expected = reference_attention(&q, &k, &v, &params(0), rows);
 
             let mut cache = backend.new_kv_cache(kvh, hd, 64).unwrap();
             let out = backend
-                .attention(&tensor(&q, h * hd, 0, rows), &tensor(&k, kvh * hd, 0, rows), &tensor(&v, kvh * hd, 0, rows), &mut cache, &params(0))
+                .attention(
+                    &tensor(&q, h * hd, 0, rows),
+                    &tensor(&k, kvh * hd, 0, rows),
+                    &tensor(&v, kvh * hd, 0, rows),
+                    &mut cache,
+                    &params(0),
+                    &backend.positions(&params(0), rows, &inv_freq).unwrap(),
+                )
                 .unwrap();
             let batched = backend.to_vec(&out).unwrap();
 
@@ -351,7 +385,14 @@ mod tests {
             let mut stepwise = Vec::new();
             for t in 0..rows {
                 let out = backend
-                    .attention(&tensor(&q, h * hd, t, 1), &tensor(&k, kvh * hd, t, 1), &tensor(&v, kvh * hd, t, 1), &mut cache, &params(t))
+                    .attention(
+                        &tensor(&q, h * hd, t, 1),
+                        &tensor(&k, kvh * hd, t, 1),
+                        &tensor(&v, kvh * hd, t, 1),
+                        &mut cache,
+                        &params(t),
+                        &backend.positions(&params(t), 1, &inv_freq).unwrap(),
+                    )
                     .unwrap();
                 stepwise.extend(backend.to_vec(&out).unwrap());
             }
@@ -368,7 +409,8 @@ mod tests {
         let mut cache = backend.new_kv_cache(1, 2, 4).unwrap();
         let params = AttentionParams { head_count: 1, head_count_kv: 1, head_dim: 2, start_pos: 0, sliding_window: None };
         let x = Tensor::zeros((5, 2), DType::F32, &Device::Cpu).unwrap();
-        let err = backend.attention(&x, &x, &x, &mut cache, &params).unwrap_err();
+        let positions = backend.positions(&params, 5, &[1.0]).unwrap();
+        let err = backend.attention(&x, &x, &x, &mut cache, &params, &positions).unwrap_err();
         assert!(matches!(err, Error::ContextLength { needed: 5, limit: 4 }), "{err}");
     }
 }
