@@ -321,6 +321,26 @@ fn huge_kv_count() {
     }
 }
 
+/// Arrays that each fit in the file but together would expand 32-fold in memory (one `Value`
+/// per byte-sized item): the reader stops at 4 Mi items in total.
+#[test]
+fn too_many_metadata_array_items_in_total() {
+    let mut b = Builder::new();
+    for i in 0..3 {
+        let mut value = Vec::new();
+        put_u32(&mut value, 0); // u8 items
+        put_u64(&mut value, 1_500_000);
+        value.resize(value.len() + 1_500_000, 7);
+        b = b.kv_raw(format!("test.bytes.{i}").as_bytes(), TYPE_ARRAY, &value);
+    }
+    match parse_err(b.build()) {
+        GgufError::CountTooLarge { what, max, .. } => {
+            assert_eq!((what, max), ("metadata array items in total", 1 << 22))
+        }
+        e => panic!("wrong error {e:?}"),
+    }
+}
+
 #[test]
 fn huge_array_length() {
     for len in [u64::MAX, 1 << 40] {
