@@ -293,16 +293,18 @@ impl Backend for CpuBackend {
         values.slice_set(&split_heads(v, p.head_count_kv, p.head_dim)?, 1, cache.len)?;
         cache.len = total;
 
-        // Views into the cache (candle's matmul takes the strides as they are: no copies).
+        // Contiguous copies of the visible keys and values: candle's matmul also takes the strided
+        // views, but then sums in an order that depends on the cache capacity, and a prompt split
+        // in two would no longer give the logits of the whole prompt in one call.
         let n_keys = total - positions.first_key;
-        let keys = keys.narrow(1, positions.first_key, n_keys)?;
-        let values = values.narrow(1, positions.first_key, n_keys)?;
+        let keys_t = keys.narrow(1, positions.first_key, n_keys)?.t()?.contiguous()?;
+        let values = values.narrow(1, positions.first_key, n_keys)?.contiguous()?;
 
         // Group the query heads that share a KV head: [kv_heads, group * rows, head_dim].
         let group = p.head_count / p.head_count_kv;
         let q = split_heads(q, p.head_count, p.head_dim)?.reshape((p.head_count_kv, group * rows, p.head_dim))?;
         let scale = 1.0 / (p.head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&keys.t()?)? * scale)?;
+        let mut scores = (q.matmul(&keys_t)? * scale)?;
         if let Some(mask) = &positions.mask {
             scores = scores
                 .reshape((p.head_count_kv, group, rows, n_keys))?
