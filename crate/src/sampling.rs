@@ -98,6 +98,8 @@ pub struct Sampler {
     scratch: Vec<f32>,
     /// (token, logit) candidates, reused between calls.
     candidates: Vec<(u32, f32)>,
+    /// Occurrences of each token in the penalty window, reused between calls.
+    penalty_counts: HashMap<u32, u32>,
 }
 
 impl Sampler {
@@ -106,7 +108,13 @@ impl Sampler {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_entropy(),
         };
-        Self { params: params.clone(), rng, scratch: Vec::new(), candidates: Vec::new() }
+        Self {
+            params: params.clone(),
+            rng,
+            scratch: Vec::new(),
+            candidates: Vec::new(),
+            penalty_counts: HashMap::new(),
+        }
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -117,7 +125,9 @@ impl Sampler {
     /// only its last `penalty_last_n` tokens matter, and ids outside the vocabulary are ignored.
     /// An empty `logits` slice yields token 0.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let logits = if self.params.has_penalties() || logits.iter().any(|v| v.is_nan()) {
+        // NaN needs no separate scan: `argmax` and the max below skip it, and the candidates
+        // turn it into -inf as they are built.
+        let logits = if self.params.has_penalties() {
             self.penalized(logits, history);
             &self.scratch[..]
         } else {
@@ -137,7 +147,7 @@ impl Sampler {
         // top-k: an O(n) selection, then only the k survivors get sorted.
         let candidates = &mut self.candidates;
         candidates.clear();
-        candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, nan_to_neg_infinity(l))));
         if params.top_k > 0 && params.top_k < candidates.len() {
             candidates.select_nth_unstable_by(params.top_k - 1, by_logit_desc);
             candidates.truncate(params.top_k);
@@ -189,17 +199,18 @@ impl Sampler {
     /// Copies `logits` into `scratch` with NaN turned into -inf and the penalties applied.
     fn penalized(&mut self, logits: &[f32], history: &[u32]) {
         self.scratch.clear();
-        self.scratch.extend(logits.iter().map(|&l| if l.is_nan() { f32::NEG_INFINITY } else { l }));
+        self.scratch.extend(logits.iter().map(|&l| nan_to_neg_infinity(l)));
         let p = &self.params;
         if !p.has_penalties() {
             return;
         }
         let window = &history[history.len().saturating_sub(p.penalty_last_n)..];
-        let mut counts: HashMap<u32, u32> = HashMap::with_capacity(window.len());
+        let counts = &mut self.penalty_counts;
+        counts.clear();
         for &token in window {
             *counts.entry(token).or_insert(0) += 1;
         }
-        for (&token, &count) in &counts {
+        for (&token, &count) in counts.iter() {
             let Some(logit) = self.scratch.get_mut(token as usize) else { continue };
             if p.repetition_penalty != 1.0 && p.repetition_penalty > 0.0 {
                 if *logit > 0.0 {
@@ -210,6 +221,15 @@ impl Sampler {
             }
             *logit -= count as f32 * p.frequency_penalty + p.presence_penalty;
         }
+    }
+}
+
+/// NaN is treated as "never this token".
+fn nan_to_neg_infinity(logit: f32) -> f32 {
+    if logit.is_nan() {
+        f32::NEG_INFINITY
+    } else {
+        logit
     }
 }
 

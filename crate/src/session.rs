@@ -83,8 +83,8 @@ pub struct Stats {
     pub completion_tokens: usize,
     /// Prefilled tokens per second.
     pub prefill_tok_s: f64,
-    /// Tokens sampled per second after the prefill (an end-of-sequence token counts: it cost a
-    /// forward pass like any other).
+    /// Decode forward passes per second, as llama.cpp counts them: the first sampled token comes
+    /// from the prefill's logits and is not counted. 0 when fewer than two tokens were sampled.
     pub decode_tok_s: f64,
     /// From the start of the request to the first sampled token (prefill included).
     pub time_to_first_token_ms: f64,
@@ -117,9 +117,14 @@ impl Engine {
     /// Reads a GGUF model from any byte source: header, tokenizer, chat template, weights (CPU).
     pub fn load(source: &dyn ByteSource) -> Result<Self> {
         let file = GgufFile::read(source)?;
-        let tokenizer = Tokenizer::from_gguf(&file)?;
-        let template = ChatTemplate::from_gguf(&file, &tokenizer)?;
-        let model = cpu::load_model(&file, source)?;
+        Self::from_gguf(&file, source)
+    }
+
+    /// Like [`load`](Self::load), for a GGUF header already read from `source`.
+    pub fn from_gguf(file: &GgufFile, source: &dyn ByteSource) -> Result<Self> {
+        let tokenizer = Tokenizer::from_gguf(file)?;
+        let template = ChatTemplate::from_gguf(file, &tokenizer)?;
+        let model = cpu::load_model(file, source)?;
         Ok(Self::from_parts(model, tokenizer, template))
     }
 
@@ -177,14 +182,23 @@ impl Engine {
     }
 
     /// Token ids for a raw text prompt: the BOS token first when the tokenizer asks for one, then
-    /// the text (which never produces control tokens).
+    /// the text (which never produces control tokens). See [`Tokenizer::encode_prompt`].
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
-        let mut tokens = Vec::new();
-        if self.tokenizer.add_bos() {
-            tokens.extend(self.tokenizer.bos_id());
+        self.tokenizer.encode_prompt(text)
+    }
+
+    /// Whether [`generate`](Self::generate) accepts `prompt`: it must not be empty and must leave
+    /// room for at least one generated token. The errors are [`Error::Model`] for an empty prompt
+    /// and [`Error::ContextLength`] for one that is too long.
+    pub fn check_prompt(&self, prompt: &[u32]) -> Result<()> {
+        let limit = self.model.config().context_length;
+        if prompt.is_empty() {
+            return Err(Error::Model("the prompt is empty: nothing to continue".into()));
         }
-        tokens.extend(self.tokenizer.encode(text)?);
-        Ok(tokens)
+        if prompt.len() >= limit {
+            return Err(Error::ContextLength { needed: prompt.len() + 1, limit });
+        }
+        Ok(())
     }
 
     /// Renders `messages` with the chat template (with the assistant's generation prompt) and
@@ -210,13 +224,8 @@ impl Engine {
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Completion> {
         let start = Instant::now();
+        self.check_prompt(prompt)?;
         let limit = self.model.config().context_length;
-        if prompt.is_empty() {
-            return Err(Error::Model("the prompt is empty: nothing to continue".into()));
-        }
-        if prompt.len() >= limit {
-            return Err(Error::ContextLength { needed: prompt.len() + 1, limit });
-        }
         let max_tokens = params.max_tokens.min(limit - prompt.len());
         let mut stats = Stats { prompt_tokens: prompt.len(), ..Stats::default() };
 
@@ -251,7 +260,6 @@ impl Engine {
         // Decode.
         let decode_start = Instant::now();
         let mut sampler = Sampler::new(params);
-        let mut history = prompt.to_vec();
         let mut tokens = Vec::new();
         let mut text = String::new();
         let mut stop = StopFilter::new(&params.stop);
@@ -261,7 +269,8 @@ impl Engine {
             if cancel.is_cancelled() {
                 break FinishReason::Cancelled;
             }
-            let token = sampler.sample(&logits, &history);
+            // The cache holds exactly the prompt and the tokens generated so far.
+            let token = sampler.sample(&logits, &self.cached_tokens);
             sampled += 1;
             if sampled == 1 {
                 stats.time_to_first_token_ms = ms(start.elapsed());
@@ -270,7 +279,6 @@ impl Engine {
                 break FinishReason::Stop;
             }
             tokens.push(token);
-            history.push(token);
 
             let (ready, stopped) = stop.push(&detokenizer.push(token));
             if !ready.is_empty() {
@@ -286,15 +294,8 @@ impl Engine {
             if cancel.is_cancelled() {
                 break FinishReason::Cancelled;
             }
-            // Same as `self.forward`, spelled out: `detokenizer` borrows `self.tokenizer`.
-            logits = match self.model.forward(&[token]) {
-                Ok(logits) => logits,
-                Err(e) => {
-                    resync(self.model.as_mut(), &mut self.cached_tokens);
-                    return Err(e);
-                }
-            };
-            self.cached_tokens.push(token);
+            // Not `self.forward`: `detokenizer` borrows `self.tokenizer`.
+            logits = forward_cached(self.model.as_mut(), &mut self.cached_tokens, &[token])?;
         };
 
         // Text held back (an unfinished character, a possible start of a stop string) is final
@@ -306,7 +307,8 @@ impl Engine {
                 text.push_str(&rest);
             }
         }
-        stats.decode_tok_s = rate(sampled, decode_start.elapsed().as_secs_f64());
+        // The first sampled token came from the prefill's logits: no decode pass.
+        stats.decode_tok_s = rate(sampled.saturating_sub(1), decode_start.elapsed().as_secs_f64());
         Ok(finish(text, tokens, reason, stats))
     }
 
@@ -326,15 +328,21 @@ impl Engine {
 
     /// Runs `tokens` after the cached ones and records them as cached.
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        match self.model.forward(tokens) {
-            Ok(logits) => {
-                self.cached_tokens.extend_from_slice(tokens);
-                Ok(logits)
-            }
-            Err(e) => {
-                resync(self.model.as_mut(), &mut self.cached_tokens);
-                Err(e)
-            }
+        forward_cached(self.model.as_mut(), &mut self.cached_tokens, tokens)
+    }
+}
+
+/// Runs `tokens` after `cached_tokens` (what the model's cache holds) and records them as cached.
+/// On failure, resyncs the cache and its bookkeeping.
+fn forward_cached(model: &mut dyn LanguageModel, cached_tokens: &mut Vec<u32>, tokens: &[u32]) -> Result<Vec<f32>> {
+    match model.forward(tokens) {
+        Ok(logits) => {
+            cached_tokens.extend_from_slice(tokens);
+            Ok(logits)
+        }
+        Err(e) => {
+            resync(model, cached_tokens);
+            Err(e)
         }
     }
 }

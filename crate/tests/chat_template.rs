@@ -10,49 +10,18 @@
 //   tokenized by llama.cpp with special-token parsing (node-llama-cpp 3.22.1,
 //   `model.tokenize(rendered, true)` on models/smollm2-135m-instruct-q4_1.gguf).
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::sync::OnceLock;
 
+use common::{find_in_models_or_venv, model_path};
 use edgechat::chat::{ChatTemplate, Message};
 use edgechat::gguf::{FileSource, GgufFile, Value};
 use edgechat::tokenizer::Tokenizer;
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn model_path(name: &str) -> PathBuf {
-    let path = repo_root().join("models").join(name);
-    assert!(
-        path.exists(),
-        "test model {} is missing: run scripts/models",
-        path.display()
-    );
-    path
-}
-
-fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            if let Some(found) = find_file(&path, name) {
-                return Some(found);
-            }
-        } else if path.file_name().is_some_and(|n| n == name) {
-            return Some(path);
-        }
-    }
-    None
-}
-
 /// A tekken JSON from models/ or anywhere under .venv-models/ (mistral-common ships them).
 fn tekken_json(name: &str) -> Vec<u8> {
-    let root = repo_root();
-    let path = Some(root.join("models").join(name))
-        .filter(|p| p.exists())
-        .or_else(|| find_file(&root.join(".venv-models"), name))
-        .unwrap_or_else(|| panic!("{name} not found under models/ or .venv-models/: run scripts/models"));
-    std::fs::read(path).unwrap()
+    std::fs::read(find_in_models_or_venv(name)).unwrap()
 }
 
 fn read_gguf(name: &str) -> GgufFile {

@@ -6,11 +6,8 @@ use serde_json::Value as Json;
 use tokenizers::{NormalizerWrapper, PreTokenizerWrapper};
 
 use super::vocab::TokenKind;
-use super::VocabParts;
+use super::{VocabParts, MAX_VOCAB};
 use crate::{Error, Result};
-
-/// No real vocabulary comes near this; it bounds what a hostile file can make us allocate.
-const MAX_VOCAB: u64 = 1 << 22;
 
 /// End-of-turn tokens that also stop generation (llama.cpp's list, by text).
 pub(crate) const END_OF_GENERATION_TEXTS: &[&str] = &[

@@ -23,6 +23,10 @@ pub(crate) use special::{ControlMatcher, Piece};
 pub use tekken::tekken_gguf_vocab;
 pub use vocab::{GgufVocab, TokenKind, LLAMA3_PATTERN, TEKKEN_PATTERN};
 
+/// Most tokens a tokenizer.json or tekken.json may declare. No real vocabulary comes near this;
+/// it bounds what a hostile file can make us allocate.
+const MAX_VOCAB: u64 = 1 << 22;
+
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
 use vocab::{GgufTokenizerKeys, PreTokenizerKind};
@@ -226,6 +230,17 @@ impl Tokenizer {
             .encode(text, false)
             .map_err(|e| Error::Tokenizer(format!("encoding: {e}")))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Tokens for a raw (non-chat) prompt: BOS first when [`add_bos`](Self::add_bos) is set and
+    /// the vocabulary has one, then [`encode`](Self::encode) of the text.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if self.add_bos {
+            ids.extend(self.bos_id);
+        }
+        ids.extend(self.encode(text)?);
+        Ok(ids)
     }
 
     /// Tokens for trusted text in which control-token texts (`<|im_start|>`, `[INST]`, ...) stand

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::byte_level;
+use super::{byte_level, MAX_VOCAB};
 use super::vocab::{GgufVocab, TEKKEN_PATTERN};
 use crate::{Error, Result};
 
@@ -40,9 +40,6 @@ const DEFAULT_SPECIAL_TOKENS: [&str; 20] = [
     "[/SYSTEM_PROMPT]",
     "[TOOL_CONTENT]",
 ];
-
-/// No real vocabulary comes near this; it bounds what a hostile file can make us allocate.
-const MAX_VOCAB: u64 = 1 << 22;
 
 #[derive(Deserialize)]
 struct TekkenFile {

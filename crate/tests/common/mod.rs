@@ -1,14 +1,44 @@
 //! Shared helpers for integration tests.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub const SMOLLM2: &str = "smollm2-135m-instruct-q4_1.gguf";
 pub const TINY_MISTRAL: &str = "tiny-mistral.gguf";
 
+/// The workspace root (the crate's parent directory).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 /// A test model under `models/`; fails with the command that creates it when it is missing.
 pub fn model_path(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("models").join(name);
+    let path = repo_root().join("models").join(name);
     assert!(path.exists(), "test model {} is missing: run scripts/models", path.display());
     path
+}
+
+/// A data file (such as a tekken JSON) from `models/`, else from anywhere under `.venv-models/`
+/// (mistral-common ships them there); fails with the command that creates them when missing.
+pub fn find_in_models_or_venv(name: &str) -> PathBuf {
+    let root = repo_root();
+    Some(root.join("models").join(name))
+        .filter(|p| p.exists())
+        .or_else(|| find_under(&root.join(".venv-models"), name))
+        .unwrap_or_else(|| panic!("{name} not found under models/ or .venv-models/: run scripts/models"))
+}
+
+/// The first file called `name` in the tree under `dir`.
+fn find_under(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find_under(&path, name) {
+                return Some(found);
+            }
+        } else if path.file_name().is_some_and(|n| n == name) {
+            return Some(path);
+        }
+    }
+    None
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::common::{load_model, CliError, CliResult};
+use crate::common::{load_model_and_tokenizer, CliError, CliResult};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -52,7 +52,7 @@ pub fn main(args: Args) -> CliResult {
     let threads = args.threads.unwrap_or_else(candle_core::utils::get_num_threads);
 
     let load_started = Instant::now();
-    let mut loaded = load_model(&args.model)?;
+    let mut loaded = load_model_and_tokenizer(&args.model)?;
     let load_seconds = load_started.elapsed().as_secs_f64();
     let config = loaded.model.config().clone();
     let needed = args.prompt_tokens + args.gen_tokens;

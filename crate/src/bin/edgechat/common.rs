@@ -46,13 +46,14 @@ pub fn read_text_file(path: &Path) -> CliResult<String> {
     std::fs::read_to_string(path).map_err(|source| CliError::ReadFile { path: path.to_owned(), source })
 }
 
-/// A model ready to run on the CPU, with its tokenizer.
+/// A model ready to run on the CPU, with its tokenizer, for subcommands that drive the model
+/// directly rather than through an [`Engine`].
 pub struct LoadedModel {
     pub model: Box<dyn LanguageModel>,
     pub tokenizer: Tokenizer,
 }
 
-pub fn load_model(path: &Path) -> CliResult<LoadedModel> {
+pub fn load_model_and_tokenizer(path: &Path) -> CliResult<LoadedModel> {
     let opened = open_model(path)?;
     let tokenizer = Tokenizer::from_gguf(&opened.file)?;
     let model = edgechat::backend::cpu::load_model(&opened.file, &opened.source)?;
@@ -122,7 +123,7 @@ impl SamplingArgs {
 /// for a path that cannot be opened.
 pub fn load_engine(path: &Path) -> CliResult<Engine> {
     let opened = open_model(path)?;
-    Ok(Engine::load(&opened.source)?)
+    Ok(Engine::from_gguf(&opened.file, &opened.source)?)
 }
 
 /// One line of figures for stderr.

@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::common::{load_model, CliError, CliResult};
-use crate::tokenize::text_prompt;
+use crate::common::{load_model_and_tokenizer, CliError, CliResult};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,8 +20,8 @@ pub struct Args {
 }
 
 pub fn main(args: Args) -> CliResult {
-    let mut loaded = load_model(&args.model)?;
-    let tokens = text_prompt(&loaded.tokenizer, &args.prompt, true)?;
+    let mut loaded = load_model_and_tokenizer(&args.model)?;
+    let tokens = loaded.tokenizer.encode_prompt(&args.prompt)?;
     if tokens.is_empty() {
         return Err(CliError::Usage("the prompt is empty (and the model adds no BOS)".into()));
     }

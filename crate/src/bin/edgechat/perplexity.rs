@@ -13,8 +13,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::common::{load_model, read_text_file, CliError, CliResult};
-use crate::tokenize::text_prompt;
+use crate::common::{load_model_and_tokenizer, read_text_file, CliError, CliResult};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,7 +33,7 @@ pub struct Args {
 
 pub fn main(args: Args) -> CliResult {
     let text = read_text_file(&args.file)?;
-    let mut loaded = load_model(&args.model)?;
+    let mut loaded = load_model_and_tokenizer(&args.model)?;
     let context_length = loaded.model.config().context_length;
     if args.ctx < 4 {
         return Err(CliError::Usage("--ctx must be at least 4".into()));
@@ -42,7 +41,7 @@ pub fn main(args: Args) -> CliResult {
     if args.ctx > context_length {
         return Err(CliError::Usage(format!("--ctx {} exceeds the model's context of {context_length}", args.ctx)));
     }
-    let mut tokens = text_prompt(&loaded.tokenizer, &text, true)?;
+    let mut tokens = loaded.tokenizer.encode_prompt(&text)?;
     let available = tokens.len() / args.ctx;
     let n_chunks = args.chunks.map_or(available, |c| c.min(available));
     if n_chunks == 0 {
@@ -75,16 +74,24 @@ pub fn main(args: Args) -> CliResult {
             chunk_tokens[0] = bos;
         }
         loaded.model.truncate_cache(0);
-        let logits = loaded.model.forward_all(chunk_tokens)?;
-        if logits.len() != args.ctx * vocab {
+        // The first half is context only: its logits are never scored, so it is run with
+        // `forward` (last position's logits only). Row `r` of the second call is position
+        // `first + r` and predicts token `first + r + 1`. (The last row is not scored, but
+        // keeping both halves' shapes equal keeps the figures equal to one whole-chunk pass more
+        // often: the matmul kernels round differently for different batch sizes.)
+        loaded.model.forward(&chunk_tokens[..first])?;
+        let second_half = &chunk_tokens[first..];
+        let logits = loaded.model.forward_all(second_half)?;
+        if logits.len() != second_half.len() * vocab {
             return Err(CliError::Usage(format!(
                 "the model returned {} logits for {} tokens (vocabulary {vocab})",
                 logits.len(),
-                args.ctx
+                second_half.len()
             )));
         }
         for position in first..args.ctx - 1 {
-            let row = &logits[position * vocab..(position + 1) * vocab];
+            let row_index = position - first;
+            let row = &logits[row_index * vocab..(row_index + 1) * vocab];
             let target = chunk_tokens[position + 1] as usize;
             let nll = negative_log_likelihood(row, target).ok_or_else(|| {
                 CliError::Usage(format!("token id {target} is outside the model's vocabulary of {vocab}"))

@@ -4,10 +4,12 @@
 //! `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`.
 //!
 //! The engine holds one sequence (one KV cache), so it lives on its own thread and takes requests
-//! one at a time, in arrival order, from a queue. Each request gets a channel its tokens come back
-//! through; when the client goes away (the response future or the event stream is dropped) the
-//! request's cancel token is set and the engine stops at the next token. Consecutive requests that
-//! share a prefix (a growing conversation) reuse the cached keys and values.
+//! one at a time, in arrival order, from a bounded queue: when it is full a request is refused at
+//! once with 503 and a `Retry-After` header rather than held open. Each request gets a channel its
+//! tokens come back through; when the client goes away (the response future or the event stream
+//! is dropped) the request's cancel token is set and the engine stops at the next token.
+//! Consecutive requests that share a prefix (a growing conversation) reuse the cached keys and
+//! values.
 //!
 //! Assistant prefill: when the LAST message has role `assistant`, the server does not start a new
 //! answer. It renders the conversation before that message with the generation prompt, appends the
@@ -42,6 +44,13 @@ use edgechat::session::{CancelToken, Engine, FinishReason};
 
 /// Request bodies larger than this are refused with 413.
 const MAX_BODY_BYTES: usize = 4 << 20;
+
+/// Requests that may wait for the engine (besides the one it is running). Each holds a
+/// connection and its parsed body; beyond this they are refused with 503.
+const MAX_QUEUED_JOBS: usize = 16;
+
+/// Seconds a client refused because the queue is full is told to wait (`Retry-After`).
+const RETRY_AFTER_SECONDS: &str = "5";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -99,7 +108,7 @@ fn router(state: AppState) -> Router {
 
 #[derive(Clone)]
 struct AppState {
-    jobs: std_mpsc::Sender<ChatJob>,
+    jobs: std_mpsc::SyncSender<ChatJob>,
     model_name: String,
     created: u64,
     context_length: usize,
@@ -442,8 +451,8 @@ enum JobEvent {
 
 /// Loads the model on a new thread that then serves jobs forever. Returns once loading is done,
 /// with the job queue and the model's context length.
-fn start_engine_thread(model: PathBuf) -> CliResult<(std_mpsc::Sender<ChatJob>, usize)> {
-    let (jobs_tx, jobs_rx) = std_mpsc::channel::<ChatJob>();
+fn start_engine_thread(model: PathBuf) -> CliResult<(std_mpsc::SyncSender<ChatJob>, usize)> {
+    let (jobs_tx, jobs_rx) = std_mpsc::sync_channel::<ChatJob>(MAX_QUEUED_JOBS);
     let (ready_tx, ready_rx) = std_mpsc::channel::<CliResult<usize>>();
     std::thread::Builder::new().name("engine".into()).spawn(move || {
         eprintln!("loading {}", model.display());
@@ -534,14 +543,38 @@ fn job_prompt(engine: &Engine, messages: &[Message], continue_last: bool) -> Res
     } else {
         template.render(tokenizer, messages, true).map_err(ApiError::from_engine)?
     };
-    let limit = engine.config().context_length;
-    if prompt.is_empty() {
-        return Err(ApiError::invalid_request("The conversation renders to an empty prompt", Some("messages")));
+    // The checks `generate` makes, answered in the API's terms (`check_prompt` fails with
+    // ContextLength for a prompt that is too long, otherwise only for an empty one).
+    match engine.check_prompt(&prompt) {
+        Ok(()) => Ok(prompt),
+        Err(edgechat::Error::ContextLength { limit, .. }) => {
+            Err(ApiError::context_length_exceeded(prompt.len(), limit))
+        }
+        Err(_) => Err(ApiError::invalid_request("The conversation renders to an empty prompt", Some("messages"))),
     }
-    if prompt.len() >= limit {
-        return Err(ApiError::context_length_exceeded(prompt.len(), limit));
+}
+
+/// Puts `job` in the engine's queue without waiting; when the queue is full, the answer is a 503
+/// with `Retry-After` (OpenAI's shape for an overloaded server).
+fn queue_job(jobs: &std_mpsc::SyncSender<ChatJob>, job: ChatJob) -> Result<(), Response> {
+    match jobs.try_send(job) {
+        Ok(()) => Ok(()),
+        Err(std_mpsc::TrySendError::Full(_)) => {
+            let busy = ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!(
+                    "The server is busy: {MAX_QUEUED_JOBS} requests are already waiting. Please retry later."
+                ),
+                kind: "server_error",
+                param: None,
+                code: Some("server_busy"),
+            };
+            Err(([(header::RETRY_AFTER, RETRY_AFTER_SECONDS)], busy).into_response())
+        }
+        Err(std_mpsc::TrySendError::Disconnected(_)) => {
+            Err(ApiError::server("the engine has stopped").into_response())
+        }
     }
-    Ok(prompt)
 }
 
 /// Sets the request's cancel token when dropped, unless the request finished first. Held by the
@@ -597,8 +630,8 @@ async fn chat_completions(State(state): State<AppState>, request: Request) -> Re
         cancel,
         events: events_tx,
     };
-    if state.jobs.send(job).is_err() {
-        return ApiError::server("the engine has stopped").into_response();
+    if let Err(refused) = queue_job(&state.jobs, job) {
+        return refused;
     }
 
     // Wait until the engine takes the job and accepts the prompt, so that a prompt that is too
@@ -745,4 +778,40 @@ fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
 
 fn unix_time() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> ChatJob {
+        ChatJob {
+            messages: Vec::new(),
+            continue_last: false,
+            params: SamplingParams::default(),
+            cancel: CancelToken::new(),
+            events: mpsc::unbounded_channel().0,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_answers_503_with_retry_after() {
+        let (jobs, waiting) = std_mpsc::sync_channel::<ChatJob>(1);
+        assert!(queue_job(&jobs, job()).is_ok());
+        let refused = queue_job(&jobs, job()).expect_err("the queue holds one job");
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers().get(header::RETRY_AFTER).unwrap(), RETRY_AFTER_SECONDS);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let body = runtime.block_on(axum::body::to_bytes(refused.into_body(), usize::MAX)).unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["type"], "server_error");
+        assert_eq!(body["error"]["code"], "server_busy");
+
+        // Once the engine takes the waiting job there is room again.
+        drop(waiting.recv().unwrap());
+        assert!(queue_job(&jobs, job()).is_ok());
+        drop(waiting);
+        let stopped = queue_job(&jobs, job()).expect_err("the engine is gone");
+        assert_eq!(stopped.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
 }

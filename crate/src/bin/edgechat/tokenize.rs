@@ -29,7 +29,8 @@ pub fn main(args: Args) -> CliResult {
     let opened = open_model(&args.model)?;
     let tokenizer = Tokenizer::from_gguf(&opened.file)?;
     let ids = match (&args.text, &args.chat_json) {
-        (Some(text), _) => text_prompt(&tokenizer, text, !args.no_bos)?,
+        (Some(text), _) if args.no_bos => tokenizer.encode(text)?,
+        (Some(text), _) => tokenizer.encode_prompt(text)?,
         (None, Some(path)) => {
             let json = read_text_file(path)?;
             let messages: Vec<Message> = serde_json::from_str(&json).map_err(|e| {
@@ -45,16 +46,4 @@ pub fn main(args: Args) -> CliResult {
     };
     println!("{}", serde_json::to_string(&ids)?);
     Ok(())
-}
-
-/// Tokens of a raw (non-chat) prompt: BOS when the tokenizer adds one, then the text.
-pub fn text_prompt(tokenizer: &Tokenizer, text: &str, allow_bos: bool) -> CliResult<Vec<u32>> {
-    let mut ids = Vec::new();
-    if allow_bos && tokenizer.add_bos() {
-        if let Some(bos) = tokenizer.bos_id() {
-            ids.push(bos);
-        }
-    }
-    ids.extend(tokenizer.encode(text)?);
-    Ok(ids)
 }
