@@ -36,6 +36,13 @@ pub trait Backend: Send + Sized {
 
     fn name(&self) -> &'static str;
 
+    /// Runs one forward call. The CPU backend runs it on a worker of its thread pool, so the
+    /// hundreds of parallel kernels of a decode step fork and join there instead of handing each
+    /// one over from an outside thread (a sleep and a wake-up every time).
+    fn run_forward<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
+
     fn load_matrix(&self, info: &TensorInfo, bytes: Vec<u8>) -> Result<Self::Matrix>;
     fn load_vector(&self, info: &TensorInfo, bytes: &[u8]) -> Result<Self::Vector>;
     fn load_embedding(&self, info: &TensorInfo, bytes: &[u8]) -> Result<Self::Embedding>;

@@ -140,7 +140,7 @@ impl<B: Backend> Llama<B> {
         if needed > self.config.context_length {
             return Err(Error::ContextLength { needed, limit: self.config.context_length });
         }
-        let result = self.run_layers(tokens, start_pos, all_rows);
+        let result = B::run_forward(|| self.run_layers(tokens, start_pos, all_rows));
         if result.is_err() {
             // Keep the caches consistent with what was fully processed.
             self.truncate_cache(start_pos);

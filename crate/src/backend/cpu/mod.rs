@@ -151,6 +151,14 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
+    fn run_forward<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+        // wasm has no worker threads: rayon runs everything on the caller there.
+        #[cfg(not(target_arch = "wasm32"))]
+        return rayon::scope(|_| f());
+        #[cfg(target_arch = "wasm32")]
+        f()
+    }
+
     fn load_matrix(&self, info: &TensorInfo, bytes: Vec<u8>) -> Result<CpuMatrix> {
         if info.dtype == GgmlType::Q4_1 && info.dims.len() == 2 {
             let (cols, rows) = (info.dims[0] as usize, info.dims[1] as usize);
