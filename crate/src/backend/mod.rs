@@ -52,6 +52,11 @@ pub trait Backend: Send + Sized {
     fn rms_norm(&self, x: &Self::Tensor, scale: &Self::Vector, eps: f32) -> Result<Self::Tensor>;
     /// `x · Wᵀ`.
     fn matmul(&self, x: &Self::Tensor, w: &Self::Matrix) -> Result<Self::Tensor>;
+    /// `x · Wᵢᵀ` for each matrix of a group that reads the same input (Q, K, V; gate, up), which a
+    /// backend may run as one pass.
+    fn matmul_many(&self, x: &Self::Tensor, ws: &[&Self::Matrix]) -> Result<Vec<Self::Tensor>> {
+        ws.iter().map(|w| self.matmul(x, w)).collect()
+    }
     /// Tables for `rows` tokens at `params.start_pos..`; `inv_freq` has `head_dim / 2` entries.
     fn positions(&self, params: &AttentionParams, rows: usize, inv_freq: &[f32]) -> Result<Self::Positions>;
     /// Rotary embedding on interleaved pairs `(x[2i], x[2i+1])` of each head (GGUF `llama` layout).

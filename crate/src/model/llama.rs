@@ -162,14 +162,15 @@ impl<B: Backend> Llama<B> {
         let mut x = b.embed(&self.token_embd, tokens)?;
         for (layer, cache) in self.layers.iter().zip(self.kv_caches.iter_mut()) {
             let h = b.rms_norm(&x, &layer.attn_norm, c.rms_norm_eps)?;
-            let q = b.rope(&b.matmul(&h, &layer.attn_q)?, c.head_count, &positions)?;
-            let k = b.rope(&b.matmul(&h, &layer.attn_k)?, c.head_count_kv, &positions)?;
-            let v = b.matmul(&h, &layer.attn_v)?;
+            let [q, k, v] = matmul_group(b, &h, [&layer.attn_q, &layer.attn_k, &layer.attn_v])?;
+            let q = b.rope(&q, c.head_count, &positions)?;
+            let k = b.rope(&k, c.head_count_kv, &positions)?;
             let attn = b.attention(&q, &k, &v, cache, &params, &positions)?;
             x = b.add(&x, &b.matmul(&attn, &layer.attn_output)?)?;
 
             let h = b.rms_norm(&x, &layer.ffn_norm, c.rms_norm_eps)?;
-            let gated = b.swiglu(&b.matmul(&h, &layer.ffn_gate)?, &b.matmul(&h, &layer.ffn_up)?)?;
+            let [gate, up] = matmul_group(b, &h, [&layer.ffn_gate, &layer.ffn_up])?;
+            let gated = b.swiglu(&gate, &up)?;
             x = b.add(&x, &b.matmul(&gated, &layer.ffn_down)?)?;
         }
         if !all_rows {
@@ -178,6 +179,13 @@ impl<B: Backend> Llama<B> {
         let x = b.rms_norm(&x, &self.output_norm, c.rms_norm_eps)?;
         b.to_vec(&b.matmul(&x, &self.output)?)
     }
+}
+
+/// The products of one input with a fixed-size group of matrices.
+fn matmul_group<B: Backend, const N: usize>(b: &B, x: &B::Tensor, ws: [&B::Matrix; N]) -> Result<[B::Tensor; N]> {
+    b.matmul_many(x, &ws)?
+        .try_into()
+        .map_err(|_| Error::Backend(format!("matmul_many returned the wrong number of products (expected {N})")))
 }
 
 /// `base^(-2i/d)` per pair, divided by the per-pair factors of a `rope_freqs.weight` tensor

@@ -247,6 +247,25 @@ impl Backend for CpuBackend {
         Ok(rotated.squeeze(0)?.transpose(0, 1)?.reshape((rows, n_heads * head_dim))?)
     }
 
+    fn matmul_many(&self, x: &Tensor, ws: &[&CpuMatrix]) -> Result<Vec<Tensor>> {
+        let tokens = x.dims()[0];
+        let q4_1: Option<Vec<&Q4_1Matrix>> =
+            ws.iter().map(|w| if let CpuMatrix::Q4_1(m) = w { Some(m) } else { None }).collect();
+        match q4_1 {
+            Some(group)
+                if tokens < DEQUANTIZED_PREFILL_MIN_TOKENS && group.iter().all(|w| w.cols() == group[0].cols()) =>
+            {
+                let input = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                q4_1::matmul_many(&group, &input, tokens)
+                    .into_iter()
+                    .zip(&group)
+                    .map(|(out, w)| Ok(Tensor::from_vec(out, (tokens, w.rows()), &self.device)?))
+                    .collect()
+            }
+            _ => ws.iter().map(|w| self.matmul(x, w)).collect(),
+        }
+    }
+
     fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         Ok((candle_nn::ops::silu(gate)? * up)?)
     }

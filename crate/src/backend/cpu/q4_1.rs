@@ -51,45 +51,62 @@ impl Q4_1Matrix {
 
     /// `x · Wᵀ` for `x` of `m × cols` (row-major), giving `m × rows`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let blocks_per_row = self.cols / BLOCK;
-        let row_bytes = blocks_per_row * BLOCK_BYTES;
-        let activations: Vec<BlockQ8_1> = x.chunks_exact(BLOCK).map(quantize_block).collect();
-        let act_row = |i: usize| &activations[i * blocks_per_row..(i + 1) * blocks_per_row];
-        let weight_row = |j: usize| &self.bytes[j * row_bytes..(j + 1) * row_bytes];
-        // A few tasks per thread: enough to balance, few enough that scheduling stays cheap
-        // (a decode step makes hundreds of these calls).
-        let rows_per_task = self.rows.div_ceil(rayon::current_num_threads() * 2).max(8);
-
-        if m == 1 {
-            let mut out = vec![0f32; self.rows];
-            let act = act_row(0);
-            out.par_chunks_mut(rows_per_task).enumerate().for_each(|(chunk, dst)| {
-                let first = chunk * rows_per_task;
-                for (r, d) in dst.iter_mut().enumerate() {
-                    *d = dot(weight_row(first + r), act);
-                }
-            });
-            return out;
-        }
-        // Weight row outer, activation rows inner: each weight row is read once per call.
-        let mut transposed = vec![0f32; self.rows * m];
-        transposed.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(chunk, dst)| {
-            let first = chunk * rows_per_task;
-            for (r, dst_row) in dst.chunks_exact_mut(m).enumerate() {
-                let w = weight_row(first + r);
-                for (i, d) in dst_row.iter_mut().enumerate() {
-                    *d = dot(w, act_row(i));
-                }
-            }
-        });
-        let mut out = vec![0f32; m * self.rows];
-        for j in 0..self.rows {
-            for i in 0..m {
-                out[i * self.rows + j] = transposed[j * m + i];
-            }
-        }
-        out
+        matmul_many(&[self], x, m).pop().unwrap_or_default()
     }
+}
+
+/// `x · Wᵢᵀ` for several matrices with the same `cols` (Q, K and V; gate and up): the activations
+/// are quantized once and all rows are shared out in one parallel pass, so a decode step wakes
+/// the worker threads once per group instead of once per matrix.
+pub fn matmul_many(matrices: &[&Q4_1Matrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    let Some(first) = matrices.first() else { return Vec::new() };
+    let cols = first.cols;
+    assert!(matrices.iter().all(|w| w.cols == cols), "matrices of one group share their column count");
+    let blocks_per_row = cols / BLOCK;
+    let row_bytes = blocks_per_row * BLOCK_BYTES;
+    let activations: Vec<BlockQ8_1> = x.chunks_exact(BLOCK).map(quantize_block).collect();
+    let act_row = |i: usize| &activations[i * blocks_per_row..(i + 1) * blocks_per_row];
+    // Rows of all matrices, one after another.
+    let starts: Vec<usize> = matrices.iter().scan(0, |next, w| Some(std::mem::replace(next, *next + w.rows))).collect();
+    let total_rows: usize = matrices.iter().map(|w| w.rows).sum();
+    let weight_row = |row: usize| {
+        let i = starts.partition_point(|&s| s <= row) - 1;
+        let j = row - starts[i];
+        &matrices[i].bytes[j * row_bytes..(j + 1) * row_bytes]
+    };
+    // A few tasks per thread: enough to balance, few enough that scheduling stays cheap
+    // (a decode step makes hundreds of these calls).
+    let rows_per_task = total_rows.div_ceil(rayon::current_num_threads() * 2).max(8);
+
+    // Weight row outer, activation rows inner: each weight row is read once per call.
+    let mut by_row = vec![0f32; total_rows * m];
+    by_row.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(chunk, dst)| {
+        let first = chunk * rows_per_task;
+        for (r, dst_row) in dst.chunks_exact_mut(m).enumerate() {
+            let w = weight_row(first + r);
+            for (i, d) in dst_row.iter_mut().enumerate() {
+                *d = dot(w, act_row(i));
+            }
+        }
+    });
+    // Back to one `m × rows` output per matrix.
+    matrices
+        .iter()
+        .zip(&starts)
+        .map(|(w, &start)| {
+            let part = &by_row[start * m..(start + w.rows) * m];
+            if m == 1 {
+                return part.to_vec();
+            }
+            let mut out = vec![0f32; m * w.rows];
+            for j in 0..w.rows {
+                for i in 0..m {
+                    out[i * w.rows + j] = part[j * m + i];
+                }
+            }
+            out
+        })
+        .collect()
 }
 
 fn quantize_block(x: &[f32]) -> BlockQ8_1 {
@@ -277,6 +294,23 @@ mod tests {
             let single = matrix.matmul(&x[i * cols..(i + 1) * cols], 1);
             assert_eq!(&batched[i * rows..(i + 1) * rows], &single[..], "{rows}x{cols} row {i}");
         }
+        }
+    }
+
+    #[test]
+    fn a_group_equals_separate_products() {
+        let cols = 64;
+        let parts: Vec<Q4_1Matrix> = [(40, 1), (24, 2), (9, 3)]
+            .iter()
+            .map(|&(rows, seed)| Q4_1Matrix::new(random_q4_1(rows, cols, seed), rows, cols).unwrap())
+            .collect();
+        let refs: Vec<&Q4_1Matrix> = parts.iter().collect();
+        for m in [1, 3] {
+            let x: Vec<f32> = (0..m * cols).map(|i| ((i * 29 % 83) as f32 - 41.0) / 13.0).collect();
+            let grouped = matmul_many(&refs, &x, m);
+            for (w, got) in parts.iter().zip(&grouped) {
+                assert_eq!(got, &w.matmul(&x, m));
+            }
         }
     }
 
