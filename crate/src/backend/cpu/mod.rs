@@ -1,5 +1,6 @@
 //! CPU backend on candle-core: weights stay in their GGUF quantization and are multiplied with
-//! candle's quantized kernels (SIMD: AVX2 natively, simd128 in wasm).
+//! candle's quantized kernels (AVX2 / AVX-512-VNNI natively, simd128 in wasm), except Q4_1, which
+//! candle only has in scalar code and which goes through our own kernels (`q4_1.rs`).
 
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
