@@ -14,20 +14,10 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::{find_in_models_or_venv, model_path};
+use common::{read_gguf, tekken_json};
 use edgechat::chat::{ChatTemplate, Message};
-use edgechat::gguf::{FileSource, GgufFile, Value};
+use edgechat::gguf::{GgufFile, Value};
 use edgechat::tokenizer::Tokenizer;
-
-/// A tekken JSON from models/ or anywhere under .venv-models/ (mistral-common ships them).
-fn tekken_json(name: &str) -> Vec<u8> {
-    std::fs::read(find_in_models_or_venv(name)).unwrap()
-}
-
-fn read_gguf(name: &str) -> GgufFile {
-    let source = FileSource::open(model_path(name)).unwrap();
-    GgufFile::read(&source).unwrap()
-}
 
 fn tekken_240718() -> &'static Tokenizer {
     static T: OnceLock<Tokenizer> = OnceLock::new();

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use edgechat::gguf::{FileSource, GgufFile};
+
 pub const SMOLLM2: &str = "smollm2-135m-instruct-q4_1.gguf";
 pub const TINY_MISTRAL: &str = "tiny-mistral.gguf";
 
@@ -41,4 +43,15 @@ fn find_under(dir: &Path, name: &str) -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// A tekken JSON from models/ or anywhere under .venv-models/ (mistral-common ships them).
+pub fn tekken_json(name: &str) -> Vec<u8> {
+    std::fs::read(find_in_models_or_venv(name)).unwrap()
+}
+
+/// The parsed header of a test model.
+pub fn read_gguf(name: &str) -> GgufFile {
+    let source = FileSource::open(model_path(name)).unwrap();
+    GgufFile::read(&source).unwrap()
 }
