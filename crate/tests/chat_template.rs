@@ -14,7 +14,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::{read_gguf, tekken_json};
+use common::{metadata_only, read_gguf, tekken_json};
 use edgechat::chat::{ChatTemplate, Message};
 use edgechat::gguf::{GgufFile, Value};
 use edgechat::tokenizer::Tokenizer;
@@ -299,17 +299,6 @@ fn jinja_bos_is_added_once() {
     let want = [1, 3, 22177, 4];
     assert_eq!(with_bos.render(tok, &[Message::user("Hello")], true).unwrap(), want);
     assert_eq!(without_bos.render(tok, &[Message::user("Hello")], true).unwrap(), want);
-}
-
-fn metadata_only(pairs: &[(&str, Value)]) -> GgufFile {
-    GgufFile {
-        version: 3,
-        metadata: pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
-        tensors: Vec::new(),
-        alignment: 32,
-        data_offset: 0,
-        file_len: 0,
-    }
 }
 
 #[test]

@@ -18,8 +18,8 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::{read_gguf, tekken_json};
-use edgechat::gguf::{GgufFile, Value};
+use common::{metadata_only, read_gguf, tekken_json};
+use edgechat::gguf::Value;
 use edgechat::tokenizer::{tekken_gguf_vocab, Detokenizer, GgufVocab, TokenKind, Tokenizer};
 
 fn tekken_240718() -> &'static Tokenizer {
@@ -473,17 +473,6 @@ fn tokenizer_json_rejects_non_byte_level_models() {
     let json = br#"{"model": {"type": "Unigram", "vocab": []}, "added_tokens": []}"#;
     assert!(Tokenizer::from_tokenizer_json(json).is_err());
     assert!(Tokenizer::from_tokenizer_json(b"not json").is_err());
-}
-
-fn metadata_only(pairs: &[(&str, Value)]) -> GgufFile {
-    GgufFile {
-        version: 3,
-        metadata: pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
-        tensors: Vec::new(),
-        alignment: 32,
-        data_offset: 0,
-        file_len: 0,
-    }
 }
 
 #[test]

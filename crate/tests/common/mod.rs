@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use edgechat::gguf::{FileSource, GgufFile};
+use edgechat::gguf::{FileSource, GgufFile, Value};
 
 pub const SMOLLM2: &str = "smollm2-135m-instruct-q4_1.gguf";
 pub const TINY_MISTRAL: &str = "tiny-mistral.gguf";
@@ -54,4 +54,16 @@ pub fn tekken_json(name: &str) -> Vec<u8> {
 pub fn read_gguf(name: &str) -> GgufFile {
     let source = FileSource::open(model_path(name)).unwrap();
     GgufFile::read(&source).unwrap()
+}
+
+/// A header with only these metadata keys and no tensors.
+pub fn metadata_only(pairs: &[(&str, Value)]) -> GgufFile {
+    GgufFile {
+        version: 3,
+        metadata: pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        tensors: Vec::new(),
+        alignment: 32,
+        data_offset: 0,
+        file_len: 0,
+    }
 }
