@@ -7,5 +7,6 @@ pub mod breaker;
 pub mod config;
 pub mod policy;
 pub mod relay;
+pub mod response;
 pub mod sse;
 pub mod stats;

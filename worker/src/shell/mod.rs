@@ -1,0 +1,321 @@
+//! The workerd shell: HTTP routing, CORS, tokens, and the bindings (D1 `DB`, Durable Objects
+//! `PROVIDER_BOARD` and `TOKEN_GATE`, var `ROUTER_CONFIG`, provider key secrets) around the
+//! routing core in [`crate::router`].
+
+mod ledger;
+mod objects;
+mod transport;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use futures::channel::mpsc;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use worker::{console_error, event, Context, Date, Env, Headers, Method, Request, Response};
+
+use crate::router::api::{ApiError, ChatRequest};
+use crate::router::auth::{parse_authorization, verify_secret};
+use crate::router::config::RouterConfig;
+use crate::router::policy::{estimate_prompt_tokens, rank, Route};
+use crate::router::relay::{relay, Downstream, RelayJob};
+use crate::router::response::{Collector, SseWriter};
+use crate::router::stats::ProviderBoard;
+use ledger::{RequestEntry, TokenRow};
+use objects::{BoardReport, GateAnswer, GateRequest};
+use transport::WorkerTransport;
+
+
+thread_local! {
+    /// The parsed configuration, kept per isolate while `ROUTER_CONFIG` stays the same.
+    static CONFIG: RefCell<Option<(String, Rc<RouterConfig>)>> = const { RefCell::new(None) };
+}
+
+fn config(env: &Env) -> Result<Rc<RouterConfig>, ApiError> {
+    let text = env
+        .var("ROUTER_CONFIG")
+        .map_err(|_| ApiError::internal("the router has no ROUTER_CONFIG"))?
+        .to_string();
+    if let Some(config) = CONFIG.with_borrow(|c| c.as_ref().filter(|(t, _)| *t == text).map(|(_, c)| c.clone())) {
+        return Ok(config);
+    }
+    let config = Rc::new(RouterConfig::from_json(&text).map_err(|e| {
+        console_error!("{e}");
+        ApiError::internal("the router's configuration is invalid (see the worker log)")
+    })?);
+    CONFIG.with_borrow_mut(|c| *c = Some((text, config.clone())));
+    Ok(config)
+}
+
+/// Storage or binding failures: logged, answered as a generic 500.
+fn internal(context: &str, error: worker::Error) -> ApiError {
+    console_error!("{context}: {error}");
+    ApiError::internal(format!("{context} failed"))
+}
+
+fn json_response(status: u16, body: &Value) -> Response {
+    let response = Response::from_json(body).unwrap_or_else(|_| Response::empty().expect("an empty response"));
+    response.with_status(status)
+}
+
+fn error_response(error: &ApiError) -> Response {
+    let response = json_response(error.status, &error.body());
+    if let Some(seconds) = error.retry_after_s {
+        let _ = response.headers().set("retry-after", &seconds.to_string());
+    }
+    response
+}
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
+    let origin = req.headers().get("origin").ok().flatten();
+    let config = match config(&env) {
+        Ok(c) => c,
+        Err(e) => return Ok(error_response(&e)),
+    };
+    let response = if req.method() == Method::Options {
+        preflight(&req, origin.as_deref(), &config)
+    } else {
+        handle(req, &env, &ctx, &config).await.unwrap_or_else(|e| error_response(&e))
+    };
+    if let Some(origin) = origin.filter(|o| config.allows_origin(o)) {
+        let headers = response.headers();
+        let _ = headers.set("access-control-allow-origin", &origin);
+        let _ = headers.set("vary", "origin");
+        let _ = headers.set("access-control-expose-headers", "x-edgechat-provider, x-request-id, retry-after");
+    }
+    Ok(response)
+}
+
+fn preflight(req: &Request, origin: Option<&str>, config: &RouterConfig) -> Response {
+    if !origin.is_some_and(|o| config.allows_origin(o)) {
+        return error_response(&ApiError { status: 403, ..ApiError::invalid_request("origin not allowed", None) });
+    }
+    let response = Response::empty().expect("an empty response").with_status(204);
+    let headers = response.headers();
+    let requested = req.headers().get("access-control-request-headers").ok().flatten();
+    let _ = headers.set("access-control-allow-methods", "GET, POST, OPTIONS");
+    let _ = headers.set("access-control-allow-headers", requested.as_deref().unwrap_or("authorization, content-type"));
+    let _ = headers.set("access-control-max-age", "86400");
+    response
+}
+
+async fn handle(req: Request, env: &Env, ctx: &Context, config: &Rc<RouterConfig>) -> Result<Response, ApiError> {
+    let path = req.path();
+    let method = req.method();
+    match (method, path.as_str()) {
+        (Method::Get, "/health") => Ok(json_response(200, &json!({"status": "ok", "providers": config.providers.len()}))),
+        (Method::Get, "/v1/models") => {
+            authenticate(&req, env).await?;
+            let board = board_snapshot(env).await?;
+            Ok(json_response(200, &models(config, &board)))
+        }
+        (Method::Get, "/v1/usage") => {
+            let token = authenticate(&req, env).await?;
+            let url = req.url().map_err(|e| internal("url", e))?;
+            let query: HashMap<String, String> = url.query_pairs().into_owned().collect();
+            let limit = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(50u32).clamp(1, 500);
+            let db = env.d1("DB").map_err(|e| internal("D1 binding", e))?;
+            let body = ledger::usage(&db, &token, query.get("request_id").map(String::as_str), limit)
+                .await
+                .map_err(|e| internal("ledger read", e))?;
+            Ok(json_response(200, &body))
+        }
+        (Method::Post, "/v1/chat/completions") => chat(req, env, ctx, config).await,
+        (_, "/health" | "/v1/models" | "/v1/usage" | "/v1/chat/completions") => Err(ApiError::method_not_allowed()),
+        _ => Err(ApiError::not_found(format!("no route for {path}"))),
+    }
+}
+
+/// The caller's token row, after checking the secret.
+async fn authenticate(req: &Request, env: &Env) -> Result<TokenRow, ApiError> {
+    let header = req.headers().get("authorization").ok().flatten();
+    let bearer = parse_authorization(header.as_deref())?;
+    let db = env.d1("DB").map_err(|e| internal("D1 binding", e))?;
+    let row = ledger::find_token(&db, bearer.id).await.map_err(|e| internal("token lookup", e))?;
+    match row {
+        Some(row) if verify_secret(bearer.secret, &row.secret_sha256) => Ok(row),
+        _ => Err(ApiError::unauthorized("invalid token")),
+    }
+}
+
+async fn board_snapshot(env: &Env) -> Result<ProviderBoard, ApiError> {
+    let stub = env
+        .durable_object("PROVIDER_BOARD")
+        .and_then(|ns| ns.get_by_name("global"))
+        .map_err(|e| internal("provider board binding", e))?;
+    let mut response = stub.fetch_with_str("https://board/").await.map_err(|e| internal("provider board", e))?;
+    response.json().await.map_err(|e| internal("provider board", e))
+}
+
+/// Counts the request against the token's per-minute limit.
+async fn rate_limit(env: &Env, token: &TokenRow) -> Result<(), ApiError> {
+    let stub = env
+        .durable_object("TOKEN_GATE")
+        .and_then(|ns| ns.get_by_name(&token.id))
+        .map_err(|e| internal("token gate binding", e))?;
+    let body = serde_json::to_string(&GateRequest { rpm_limit: token.rpm_limit }).expect("serializable");
+    let mut init = worker::RequestInit::new();
+    init.with_method(Method::Post).with_body(Some(body.into()));
+    let request = Request::new_with_init("https://gate/", &init).map_err(|e| internal("token gate", e))?;
+    let mut response = stub.fetch_with_request(request).await.map_err(|e| internal("token gate", e))?;
+    let answer: GateAnswer = response.json().await.map_err(|e| internal("token gate", e))?;
+    match answer.retry_after_s {
+        Some(s) => Err(ApiError::rate_limited(s, token.rpm_limit)),
+        None => Ok(()),
+    }
+}
+
+fn models(config: &RouterConfig, board: &ProviderBoard) -> Value {
+    let now = Date::now().as_millis();
+    let data: Vec<Value> = config
+        .model_names()
+        .iter()
+        .map(|model| {
+            let providers: Vec<Value> = config
+                .offers(model)
+                .iter()
+                .map(|(provider, offer)| {
+                    let health = board.health(&provider.name);
+                    let status =
+                        if health.cooldown_until_ms > now { "cooling_down" } else { health.breaker.name(now) };
+                    json!({
+                        "provider": provider.name,
+                        "upstream_model": offer.upstream_model,
+                        "input_usd_per_mtok": offer.input_usd_per_mtok,
+                        "output_usd_per_mtok": offer.output_usd_per_mtok,
+                        "context_length": offer.context_length,
+                        "continuation": provider.prefill,
+                        "status": status,
+                        "ttft_ms": health.ttft_ms,
+                        "tokens_per_second": health.tokens_per_second,
+                        "successes": health.successes,
+                        "failures": health.failures,
+                    })
+                })
+                .collect();
+            json!({"id": model, "object": "model", "created": 0, "owned_by": "edgechat", "providers": providers})
+        })
+        .collect();
+    json!({"object": "list", "data": data})
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).expect("crypto.getRandomValues");
+    hex::encode(bytes)
+}
+
+/// Provider name → key, from the secrets the configuration names.
+fn provider_keys(env: &Env, config: &RouterConfig) -> HashMap<String, String> {
+    let mut keys = HashMap::new();
+    for provider in &config.providers {
+        if let Some(secret) = &provider.api_key_secret {
+            match env.secret(secret) {
+                Ok(value) => {
+                    keys.insert(provider.name.clone(), value.to_string());
+                }
+                // The secret's name is not secret; its value is never logged.
+                Err(_) => console_error!("provider {}: secret {} is not set", provider.name, secret),
+            }
+        }
+    }
+    keys
+}
+
+async fn chat(mut req: Request, env: &Env, ctx: &Context, config: &Rc<RouterConfig>) -> Result<Response, ApiError> {
+    let token = authenticate(&req, env).await?;
+    if token.spent_usd >= token.budget_usd {
+        return Err(ApiError::budget_exhausted(token.budget_usd));
+    }
+    let limit = config.limits.max_body_bytes;
+    let declared = req.headers().get("content-length").ok().flatten().and_then(|l| l.parse::<usize>().ok());
+    if declared.is_some_and(|l| l > limit) {
+        return Err(ApiError::body_too_large(limit));
+    }
+    let (gate, board) = futures::join!(rate_limit(env, &token), board_snapshot(env));
+    gate?;
+    let board = board?;
+    let body = req.bytes().await.map_err(|_| ApiError::invalid_request("could not read the request body", None))?;
+    if body.len() > limit {
+        return Err(ApiError::body_too_large(limit));
+    }
+    let request = ChatRequest::parse(&body)?;
+    let route = Route::resolve(&request.model, config)?;
+    let now = Date::now().as_millis();
+    let prompt_tokens = estimate_prompt_tokens(request.prompt_chars(), request.messages.len());
+    let candidates = rank(&route, config, &board, now, prompt_tokens, request.max_tokens);
+    let hedge_ms = request.hedge_ms.or_else(|| config.hedge_ms.get(route.policy.name()).copied());
+    let entry = RequestEntry {
+        id: format!("chatcmpl-{}", random_id()),
+        token_id: token.id.clone(),
+        created_ms: now,
+        model: route.model.clone(),
+        policy: route.policy.name().to_string(),
+        stream: request.stream,
+    };
+    let (id, created, model, stream, include_usage) =
+        (entry.id.clone(), now / 1000, request.model.clone(), request.stream, request.include_usage);
+    let job = RelayJob { request, candidates, limits: config.limits.clone(), hedge_ms, prompt_tokens_estimate: prompt_tokens };
+
+    // The relay runs past this handler (the body streams after it returns), then writes the
+    // ledger and the provider statistics.
+    let (tx, mut rx) = mpsc::unbounded::<Downstream>();
+    let transport = WorkerTransport { keys: provider_keys(env, config) };
+    let env = env.clone();
+    let breaker = config.breaker.clone();
+    ctx.wait_until(async move {
+        let result = relay(&transport, job, &mut |event| tx.unbounded_send(event).is_ok()).await;
+        drop(tx);
+        let report = BoardReport { breaker, reports: result.attempts.iter().map(|a| a.report.clone()).collect() };
+        let (stats, ledger) = futures::join!(report_to_board(&env, &report), async {
+            let db = env.d1("DB")?;
+            ledger::record(&db, &entry, &result).await
+        });
+        if let Err(e) = stats {
+            console_error!("provider board report: {e}");
+        }
+        if let Err(e) = ledger {
+            console_error!("ledger write for {}: {e}", entry.id);
+        }
+    });
+
+    let first = rx.next().await.ok_or_else(|| ApiError::internal("the relay ended without an answer"))?;
+    let provider = match &first {
+        Downstream::Failed { error } => return Err(error.clone()),
+        Downstream::Delta { provider, .. } | Downstream::Done { provider, .. } => provider.clone(),
+        Downstream::Switch { to, .. } => to.clone(),
+    };
+    let headers = Headers::new();
+    let _ = headers.set("x-request-id", &id);
+    if stream {
+        let _ = headers.set("content-type", "text/event-stream; charset=utf-8");
+        let _ = headers.set("cache-control", "no-cache");
+        let _ = headers.set("x-edgechat-provider", &provider);
+        let mut writer = SseWriter::new(id, created, model, include_usage);
+        let events = futures::stream::once(async { first }).chain(rx);
+        let body = events.map(move |event| Ok::<Vec<u8>, worker::Error>(writer.write(&event).into_bytes()));
+        let response = Response::from_stream(body).map_err(|e| internal("response stream", e))?;
+        return Ok(response.with_headers(headers));
+    }
+    let mut collector = Collector::default();
+    collector.push(first);
+    while !collector.is_finished() {
+        match rx.next().await {
+            Some(event) => collector.push(event),
+            None => break,
+        }
+    }
+    let (provider, body) = collector.finish(&id, created, &model)?;
+    let _ = headers.set("x-edgechat-provider", &provider);
+    Ok(json_response(200, &body).with_headers(headers))
+}
+
+async fn report_to_board(env: &Env, report: &BoardReport) -> worker::Result<()> {
+    let stub = env.durable_object("PROVIDER_BOARD")?.get_by_name("global")?;
+    let mut init = worker::RequestInit::new();
+    init.with_method(Method::Post).with_body(Some(serde_json::to_string(report)?.into()));
+    stub.fetch_with_request(Request::new_with_init("https://board/", &init)?).await?;
+    Ok(())
+}

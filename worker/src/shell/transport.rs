@@ -1,0 +1,78 @@
+//! The relay's I/O in workerd: `fetch` with an abort signal, timers, the clock.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use worker::{AbortController, Date, Delay, Fetch, Headers, Method, Request, RequestInit};
+
+use crate::router::config::Provider;
+use crate::router::relay::{Transport, UpstreamResponse};
+
+pub struct WorkerTransport {
+    /// Provider name → API key, read from the worker's secrets. Never logged or returned.
+    pub keys: HashMap<String, String>,
+}
+
+/// Aborts its upstream request when dropped: a lost hedge or a caller that left stops there.
+struct AbortOnDrop(Option<AbortController>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(controller) = self.0.take() {
+            controller.abort();
+        }
+    }
+}
+
+/// An upstream body that aborts its request when dropped.
+pub struct UpstreamBody {
+    stream: Pin<Box<dyn Stream<Item = worker::Result<Vec<u8>>>>>,
+    _abort: AbortOnDrop,
+}
+
+impl Stream for UpstreamBody {
+    type Item = Result<Vec<u8>, String>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.stream.as_mut().poll_next(cx).map(|item| item.map(|r| r.map_err(|e| e.to_string())))
+    }
+}
+
+impl Transport for WorkerTransport {
+    type Body = UpstreamBody;
+
+    async fn post(&self, provider: &Provider, body: String) -> Result<UpstreamResponse<UpstreamBody>, String> {
+        let headers = Headers::new();
+        let set = |k: &str, v: &str| headers.set(k, v).map_err(|e| e.to_string());
+        set("content-type", "application/json")?;
+        set("accept", "text/event-stream")?;
+        if let Some(key) = self.keys.get(&provider.name) {
+            set("authorization", &format!("Bearer {key}"))?;
+        }
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post).with_headers(headers).with_body(Some(body.into()));
+        let url = format!("{}/chat/completions", provider.base_url.trim_end_matches('/'));
+        let request = Request::new_with_init(&url, &init).map_err(|e| e.to_string())?;
+        let abort = AbortOnDrop(Some(AbortController::default()));
+        let signal = abort.0.as_ref().expect("set above").signal();
+        let mut response = Fetch::Request(request).send_with_signal(&signal).await.map_err(|e| e.to_string())?;
+        let status = response.status_code();
+        let retry_after = response.headers().get("retry-after").ok().flatten();
+        let stream: Pin<Box<dyn Stream<Item = worker::Result<Vec<u8>>>>> = match response.stream() {
+            Ok(s) => Box::pin(s),
+            Err(_) => Box::pin(futures::stream::empty()),
+        };
+        Ok(UpstreamResponse { status, retry_after, body: UpstreamBody { stream, _abort: abort } })
+    }
+
+    async fn sleep(&self, ms: u64) {
+        // setTimeout takes at most 2^31-1 ms.
+        Delay::from(Duration::from_millis(ms.min(i32::MAX as u64))).await
+    }
+
+    fn now_ms(&self) -> u64 {
+        Date::now().as_millis()
+    }
+}
