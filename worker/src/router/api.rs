@@ -16,7 +16,14 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: u16, kind: &'static str, code: &str, message: impl Into<String>) -> ApiError {
-        ApiError { status, kind, code: Some(code.into()), message: message.into(), param: None, retry_after_s: None }
+        ApiError {
+            status,
+            kind,
+            code: Some(code.into()),
+            message: message.into(),
+            param: None,
+            retry_after_s: None,
+        }
     }
 
     pub fn invalid_request(message: impl Into<String>, param: Option<&str>) -> ApiError {
@@ -28,7 +35,12 @@ impl ApiError {
         ApiError::new(401, "authentication_error", "invalid_api_key", message)
     }
     pub fn budget_exhausted(budget_usd: f64) -> ApiError {
-        ApiError::new(402, "insufficient_quota", "budget_exhausted", format!("this token's budget of ${budget_usd:.4} is spent"))
+        ApiError::new(
+            402,
+            "insufficient_quota",
+            "budget_exhausted",
+            format!("this token's budget of ${budget_usd:.4} is spent"),
+        )
     }
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(404, "invalid_request_error", "not_found", message)
@@ -38,23 +50,38 @@ impl ApiError {
             404,
             "invalid_request_error",
             "model_not_found",
-            format!("model {model:?} does not exist; known models: {}", known.join(", ")),
+            format!(
+                "model {model:?} does not exist; known models: {}",
+                known.join(", ")
+            ),
         );
         e.param = Some("model".into());
         e
     }
     pub fn method_not_allowed() -> ApiError {
-        ApiError::new(405, "invalid_request_error", "method_not_allowed", "method not allowed on this path")
+        ApiError::new(
+            405,
+            "invalid_request_error",
+            "method_not_allowed",
+            "method not allowed on this path",
+        )
     }
     pub fn body_too_large(limit: usize) -> ApiError {
-        ApiError::new(413, "invalid_request_error", "request_too_large", format!("request body is larger than {limit} bytes"))
+        ApiError::new(
+            413,
+            "invalid_request_error",
+            "request_too_large",
+            format!("request body is larger than {limit} bytes"),
+        )
     }
     pub fn rate_limited(retry_after_s: u64, limit: u32) -> ApiError {
         let mut e = ApiError::new(
             429,
             "rate_limit_error",
             "rate_limit_exceeded",
-            format!("more than {limit} requests per minute for this token; retry in {retry_after_s} s"),
+            format!(
+                "more than {limit} requests per minute for this token; retry in {retry_after_s} s"
+            ),
         );
         e.retry_after_s = Some(retry_after_s);
         e
@@ -108,22 +135,44 @@ const MAX_TOKENS_LIMIT: u64 = 1 << 20;
 
 impl ChatRequest {
     pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::invalid_request(format!("request body is not valid JSON: {e}"), None))?;
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::invalid_request(format!("request body is not valid JSON: {e}"), None)
+        })?;
         let Value::Object(mut object) = value else {
-            return Err(ApiError::invalid_request("request body must be a JSON object", None));
+            return Err(ApiError::invalid_request(
+                "request body must be a JSON object",
+                None,
+            ));
         };
         let model = match object.remove("model") {
             Some(Value::String(m)) if !m.is_empty() => m,
-            Some(_) => return Err(ApiError::invalid_request("`model` must be a non-empty string", Some("model"))),
-            None => return Err(ApiError::invalid_request("`model` is required", Some("model"))),
+            Some(_) => {
+                return Err(ApiError::invalid_request(
+                    "`model` must be a non-empty string",
+                    Some("model"),
+                ))
+            }
+            None => {
+                return Err(ApiError::invalid_request(
+                    "`model` is required",
+                    Some("model"),
+                ))
+            }
         };
         let messages = match object.remove("messages") {
             Some(Value::Array(m)) if !m.is_empty() => m,
             Some(_) => {
-                return Err(ApiError::invalid_request("`messages` must be a non-empty array", Some("messages")))
+                return Err(ApiError::invalid_request(
+                    "`messages` must be a non-empty array",
+                    Some("messages"),
+                ))
             }
-            None => return Err(ApiError::invalid_request("`messages` is required", Some("messages"))),
+            None => {
+                return Err(ApiError::invalid_request(
+                    "`messages` is required",
+                    Some("messages"),
+                ))
+            }
         };
         for (i, message) in messages.iter().enumerate() {
             let role = message.get("role").and_then(Value::as_str);
@@ -146,7 +195,12 @@ impl ChatRequest {
         let stream = match object.remove("stream") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => b,
-            Some(_) => return Err(ApiError::invalid_request("`stream` must be a boolean", Some("stream"))),
+            Some(_) => {
+                return Err(ApiError::invalid_request(
+                    "`stream` must be a boolean",
+                    Some("stream"),
+                ))
+            }
         };
         let include_usage = match object.remove("stream_options") {
             None | Some(Value::Null) => false,
@@ -161,7 +215,10 @@ impl ChatRequest {
                 }
             },
             Some(_) => {
-                return Err(ApiError::invalid_request("`stream_options` must be an object", Some("stream_options")))
+                return Err(ApiError::invalid_request(
+                    "`stream_options` must be an object",
+                    Some("stream_options"),
+                ))
             }
         };
         let mut max_tokens = None;
@@ -182,7 +239,12 @@ impl ChatRequest {
         match object.remove("n") {
             None | Some(Value::Null) => {}
             Some(v) if v.as_u64() == Some(1) => {}
-            Some(_) => return Err(ApiError::invalid_request("only `n: 1` is supported", Some("n"))),
+            Some(_) => {
+                return Err(ApiError::invalid_request(
+                    "only `n: 1` is supported",
+                    Some("n"),
+                ))
+            }
         }
         let hedge_ms = match object.remove("hedge_ms") {
             None | Some(Value::Null) => None,
@@ -198,16 +260,33 @@ impl ChatRequest {
         };
         if let Some(t) = object.get("temperature") {
             if !t.is_null() && !t.as_f64().is_some_and(|t| (0.0..=2.0).contains(&t)) {
-                return Err(ApiError::invalid_request("`temperature` must be a number from 0 to 2", Some("temperature")));
+                return Err(ApiError::invalid_request(
+                    "`temperature` must be a number from 0 to 2",
+                    Some("temperature"),
+                ));
             }
         }
-        let sampling = FORWARDED.iter().filter_map(|k| object.remove(*k).map(|v| (k.to_string(), v))).collect();
-        Ok(ChatRequest { model, messages, stream, include_usage, max_tokens, hedge_ms, sampling })
+        let sampling = FORWARDED
+            .iter()
+            .filter_map(|k| object.remove(*k).map(|v| (k.to_string(), v)))
+            .collect();
+        Ok(ChatRequest {
+            model,
+            messages,
+            stream,
+            include_usage,
+            max_tokens,
+            hedge_ms,
+            sampling,
+        })
     }
 
     /// Characters of message text, for the prompt-size estimate.
     pub fn prompt_chars(&self) -> usize {
-        self.messages.iter().map(|m| message_text_len(m.get("content"))).sum()
+        self.messages
+            .iter()
+            .map(|m| message_text_len(m.get("content")))
+            .sum()
     }
 }
 
@@ -239,7 +318,10 @@ mod tests {
         assert!(r.stream && r.include_usage);
         assert_eq!(r.max_tokens, Some(5));
         assert_eq!(r.hedge_ms, Some(200));
-        assert_eq!(r.sampling.keys().collect::<Vec<_>>(), ["seed", "temperature"]);
+        assert_eq!(
+            r.sampling.keys().collect::<Vec<_>>(),
+            ["seed", "temperature"]
+        );
         assert_eq!(r.prompt_chars(), 2);
     }
 
@@ -247,16 +329,40 @@ mod tests {
     fn malformed_requests_are_400_with_the_param() {
         let cases = [
             (json!([1]), None),
-            (json!({"messages": [{"role": "user", "content": "x"}]}), Some("model")),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}]}),
+                Some("model"),
+            ),
             (json!({"model": "m"}), Some("messages")),
             (json!({"model": "m", "messages": []}), Some("messages")),
-            (json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]}), Some("messages")),
-            (json!({"model": "m", "messages": [{"role": "user", "content": 3}]}), Some("messages")),
-            (json!({"model": "m", "messages": [{"role": "user"}], "stream": "yes"}), Some("stream")),
-            (json!({"model": "m", "messages": [{"role": "user"}], "max_tokens": 0}), Some("max_tokens")),
-            (json!({"model": "m", "messages": [{"role": "user"}], "max_tokens": -4}), Some("max_tokens")),
-            (json!({"model": "m", "messages": [{"role": "user"}], "n": 2}), Some("n")),
-            (json!({"model": "m", "messages": [{"role": "user"}], "temperature": 9}), Some("temperature")),
+            (
+                json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]}),
+                Some("messages"),
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": 3}]}),
+                Some("messages"),
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user"}], "stream": "yes"}),
+                Some("stream"),
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user"}], "max_tokens": 0}),
+                Some("max_tokens"),
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user"}], "max_tokens": -4}),
+                Some("max_tokens"),
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user"}], "n": 2}),
+                Some("n"),
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user"}], "temperature": 9}),
+                Some("temperature"),
+            ),
         ];
         for (body, param) in cases {
             let e = parse(body.clone()).unwrap_err();

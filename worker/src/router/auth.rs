@@ -19,7 +19,8 @@ pub struct BearerToken<'a> {
 
 /// Reads `Authorization: Bearer ec_<id>_<secret>`.
 pub fn parse_authorization(header: Option<&str>) -> Result<BearerToken<'_>, ApiError> {
-    let header = header.ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer <token>` header"))?;
+    let header = header
+        .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer <token>` header"))?;
     let token = header
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))
@@ -28,7 +29,8 @@ pub fn parse_authorization(header: Option<&str>) -> Result<BearerToken<'_>, ApiE
     let malformed = || ApiError::unauthorized("invalid token");
     let rest = token.strip_prefix("ec_").ok_or_else(malformed)?;
     let (id, secret) = rest.split_once('_').ok_or_else(malformed)?;
-    let valid_part = |s: &str| (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric());
+    let valid_part =
+        |s: &str| (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric());
     if !valid_part(id) || !valid_part(secret) {
         return Err(malformed());
     }
@@ -42,7 +44,9 @@ pub fn hash_secret(secret: &str) -> String {
 
 /// Whether `secret` hashes to `stored_hex`, in time independent of where they differ.
 pub fn verify_secret(secret: &str, stored_hex: &str) -> bool {
-    let Ok(stored) = hex::decode(stored_hex) else { return false };
+    let Ok(stored) = hex::decode(stored_hex) else {
+        return false;
+    };
     let digest = Sha256::digest(secret.as_bytes());
     stored.len() == digest.len() && bool::from(digest.as_slice().ct_eq(&stored))
 }
@@ -59,7 +63,11 @@ impl RateWindow {
     /// Counts a request at `now_ms` if fewer than `limit` were made in the last minute; otherwise
     /// returns the seconds until one slot frees up.
     pub fn take(&mut self, now_ms: u64, limit: u32) -> Result<(), u64> {
-        while self.hits_ms.front().is_some_and(|&t| t + WINDOW_MS <= now_ms) {
+        while self
+            .hits_ms
+            .front()
+            .is_some_and(|&t| t + WINDOW_MS <= now_ms)
+        {
             self.hits_ms.pop_front();
         }
         if self.hits_ms.len() >= limit as usize {
@@ -79,9 +87,20 @@ mod tests {
     fn parses_tokens_and_rejects_malformed_ones() {
         assert_eq!(
             parse_authorization(Some("Bearer ec_abc123_s3cret")).unwrap(),
-            BearerToken { id: "abc123", secret: "s3cret" }
+            BearerToken {
+                id: "abc123",
+                secret: "s3cret"
+            }
         );
-        for bad in [None, Some("Basic x"), Some("Bearer "), Some("Bearer sk-123"), Some("Bearer ec_x"), Some("Bearer ec__y"), Some("Bearer ec_a_b-c")] {
+        for bad in [
+            None,
+            Some("Basic x"),
+            Some("Bearer "),
+            Some("Bearer sk-123"),
+            Some("Bearer ec_x"),
+            Some("Bearer ec__y"),
+            Some("Bearer ec_a_b-c"),
+        ] {
             let e = parse_authorization(bad).unwrap_err();
             assert_eq!(e.status, 401, "{bad:?}");
             assert!(!e.message.contains("s3cret"));

@@ -81,7 +81,10 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        BreakerConfig { failure_threshold: 3, open_ms: 30_000 }
+        BreakerConfig {
+            failure_threshold: 3,
+            open_ms: 30_000,
+        }
     }
 }
 
@@ -142,23 +145,38 @@ impl RouterConfig {
         if self.providers.is_empty() {
             return invalid("no providers".into());
         }
-        Policy::parse_name(&self.default_policy, self)
-            .ok_or_else(|| ConfigError::Invalid(format!("unknown default_policy {:?}", self.default_policy)))?;
+        Policy::parse_name(&self.default_policy, self).ok_or_else(|| {
+            ConfigError::Invalid(format!("unknown default_policy {:?}", self.default_policy))
+        })?;
         let mut names = BTreeSet::new();
         for provider in &self.providers {
             if provider.name.is_empty()
-                || !provider.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                || !provider
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
-                return invalid(format!("provider name {:?} must be letters, digits, - or _", provider.name));
+                return invalid(format!(
+                    "provider name {:?} must be letters, digits, - or _",
+                    provider.name
+                ));
             }
             if ["cheapest", "fastest"].contains(&provider.name.as_str()) {
-                return invalid(format!("provider name {:?} is a policy name", provider.name));
+                return invalid(format!(
+                    "provider name {:?} is a policy name",
+                    provider.name
+                ));
             }
             if !names.insert(provider.name.as_str()) {
                 return invalid(format!("provider {:?} is listed twice", provider.name));
             }
-            if !(provider.base_url.starts_with("https://") || provider.base_url.starts_with("http://")) {
-                return invalid(format!("provider {:?}: base_url must be http(s)", provider.name));
+            if !(provider.base_url.starts_with("https://")
+                || provider.base_url.starts_with("http://"))
+            {
+                return invalid(format!(
+                    "provider {:?}: base_url must be http(s)",
+                    provider.name
+                ));
             }
             for offer in &provider.models {
                 if offer.model.is_empty() || offer.upstream_model.is_empty() {
@@ -166,15 +184,25 @@ impl RouterConfig {
                 }
                 let prices = [offer.input_usd_per_mtok, offer.output_usd_per_mtok];
                 if prices.iter().any(|p| !p.is_finite() || *p < 0.0) {
-                    return invalid(format!("provider {:?}, model {:?}: bad price", provider.name, offer.model));
+                    return invalid(format!(
+                        "provider {:?}, model {:?}: bad price",
+                        provider.name, offer.model
+                    ));
                 }
                 if offer.context_length == 0 {
-                    return invalid(format!("provider {:?}, model {:?}: context_length 0", provider.name, offer.model));
+                    return invalid(format!(
+                        "provider {:?}, model {:?}: context_length 0",
+                        provider.name, offer.model
+                    ));
                 }
             }
         }
         let l = &self.limits;
-        if l.max_attempts == 0 || l.overall_deadline_ms == 0 || l.ttft_deadline_ms == 0 || l.stall_deadline_ms == 0 {
+        if l.max_attempts == 0
+            || l.overall_deadline_ms == 0
+            || l.ttft_deadline_ms == 0
+            || l.stall_deadline_ms == 0
+        {
             return invalid("limits must be positive".into());
         }
         if self.breaker.failure_threshold == 0 {
@@ -189,8 +217,11 @@ impl RouterConfig {
 
     /// Every model name some provider serves, sorted.
     pub fn model_names(&self) -> Vec<String> {
-        let names: BTreeSet<&str> =
-            self.providers.iter().flat_map(|p| p.models.iter().map(|m| m.model.as_str())).collect();
+        let names: BTreeSet<&str> = self
+            .providers
+            .iter()
+            .flat_map(|p| p.models.iter().map(|m| m.model.as_str()))
+            .collect();
         names.into_iter().map(String::from).collect()
     }
 
@@ -203,7 +234,9 @@ impl RouterConfig {
     }
 
     pub fn allows_origin(&self, origin: &str) -> bool {
-        self.cors_allow_origins.iter().any(|o| o == "*" || o == origin)
+        self.cors_allow_origins
+            .iter()
+            .any(|o| o == "*" || o == origin)
     }
 }
 
@@ -232,7 +265,10 @@ mod tests {
         let config = RouterConfig::from_json(SAMPLE).unwrap();
         assert_eq!(config.model_names(), ["m", "other"]);
         assert_eq!(config.offers("m").len(), 2);
-        assert_eq!(config.provider("alpha").unwrap().prefill, Prefill::MistralPrefix);
+        assert_eq!(
+            config.provider("alpha").unwrap().prefill,
+            Prefill::MistralPrefix
+        );
         assert_eq!(config.provider("beta").unwrap().prefill, Prefill::None);
         assert!(config.allows_origin("http://localhost:8000"));
         assert!(!config.allows_origin("https://evil.example"));
@@ -243,15 +279,30 @@ mod tests {
     fn rejects_bad_configs_with_a_reason() {
         let cases = [
             (r#"{"providers": []}"#, "no providers"),
-            (r#"{"providers": [{"name": "a b", "base_url": "https://x/v1", "models": []}]}"#, "letters"),
-            (r#"{"providers": [{"name": "fastest", "base_url": "https://x/v1", "models": []}]}"#, "policy name"),
-            (r#"{"providers": [{"name": "a", "base_url": "ftp://x", "models": []}]}"#, "http(s)"),
-            (r#"{"default_policy": "nope", "providers": [{"name": "a", "base_url": "https://x/v1", "models": []}]}"#, "default_policy"),
+            (
+                r#"{"providers": [{"name": "a b", "base_url": "https://x/v1", "models": []}]}"#,
+                "letters",
+            ),
+            (
+                r#"{"providers": [{"name": "fastest", "base_url": "https://x/v1", "models": []}]}"#,
+                "policy name",
+            ),
+            (
+                r#"{"providers": [{"name": "a", "base_url": "ftp://x", "models": []}]}"#,
+                "http(s)",
+            ),
+            (
+                r#"{"default_policy": "nope", "providers": [{"name": "a", "base_url": "https://x/v1", "models": []}]}"#,
+                "default_policy",
+            ),
             (
                 r#"{"providers": [{"name": "a", "base_url": "https://x/v1", "models": [{"model": "m", "upstream_model": "u", "input_usd_per_mtok": -1, "output_usd_per_mtok": 0, "context_length": 1}]}]}"#,
                 "bad price",
             ),
-            (r#"{"providers": [{"name": "a", "base_url": "https://x/v1", "models": [], "extra": 1}]}"#, "unknown field"),
+            (
+                r#"{"providers": [{"name": "a", "base_url": "https://x/v1", "models": [], "extra": 1}]}"#,
+                "unknown field",
+            ),
         ];
         for (json, expected) in cases {
             let message = RouterConfig::from_json(json).unwrap_err().to_string();

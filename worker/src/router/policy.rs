@@ -20,7 +20,9 @@ impl Policy {
         match name {
             "cheapest" => Some(Policy::Cheapest),
             "fastest" => Some(Policy::Fastest),
-            _ => config.provider(name).map(|p| Policy::Pinned(p.name.clone())),
+            _ => config
+                .provider(name)
+                .map(|p| Policy::Pinned(p.name.clone())),
         }
     }
 
@@ -53,23 +55,41 @@ impl Route {
                     )
                 })?;
                 if let Policy::Pinned(p) = &policy {
-                    if !config.offers(model).iter().any(|(provider, _)| &provider.name == p) {
-                        return Err(ApiError::not_found(format!("provider {p:?} does not serve model {model:?}")));
+                    if !config
+                        .offers(model)
+                        .iter()
+                        .any(|(provider, _)| &provider.name == p)
+                    {
+                        return Err(ApiError::not_found(format!(
+                            "provider {p:?} does not serve model {model:?}"
+                        )));
                     }
                 }
-                return Ok(Route { model: model.to_string(), policy });
+                return Ok(Route {
+                    model: model.to_string(),
+                    policy,
+                });
             }
         }
         if known.iter().any(|k| k == requested) {
-            let policy = Policy::parse_name(&config.default_policy, config).unwrap_or(Policy::Cheapest);
+            let policy =
+                Policy::parse_name(&config.default_policy, config).unwrap_or(Policy::Cheapest);
             let policy = match policy {
                 // A pinned default provider that lacks this model falls back to the cheapest.
-                Policy::Pinned(p) if !config.offers(requested).iter().any(|(provider, _)| provider.name == p) => {
+                Policy::Pinned(p)
+                    if !config
+                        .offers(requested)
+                        .iter()
+                        .any(|(provider, _)| provider.name == p) =>
+                {
                     Policy::Cheapest
                 }
                 other => other,
             };
-            return Ok(Route { model: requested.to_string(), policy });
+            return Ok(Route {
+                model: requested.to_string(),
+                policy,
+            });
         }
         Err(ApiError::model_not_found(requested, &known))
     }
@@ -80,8 +100,6 @@ impl Route {
 pub struct Candidate {
     pub provider: Provider,
     pub offer: ModelOffer,
-    /// Allowed only as the breaker's probe.
-    pub probe: bool,
 }
 
 /// Rough token count of a prompt (no tokenizer in the router): 4 bytes per token plus a few
@@ -97,20 +115,25 @@ const UNMEASURED_TTFT_MS: f64 = 500.0;
 const UNMEASURED_TOKENS_PER_SECOND: f64 = 50.0;
 
 pub fn cost_usd(offer: &ModelOffer, prompt_tokens: u64, completion_tokens: u64) -> f64 {
-    (prompt_tokens as f64 * offer.input_usd_per_mtok + completion_tokens as f64 * offer.output_usd_per_mtok) / 1e6
+    (prompt_tokens as f64 * offer.input_usd_per_mtok
+        + completion_tokens as f64 * offer.output_usd_per_mtok)
+        / 1e6
 }
 
 /// Expected seconds to a full answer of `output_tokens` from live statistics.
 pub fn expected_seconds(board: &ProviderBoard, provider: &str, output_tokens: u64) -> f64 {
     let health = board.health(provider);
     let ttft = health.ttft_ms.unwrap_or(UNMEASURED_TTFT_MS) / 1000.0;
-    let tps = health.tokens_per_second.unwrap_or(UNMEASURED_TOKENS_PER_SECOND).max(0.1);
+    let tps = health
+        .tokens_per_second
+        .unwrap_or(UNMEASURED_TOKENS_PER_SECOND)
+        .max(0.1);
     ttft + output_tokens as f64 / tps
 }
 
 /// The candidates in the order to try them. Providers whose breaker is open, or that asked us to
-/// back off, come last (still tried when nothing else is left); a half-open one is let through as
-/// a probe.
+/// back off, come last (still tried when nothing else is left); a half-open one is tried in its
+/// normal place, as the probe that closes or reopens its breaker.
 pub fn rank(
     route: &Route,
     config: &RouterConfig,
@@ -119,7 +142,9 @@ pub fn rank(
     prompt_tokens: u64,
     max_tokens: Option<u32>,
 ) -> Vec<Candidate> {
-    let output_tokens = max_tokens.map_or(TYPICAL_OUTPUT_TOKENS, |m| (m as u64).min(TYPICAL_OUTPUT_TOKENS * 8));
+    let output_tokens = max_tokens.map_or(TYPICAL_OUTPUT_TOKENS, |m| {
+        (m as u64).min(TYPICAL_OUTPUT_TOKENS * 8)
+    });
     let mut scored: Vec<(u8, f64, f64, Candidate)> = config
         .offers(&route.model)
         .into_iter()
@@ -129,15 +154,14 @@ pub fn rank(
         })
         .map(|(provider, offer)| {
             let admission = board.admission(&provider.name, now_ms);
-            let tier = match admission {
-                Admission::Allow => 0,
-                Admission::Probe => 1,
-                Admission::Deny => 2,
-            };
+            // A half-open provider takes its normal place: its trial request decides the breaker.
+            let tier = u8::from(admission == Admission::Deny);
             let cost = cost_usd(offer, prompt_tokens, output_tokens);
             let seconds = expected_seconds(board, &provider.name, output_tokens);
-            let candidate =
-                Candidate { provider: provider.clone(), offer: offer.clone(), probe: admission == Admission::Probe };
+            let candidate = Candidate {
+                provider: provider.clone(),
+                offer: offer.clone(),
+            };
             (tier, cost, seconds, candidate)
         })
         .collect();
@@ -194,18 +218,33 @@ mod tests {
     #[test]
     fn resolves_suffixes_and_the_default_policy() {
         let c = config();
-        assert_eq!(Route::resolve("m:cheapest", &c).unwrap().policy, Policy::Cheapest);
-        assert_eq!(Route::resolve("m:fastest", &c).unwrap().policy, Policy::Fastest);
-        assert_eq!(Route::resolve("m:quick", &c).unwrap().policy, Policy::Pinned("quick".into()));
+        assert_eq!(
+            Route::resolve("m:cheapest", &c).unwrap().policy,
+            Policy::Cheapest
+        );
+        assert_eq!(
+            Route::resolve("m:fastest", &c).unwrap().policy,
+            Policy::Fastest
+        );
+        assert_eq!(
+            Route::resolve("m:quick", &c).unwrap().policy,
+            Policy::Pinned("quick".into())
+        );
         assert_eq!(Route::resolve("m", &c).unwrap().policy, Policy::Fastest);
         // A model whose own name has a colon.
         assert_eq!(Route::resolve("org/x:8b", &c).unwrap().model, "org/x:8b");
-        assert_eq!(Route::resolve("org/x:8b:cheap", &c).unwrap().policy, Policy::Pinned("cheap".into()));
+        assert_eq!(
+            Route::resolve("org/x:8b:cheap", &c).unwrap().policy,
+            Policy::Pinned("cheap".into())
+        );
         let e = Route::resolve("nope", &c).unwrap_err();
         assert_eq!(e.status, 404);
         assert!(e.message.contains("m, org/x:8b"), "{}", e.message);
         assert_eq!(Route::resolve("m:bogus", &c).unwrap_err().status, 400);
-        assert_eq!(Route::resolve("org/x:8b:quick", &c).unwrap_err().status, 404);
+        assert_eq!(
+            Route::resolve("org/x:8b:quick", &c).unwrap_err().status,
+            404
+        );
     }
 
     #[test]
@@ -213,12 +252,18 @@ mod tests {
         let c = config();
         let mut board = ProviderBoard::default();
         let cheapest = Route::resolve("m:cheapest", &c).unwrap();
-        assert_eq!(names(&rank(&cheapest, &c, &board, 0, 100, Some(100))), ["cheap", "mid", "quick"]);
+        assert_eq!(
+            names(&rank(&cheapest, &c, &board, 0, 100, Some(100))),
+            ["cheap", "mid", "quick"]
+        );
         measured(&mut board, "quick", 50, 400.0);
         measured(&mut board, "cheap", 900, 20.0);
         measured(&mut board, "mid", 300, 80.0);
         let fastest = Route::resolve("m:fastest", &c).unwrap();
-        assert_eq!(names(&rank(&fastest, &c, &board, 0, 100, Some(100))), ["quick", "mid", "cheap"]);
+        assert_eq!(
+            names(&rank(&fastest, &c, &board, 0, 100, Some(100))),
+            ["quick", "mid", "cheap"]
+        );
         let pinned = Route::resolve("m:mid", &c).unwrap();
         assert_eq!(names(&rank(&pinned, &c, &board, 0, 100, None)), ["mid"]);
     }
@@ -228,19 +273,42 @@ mod tests {
         let c = config();
         let mut board = ProviderBoard::default();
         let breaker = BreakerConfig::default();
-        let fail =
-            AttemptReport { provider: "cheap".into(), ok: false, provider_fault: true, ttft_ms: None, tokens_per_second: None, retry_after_ms: None };
+        let fail = AttemptReport {
+            provider: "cheap".into(),
+            ok: false,
+            provider_fault: true,
+            ttft_ms: None,
+            tokens_per_second: None,
+            retry_after_ms: None,
+        };
         for _ in 0..breaker.failure_threshold {
             board.record(&fail, 0, &breaker);
         }
         let route = Route::resolve("m:cheapest", &c).unwrap();
-        assert_eq!(names(&rank(&route, &c, &board, 1, 100, None)), ["mid", "quick", "cheap"]);
+        assert_eq!(
+            names(&rank(&route, &c, &board, 1, 100, None)),
+            ["mid", "quick", "cheap"]
+        );
         let probe_time = breaker.open_ms;
         let ranked = rank(&route, &c, &board, probe_time, 100, None);
-        assert_eq!(names(&ranked), ["mid", "quick", "cheap"], "a probe comes after healthy providers");
-        assert!(ranked[2].probe);
+        assert_eq!(
+            names(&ranked),
+            ["cheap", "mid", "quick"],
+            "a half-open provider is probed in its place"
+        );
+        assert_eq!(board.admission("cheap", probe_time), Admission::Probe);
         // 10k prompt tokens fit only 'quick' (32k context).
-        assert_eq!(names(&rank(&route, &c, &ProviderBoard::default(), 0, 10_000, None)), ["quick", "cheap", "mid"]);
+        assert_eq!(
+            names(&rank(
+                &route,
+                &c,
+                &ProviderBoard::default(),
+                0,
+                10_000,
+                None
+            )),
+            ["quick", "cheap", "mid"]
+        );
     }
 
     #[test]

@@ -44,7 +44,11 @@ pub struct UpstreamResponse<B> {
 pub trait Transport {
     type Body: Stream<Item = Result<Vec<u8>, String>> + Unpin;
     /// POSTs a JSON body to `{base_url}/chat/completions` with the provider's key.
-    fn post(&self, provider: &Provider, body: String) -> impl Future<Output = Result<UpstreamResponse<Self::Body>, String>>;
+    fn post(
+        &self,
+        provider: &Provider,
+        body: String,
+    ) -> impl Future<Output = Result<UpstreamResponse<Self::Body>, String>>;
     fn sleep(&self, ms: u64) -> impl Future<Output = ()>;
     fn now_ms(&self) -> u64;
 }
@@ -63,9 +67,19 @@ pub enum Downstream {
     Delta { provider: String, text: String },
     /// The answer moved to another provider. `continued`: the new one continues the text already
     /// sent; otherwise that text is void and the answer starts again.
-    Switch { from: String, to: String, reason: String, continued: bool },
+    Switch {
+        from: String,
+        to: String,
+        reason: String,
+        continued: bool,
+    },
     /// The answer is complete.
-    Done { provider: String, finish_reason: String, usage: Usage, cost_usd: f64 },
+    Done {
+        provider: String,
+        finish_reason: String,
+        usage: Usage,
+        cost_usd: f64,
+    },
     /// The request failed; text already sent is an incomplete answer.
     Failed { error: ApiError },
 }
@@ -119,7 +133,11 @@ pub struct RelayJob {
 }
 
 /// Runs the job; `emit` returns false once the caller is gone.
-pub async fn relay<T: Transport>(t: &T, job: RelayJob, emit: &mut dyn FnMut(Downstream) -> bool) -> RelayResult {
+pub async fn relay<T: Transport>(
+    t: &T,
+    job: RelayJob,
+    emit: &mut dyn FnMut(Downstream) -> bool,
+) -> RelayResult {
     Relay::new(t, job).run(emit).await
 }
 
@@ -127,11 +145,19 @@ pub async fn relay<T: Transport>(t: &T, job: RelayJob, emit: &mut dyn FnMut(Down
 #[derive(Debug)]
 enum Failure {
     /// Another try, here or elsewhere, may work.
-    Transient { outcome: String, status: Option<u16>, retry_after_ms: Option<u64>, provider_fault: bool },
+    Transient {
+        outcome: String,
+        status: Option<u16>,
+        retry_after_ms: Option<u64>,
+        provider_fault: bool,
+    },
     /// The prompt does not fit this provider's context.
     ContextLength,
     /// The request itself is refused (content policy, invalid for the provider): the caller's answer.
-    Refused { outcome: String, error: ApiError },
+    Refused {
+        outcome: String,
+        error: Box<ApiError>,
+    },
     /// This provider cannot serve the request (bad key, unknown model): skip it.
     Unusable { outcome: String, status: u16 },
 }
@@ -139,9 +165,9 @@ enum Failure {
 impl Failure {
     fn outcome(&self) -> String {
         match self {
-            Failure::Transient { outcome, .. } | Failure::Refused { outcome, .. } | Failure::Unusable { outcome, .. } => {
-                outcome.clone()
-            }
+            Failure::Transient { outcome, .. }
+            | Failure::Refused { outcome, .. }
+            | Failure::Unusable { outcome, .. } => outcome.clone(),
             Failure::ContextLength => "context_length".into(),
         }
     }
@@ -154,7 +180,12 @@ impl Failure {
         }
     }
     fn transient(outcome: &str, provider_fault: bool) -> Failure {
-        Failure::Transient { outcome: outcome.into(), status: None, retry_after_ms: None, provider_fault }
+        Failure::Transient {
+            outcome: outcome.into(),
+            status: None,
+            retry_after_ms: None,
+            provider_fault,
+        }
     }
 }
 
@@ -177,7 +208,11 @@ struct StreamReader<B> {
 impl<B: Stream<Item = Result<Vec<u8>, String>> + Unpin> StreamReader<B> {
     /// The next item, waiting at most `timeout_ms` for bytes (no limit: the caller has one);
     /// `Ok(None)` when the body ended.
-    async fn next<T: Transport>(&mut self, t: &T, timeout_ms: Option<u64>) -> Result<Option<Item>, Failure> {
+    async fn next<T: Transport>(
+        &mut self,
+        t: &T,
+        timeout_ms: Option<u64>,
+    ) -> Result<Option<Item>, Failure> {
         loop {
             if let Some(item) = self.queue.pop_front() {
                 return Ok(Some(item));
@@ -188,12 +223,17 @@ impl<B: Stream<Item = Result<Vec<u8>, String>> + Unpin> StreamReader<B> {
             };
             let bytes = match next {
                 None => return Err(Failure::transient("stalled", true)),
-                Some(None) if self.parser.has_partial_event() => return Err(Failure::transient("cut", true)),
+                Some(None) if self.parser.has_partial_event() => {
+                    return Err(Failure::transient("cut", true))
+                }
                 Some(None) => return Ok(None),
                 Some(Some(Err(_))) => return Err(Failure::transient("cut", true)),
                 Some(Some(Ok(bytes))) => bytes,
             };
-            let events = self.parser.push(&bytes).map_err(|_| Failure::transient("malformed", true))?;
+            let events = self
+                .parser
+                .push(&bytes)
+                .map_err(|_| Failure::transient("malformed", true))?;
             for event in events {
                 self.parse_event(&event.data)?;
             }
@@ -205,23 +245,34 @@ impl<B: Stream<Item = Result<Vec<u8>, String>> + Unpin> StreamReader<B> {
             self.queue.push_back(Item::Done);
             return Ok(());
         }
-        let value: Value = serde_json::from_str(data).map_err(|_| Failure::transient("malformed", true))?;
+        let value: Value =
+            serde_json::from_str(data).map_err(|_| Failure::transient("malformed", true))?;
         if value.get("error").is_some_and(|e| !e.is_null()) {
             return Err(Failure::transient("stream_error", true));
         }
         let choice = value.get("choices").and_then(|c| c.get(0));
-        if let Some(text) = choice.and_then(|c| c.pointer("/delta/content")).and_then(Value::as_str) {
+        if let Some(text) = choice
+            .and_then(|c| c.pointer("/delta/content"))
+            .and_then(Value::as_str)
+        {
             if !text.is_empty() {
                 self.queue.push_back(Item::Text(text.to_string()));
             }
         }
-        if let Some(reason) = choice.and_then(|c| c.get("finish_reason")).and_then(Value::as_str) {
+        if let Some(reason) = choice
+            .and_then(|c| c.get("finish_reason"))
+            .and_then(Value::as_str)
+        {
             self.queue.push_back(Item::Finish(reason.to_string()));
         }
         if let Some(usage) = value.get("usage").filter(|u| u.is_object()) {
             let field = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
             let (p, c) = (field("prompt_tokens"), field("completion_tokens"));
-            self.queue.push_back(Item::Usage(Usage { prompt_tokens: p, completion_tokens: c, total_tokens: p + c }));
+            self.queue.push_back(Item::Usage(Usage {
+                prompt_tokens: p,
+                completion_tokens: c,
+                total_tokens: p + c,
+            }));
         }
         if choice.is_none() && value.get("usage").is_none() {
             return Err(Failure::transient("malformed", true));
@@ -248,14 +299,26 @@ async fn within<T: Transport, F: Future>(t: &T, ms: u64, future: F) -> Option<F:
 }
 
 /// Sends one attempt and waits for its first token (or an immediate finish).
-async fn first_token<T: Transport>(t: &T, candidate: Candidate, body: String, ttft_ms: u64) -> Result<Started<T::Body>, (Candidate, Failure)> {
+async fn first_token<T: Transport>(
+    t: &T,
+    candidate: Candidate,
+    body: String,
+    ttft_ms: u64,
+) -> Result<Started<T::Body>, (Candidate, Failure)> {
     let sent_ms = t.now_ms();
     let attempt = async {
-        let response = t.post(&candidate.provider, body).await.map_err(|_| Failure::transient("connect_error", true))?;
+        let response = t
+            .post(&candidate.provider, body)
+            .await
+            .map_err(|_| Failure::transient("connect_error", true))?;
         if !(200..300).contains(&response.status) {
             return Err(classify_error(t, response).await);
         }
-        let mut reader = StreamReader { body: response.body, parser: SseParser::default(), queue: VecDeque::new() };
+        let mut reader = StreamReader {
+            body: response.body,
+            parser: SseParser::default(),
+            queue: VecDeque::new(),
+        };
         loop {
             match reader.next(t, None).await? {
                 Some(Item::Usage(_)) => continue,
@@ -267,7 +330,13 @@ async fn first_token<T: Transport>(t: &T, candidate: Candidate, body: String, tt
     match within(t, ttft_ms, attempt).await {
         Some(Ok((reader, first))) => {
             let ttft_ms = t.now_ms().saturating_sub(sent_ms);
-            Ok(Started { candidate, reader, first, sent_ms, ttft_ms })
+            Ok(Started {
+                candidate,
+                reader,
+                first,
+                sent_ms,
+                ttft_ms,
+            })
         }
         Some(Err(failure)) => Err((candidate, failure)),
         None => Err((candidate, Failure::transient("ttft_timeout", true))),
@@ -277,7 +346,11 @@ async fn first_token<T: Transport>(t: &T, candidate: Candidate, body: String, tt
 /// Reads an upstream error response and decides what it means for routing.
 async fn classify_error<T: Transport>(t: &T, response: UpstreamResponse<T::Body>) -> Failure {
     let status = response.status;
-    let retry_after_ms = response.retry_after.as_deref().and_then(|v| v.trim().parse::<u64>().ok()).map(|s| s * 1000);
+    let retry_after_ms = response
+        .retry_after
+        .as_deref()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| s * 1000);
     let mut body = response.body;
     let mut bytes = Vec::new();
     // A bounded, short read: the error body only refines the status.
@@ -292,16 +365,32 @@ async fn classify_error<T: Transport>(t: &T, response: UpstreamResponse<T::Body>
     .await;
     let parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let error = parsed.get("error").cloned().unwrap_or(Value::Null);
-    let text = |k: &str| error.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let text = |k: &str| {
+        error
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let (code, kind, message) = (text("code"), text("type"), text("message"));
     let message_lower = message.to_lowercase();
     let outcome = format!("http_{status}");
     if status == 429 {
         let retry_after_ms = Some(retry_after_ms.unwrap_or(DEFAULT_RETRY_AFTER_MS));
-        return Failure::Transient { outcome, status: Some(status), retry_after_ms, provider_fault: false };
+        return Failure::Transient {
+            outcome,
+            status: Some(status),
+            retry_after_ms,
+            provider_fault: false,
+        };
     }
     if status >= 500 || status == 408 {
-        return Failure::Transient { outcome, status: Some(status), retry_after_ms, provider_fault: true };
+        return Failure::Transient {
+            outcome,
+            status: Some(status),
+            retry_after_ms,
+            provider_fault: true,
+        };
     }
     if code == "context_length_exceeded"
         || message_lower.contains("context length")
@@ -310,19 +399,35 @@ async fn classify_error<T: Transport>(t: &T, response: UpstreamResponse<T::Body>
     {
         return Failure::ContextLength;
     }
-    if ["content_policy_violation", "content_filter", "content_filtered"].contains(&code.as_str())
+    if [
+        "content_policy_violation",
+        "content_filter",
+        "content_filtered",
+    ]
+    .contains(&code.as_str())
         || kind == "content_filter"
         || message_lower.contains("content policy")
     {
         let error = ApiError {
             status,
             kind: "invalid_request_error",
-            code: Some(if code.is_empty() { "content_policy_violation".into() } else { code }),
-            message: if message.is_empty() { "the provider refused this request (content policy)".into() } else { truncate(&message, 500) },
+            code: Some(if code.is_empty() {
+                "content_policy_violation".into()
+            } else {
+                code
+            }),
+            message: if message.is_empty() {
+                "the provider refused this request (content policy)".into()
+            } else {
+                truncate(&message, 500)
+            },
             param: None,
             retry_after_s: None,
         };
-        return Failure::Refused { outcome: "content_policy".into(), error };
+        return Failure::Refused {
+            outcome: "content_policy".into(),
+            error: Box::new(error),
+        };
     }
     if matches!(status, 401 | 403 | 404) {
         return Failure::Unusable { outcome, status };
@@ -331,11 +436,18 @@ async fn classify_error<T: Transport>(t: &T, response: UpstreamResponse<T::Body>
         status,
         kind: "invalid_request_error",
         code: (!code.is_empty()).then_some(code),
-        message: if message.is_empty() { format!("the provider rejected the request with HTTP {status}") } else { truncate(&message, 500) },
+        message: if message.is_empty() {
+            format!("the provider rejected the request with HTTP {status}")
+        } else {
+            truncate(&message, 500)
+        },
         param: None,
         retry_after_s: None,
     };
-    Failure::Refused { outcome, error }
+    Failure::Refused {
+        outcome,
+        error: Box::new(error),
+    }
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -347,7 +459,10 @@ fn truncate(text: &str, max: usize) -> String {
 
 /// How a started attempt ended.
 enum StreamEnd {
-    Complete { finish_reason: String, usage: Option<Usage> },
+    Complete {
+        finish_reason: String,
+        usage: Option<Usage>,
+    },
     Failed(Failure),
     CallerGone,
 }
@@ -401,7 +516,9 @@ impl<'t, T: Transport> Relay<'t, T> {
                 let provider = self.rescue_from.take().map(|(p, _)| p).unwrap_or_default();
                 return self.finish(emit, provider, "length".into(), None);
             }
-            let Some(candidate) = self.next_candidate().await else { break };
+            let Some(candidate) = self.next_candidate().await else {
+                break;
+            };
             let hedge = self.hedge_partner();
             let started = match hedge {
                 Some((partner, delay)) => self.hedged(candidate, partner, delay).await,
@@ -428,7 +545,9 @@ impl<'t, T: Transport> Relay<'t, T> {
     }
 
     fn max_tokens_left(&self) -> Option<u64> {
-        self.request.max_tokens.map(|m| u64::from(m).saturating_sub(self.sent_tokens))
+        self.request
+            .max_tokens
+            .map(|m| u64::from(m).saturating_sub(self.sent_tokens))
     }
 
     /// The next candidate to try, waiting for a retry time if that is all that is left.
@@ -436,7 +555,8 @@ impl<'t, T: Transport> Relay<'t, T> {
         if self.attempts.len() as u32 >= self.limits.max_attempts {
             return None;
         }
-        let fits = |c: &Candidate, limit: Option<u32>| limit.is_none_or(|l| c.offer.context_length > l);
+        let fits =
+            |c: &Candidate, limit: Option<u32>| limit.is_none_or(|l| c.offer.context_length > l);
         while let Some(candidate) = self.fresh.pop_front() {
             if fits(&candidate, self.too_small_context) {
                 return Some(candidate);
@@ -464,13 +584,21 @@ impl<'t, T: Transport> Relay<'t, T> {
             return None;
         }
         let limit = self.too_small_context;
-        let index = self.fresh.iter().position(|c| limit.is_none_or(|l| c.offer.context_length > l))?;
+        let index = self
+            .fresh
+            .iter()
+            .position(|c| limit.is_none_or(|l| c.offer.context_length > l))?;
         self.fresh.remove(index).map(|c| (c, delay))
     }
 
     /// Runs `first` and, if it has no token within `delay`, `second` beside it; the first to
     /// produce a token wins and the other is dropped (aborted), recorded as `hedge_lost`.
-    async fn hedged(&mut self, first: Candidate, second: Candidate, delay: u64) -> Result<Started<T::Body>, (Candidate, Failure)> {
+    async fn hedged(
+        &mut self,
+        first: Candidate,
+        second: Candidate,
+        delay: u64,
+    ) -> Result<Started<T::Body>, (Candidate, Failure)> {
         let ttft = self.limits.ttft_deadline_ms;
         let t = self.t;
         let first_body = self.upstream_body(&first);
@@ -495,17 +623,26 @@ impl<'t, T: Transport> Relay<'t, T> {
                 Ok(started)
             }
             Either::Left((Err((candidate, failure)), other)) => {
-                self.hedge_failed(candidate, failure, &second_name, hedge_start + delay, other).await
+                self.hedge_failed(candidate, failure, &second_name, hedge_start + delay, other)
+                    .await
             }
             Either::Right((Err((candidate, failure)), other)) => {
-                self.hedge_failed(candidate, failure, &first_name, hedge_start, other).await
+                self.hedge_failed(candidate, failure, &first_name, hedge_start, other)
+                    .await
             }
         }
     }
 
     /// One side of a hedge failed before its first token: the other goes on alone, unless the
     /// request itself was refused (then the other would be refused too, and is dropped).
-    async fn hedge_failed<F>(&mut self, candidate: Candidate, failure: Failure, other_name: &str, other_start: u64, other: F) -> Result<Started<T::Body>, (Candidate, Failure)>
+    async fn hedge_failed<F>(
+        &mut self,
+        candidate: Candidate,
+        failure: Failure,
+        other_name: &str,
+        other_start: u64,
+        other: F,
+    ) -> Result<Started<T::Body>, (Candidate, Failure)>
     where
         F: Future<Output = Result<Started<T::Body>, (Candidate, Failure)>>,
     {
@@ -540,7 +677,13 @@ impl<'t, T: Transport> Relay<'t, T> {
 
     /// Records a failed attempt and queues what comes next. Returns the caller's error when the
     /// request was refused (not retried anywhere).
-    fn attempt_failed(&mut self, candidate: Candidate, failure: Failure, ttft_ms: Option<u64>, tokens: u64) -> Option<ApiError> {
+    fn attempt_failed(
+        &mut self,
+        candidate: Candidate,
+        failure: Failure,
+        ttft_ms: Option<u64>,
+        tokens: u64,
+    ) -> Option<ApiError> {
         let now = self.t.now_ms();
         let provider = candidate.provider.name.clone();
         let mut report = AttemptReport {
@@ -553,7 +696,12 @@ impl<'t, T: Transport> Relay<'t, T> {
         };
         let mut refused = None;
         match &failure {
-            Failure::Transient { outcome, status, retry_after_ms, provider_fault } => {
+            Failure::Transient {
+                outcome,
+                status,
+                retry_after_ms,
+                provider_fault,
+            } => {
                 report.provider_fault = *provider_fault;
                 report.retry_after_ms = *retry_after_ms;
                 let backoff = retry_after_ms.unwrap_or(RETRY_BACKOFF_MS);
@@ -562,13 +710,16 @@ impl<'t, T: Transport> Relay<'t, T> {
                         format!("provider {provider} is rate limited"),
                         Some(backoff.div_ceil(1000)),
                     ),
-                    _ => ApiError::upstream_failed(format!("provider {provider} failed: {outcome}")),
+                    _ => {
+                        ApiError::upstream_failed(format!("provider {provider} failed: {outcome}"))
+                    }
                 });
                 self.retry.push((candidate, now + backoff));
             }
             Failure::ContextLength => {
                 let context = candidate.offer.context_length;
-                self.too_small_context = Some(self.too_small_context.map_or(context, |c| c.max(context)));
+                self.too_small_context =
+                    Some(self.too_small_context.map_or(context, |c| c.max(context)));
                 let mut e = ApiError::invalid_request(
                     format!("the prompt is longer than the context of every provider tried (largest {context} tokens)"),
                     Some("messages"),
@@ -576,10 +727,12 @@ impl<'t, T: Transport> Relay<'t, T> {
                 e.code = Some("context_length_exceeded".into());
                 self.last_error = Some(e);
             }
-            Failure::Refused { error, .. } => refused = Some(error.clone()),
+            Failure::Refused { error, .. } => refused = Some((**error).clone()),
             Failure::Unusable { outcome, .. } => {
                 report.provider_fault = true;
-                self.last_error = Some(ApiError::upstream_failed(format!("provider {provider} failed: {outcome}")));
+                self.last_error = Some(ApiError::upstream_failed(format!(
+                    "provider {provider} failed: {outcome}"
+                )));
             }
         }
         self.attempts.push(AttemptRecord {
@@ -604,10 +757,11 @@ impl<'t, T: Transport> Relay<'t, T> {
         if !self.sent_text.is_empty() {
             match candidate.provider.prefill {
                 Prefill::None => {}
-                Prefill::TrailingAssistant => messages.push(json!({"role": "assistant", "content": self.sent_text})),
-                Prefill::MistralPrefix => {
-                    messages.push(json!({"role": "assistant", "content": self.sent_text, "prefix": true}))
+                Prefill::TrailingAssistant => {
+                    messages.push(json!({"role": "assistant", "content": self.sent_text}))
                 }
+                Prefill::MistralPrefix => messages
+                    .push(json!({"role": "assistant", "content": self.sent_text, "prefix": true})),
                 Prefill::ContinueFinalMessage => {
                     messages.push(json!({"role": "assistant", "content": self.sent_text}));
                     body.insert("continue_final_message".into(), json!(true));
@@ -621,7 +775,11 @@ impl<'t, T: Transport> Relay<'t, T> {
             body.insert(k.clone(), v.clone());
         }
         let continuing = !self.sent_text.is_empty() && candidate.provider.prefill != Prefill::None;
-        let max_tokens = if continuing { self.max_tokens_left() } else { self.request.max_tokens.map(u64::from) };
+        let max_tokens = if continuing {
+            self.max_tokens_left()
+        } else {
+            self.request.max_tokens.map(u64::from)
+        };
         if let Some(m) = max_tokens {
             body.insert("max_tokens".into(), json!(m.max(1)));
         }
@@ -632,8 +790,18 @@ impl<'t, T: Transport> Relay<'t, T> {
 
     /// Streams a started attempt to the caller. Returns the request's result when it is over, or
     /// `None` to go on with the next candidate.
-    async fn stream(&mut self, started: Started<T::Body>, emit: &mut dyn FnMut(Downstream) -> bool) -> Option<RelayResult> {
-        let Started { candidate, mut reader, first, sent_ms, ttft_ms } = started;
+    async fn stream(
+        &mut self,
+        started: Started<T::Body>,
+        emit: &mut dyn FnMut(Downstream) -> bool,
+    ) -> Option<RelayResult> {
+        let Started {
+            candidate,
+            mut reader,
+            first,
+            sent_ms,
+            ttft_ms,
+        } = started;
         let provider = candidate.provider.name.clone();
         let continuing = candidate.provider.prefill != Prefill::None;
         if let Some((from, reason)) = self.rescue_from.take() {
@@ -641,12 +809,21 @@ impl<'t, T: Transport> Relay<'t, T> {
                 // The discarded text's tokens are not part of the answer: not billed.
                 self.sent_text.clear();
                 self.sent_tokens = 0;
-                for a in self.attempts.iter_mut().filter(|a| a.completion_tokens > 0 && a.outcome != "ok") {
+                for a in self
+                    .attempts
+                    .iter_mut()
+                    .filter(|a| a.completion_tokens > 0 && a.outcome != "ok")
+                {
                     a.completion_tokens = 0;
                     a.cost_usd = 0.0;
                 }
             }
-            if !emit(Downstream::Switch { from, to: provider.clone(), reason, continued: continuing }) {
+            if !emit(Downstream::Switch {
+                from,
+                to: provider.clone(),
+                reason,
+                continued: continuing,
+            }) {
                 return Some(self.cancelled(candidate, ttft_ms, 0, sent_ms));
             }
         }
@@ -668,32 +845,50 @@ impl<'t, T: Transport> Relay<'t, T> {
                     tokens += 1;
                     self.sent_tokens += 1;
                     self.sent_text.push_str(&text);
-                    if !emit(Downstream::Delta { provider: provider.clone(), text }) {
+                    if !emit(Downstream::Delta {
+                        provider: provider.clone(),
+                        text,
+                    }) {
                         break StreamEnd::CallerGone;
                     }
                 }
                 Ok(Some(Item::Finish(reason))) => finish_reason = Some(reason),
                 Ok(Some(Item::Usage(u))) => usage = Some(u),
                 Ok(Some(Item::Done)) | Ok(None) => match finish_reason.take() {
-                    Some(reason) => break StreamEnd::Complete { finish_reason: reason, usage },
+                    Some(reason) => {
+                        break StreamEnd::Complete {
+                            finish_reason: reason,
+                            usage,
+                        }
+                    }
                     // [DONE] without a finish reason still ends the answer explicitly.
                     None if matches!(current, Ok(Some(Item::Done))) => {
-                        break StreamEnd::Complete { finish_reason: "stop".into(), usage }
+                        break StreamEnd::Complete {
+                            finish_reason: "stop".into(),
+                            usage,
+                        }
                     }
                     None => break StreamEnd::Failed(Failure::transient("cut", true)),
                 },
                 // After the finish reason the answer is whole: a missing [DONE] or usage is no loss.
                 Err(_) if finish_reason.is_some() => {
-                    break StreamEnd::Complete { finish_reason: finish_reason.take().unwrap(), usage }
+                    break StreamEnd::Complete {
+                        finish_reason: finish_reason.take().unwrap(),
+                        usage,
+                    }
                 }
                 Err(failure) => break StreamEnd::Failed(failure),
             }
         };
         let now = self.t.now_ms();
         let seconds = now.saturating_sub(first_text_ms) as f64 / 1000.0;
-        let tokens_per_second = (tokens >= 4 && seconds > 0.0).then(|| (tokens - 1) as f64 / seconds);
+        let tokens_per_second =
+            (tokens >= 4 && seconds > 0.0).then(|| (tokens - 1) as f64 / seconds);
         match end {
-            StreamEnd::Complete { finish_reason, usage } => {
+            StreamEnd::Complete {
+                finish_reason,
+                usage,
+            } => {
                 let prompt_tokens = usage.map_or(self.prompt_tokens_estimate, |u| u.prompt_tokens);
                 let completion_tokens = usage.map_or(tokens, |u| u.completion_tokens.max(tokens));
                 let cost = cost_usd(&candidate.offer, prompt_tokens, completion_tokens);
@@ -743,7 +938,9 @@ impl<'t, T: Transport> Relay<'t, T> {
                         retry_after_ms: None,
                     },
                 });
-                self.last_error = Some(ApiError::upstream_failed(format!("provider {provider} stream {reason}")));
+                self.last_error = Some(ApiError::upstream_failed(format!(
+                    "provider {provider} stream {reason}"
+                )));
                 self.retry.push((candidate, retry_at));
                 self.rescue_from = Some((provider, reason));
                 None
@@ -756,7 +953,13 @@ impl<'t, T: Transport> Relay<'t, T> {
         self.limits.stall_deadline_ms.min(left)
     }
 
-    fn cancelled(&mut self, candidate: Candidate, ttft_ms: u64, tokens: u64, sent_ms: u64) -> RelayResult {
+    fn cancelled(
+        &mut self,
+        candidate: Candidate,
+        ttft_ms: u64,
+        tokens: u64,
+        sent_ms: u64,
+    ) -> RelayResult {
         let now = self.t.now_ms();
         let provider = candidate.provider.name.clone();
         let prompt_tokens = self.prompt_tokens_estimate;
@@ -788,13 +991,23 @@ impl<'t, T: Transport> Relay<'t, T> {
         finish_reason: String,
         prompt_tokens: Option<u64>,
     ) -> RelayResult {
-        let result = self.result(RelayOutcome::Completed, prompt_tokens.unwrap_or(self.prompt_tokens_estimate));
-        emit(Downstream::Done { provider, finish_reason, usage: result.usage, cost_usd: result.cost_usd });
+        let result = self.result(
+            RelayOutcome::Completed,
+            prompt_tokens.unwrap_or(self.prompt_tokens_estimate),
+        );
+        emit(Downstream::Done {
+            provider,
+            finish_reason,
+            usage: result.usage,
+            cost_usd: result.cost_usd,
+        });
         result
     }
 
     fn give_up(&mut self, emit: &mut dyn FnMut(Downstream) -> bool) -> RelayResult {
-        let mut error = self.last_error.clone().unwrap_or_else(|| ApiError::unavailable("no provider is available for this model", Some(1)));
+        let mut error = self.last_error.clone().unwrap_or_else(|| {
+            ApiError::unavailable("no provider is available for this model", Some(1))
+        });
         let outcome = if self.sent_text.is_empty() {
             RelayOutcome::Failed
         } else {
@@ -815,7 +1028,11 @@ impl<'t, T: Transport> Relay<'t, T> {
         RelayResult {
             outcome,
             attempts: self.attempts.clone(),
-            usage: Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens },
+            usage: Usage {
+                prompt_tokens,
+                completion_tokens,
+                total_tokens: prompt_tokens + completion_tokens,
+            },
             cost_usd,
         }
     }

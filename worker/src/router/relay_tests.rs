@@ -27,14 +27,26 @@ enum End {
 
 #[derive(Clone)]
 enum Script {
-    Status { code: u16, retry_after: Option<&'static str>, body: Value },
+    Status {
+        code: u16,
+        retry_after: Option<&'static str>,
+        body: Value,
+    },
     ConnectError,
     /// Headers at once, first chunk after `first_ms`, then the given chunks 10 ms apart.
-    Stream { first_ms: u64, chunks: Vec<&'static str>, end: End },
+    Stream {
+        first_ms: u64,
+        chunks: Vec<&'static str>,
+        end: End,
+    },
 }
 
 fn ok(chunks: &[&'static str]) -> Script {
-    Script::Stream { first_ms: 5, chunks: chunks.to_vec(), end: End::Done }
+    Script::Stream {
+        first_ms: 5,
+        chunks: chunks.to_vec(),
+        end: End::Done,
+    }
 }
 
 struct FakeTransport {
@@ -50,12 +62,22 @@ impl FakeTransport {
     fn new(scripts: &[(&str, Vec<Script>)]) -> Self {
         FakeTransport {
             start: Instant::now(),
-            scripts: RefCell::new(scripts.iter().map(|(p, s)| (p.to_string(), s.iter().cloned().collect())).collect()),
+            scripts: RefCell::new(
+                scripts
+                    .iter()
+                    .map(|(p, s)| (p.to_string(), s.iter().cloned().collect()))
+                    .collect(),
+            ),
             posts: RefCell::new(Vec::new()),
         }
     }
     fn posts_to(&self, provider: &str) -> Vec<Value> {
-        self.posts.borrow().iter().filter(|(p, _)| p == provider).map(|(_, b)| b.clone()).collect()
+        self.posts
+            .borrow()
+            .iter()
+            .filter(|(p, _)| p == provider)
+            .map(|(_, b)| b.clone())
+            .collect()
     }
 }
 
@@ -64,14 +86,23 @@ fn event(value: Value) -> Vec<u8> {
 }
 
 fn body_of(script: Script) -> Body {
-    let Script::Stream { first_ms, chunks, end } = script else { unreachable!() };
+    let Script::Stream {
+        first_ms,
+        chunks,
+        end,
+    } = script
+    else {
+        unreachable!()
+    };
     let mut pieces: Vec<(u64, Result<Vec<u8>, String>)> = Vec::new();
     pieces.push((first_ms, Ok(event(json!({"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": null}]})))));
     for chunk in &chunks {
         pieces.push((10, Ok(event(json!({"choices": [{"index": 0, "delta": {"content": chunk}, "finish_reason": null}]})))));
     }
     let finish = event(json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}));
-    let usage = event(json!({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": chunks.len(), "total_tokens": 7 + chunks.len()}}));
+    let usage = event(
+        json!({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": chunks.len(), "total_tokens": 7 + chunks.len()}}),
+    );
     let hang = match end {
         End::Done => {
             pieces.push((1, Ok(finish)));
@@ -93,34 +124,55 @@ fn body_of(script: Script) -> Body {
             false
         }
     };
-    Box::pin(futures::stream::unfold((pieces.into_iter(), hang), |(mut it, hang)| async move {
-        match it.next() {
-            Some((delay, item)) => {
-                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
-                Some((item, (it, hang)))
+    Box::pin(futures::stream::unfold(
+        (pieces.into_iter(), hang),
+        |(mut it, hang)| async move {
+            match it.next() {
+                Some((delay, item)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                    Some((item, (it, hang)))
+                }
+                None if hang => {
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                    None
+                }
+                None => None,
             }
-            None if hang => {
-                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-                None
-            }
-            None => None,
-        }
-    }))
+        },
+    ))
 }
 
 impl Transport for FakeTransport {
     type Body = Body;
-    async fn post(&self, provider: &Provider, body: String) -> Result<UpstreamResponse<Body>, String> {
-        self.posts.borrow_mut().push((provider.name.clone(), serde_json::from_str(&body).unwrap()));
-        let script = self.scripts.borrow_mut().get_mut(&provider.name).and_then(VecDeque::pop_front);
+    async fn post(
+        &self,
+        provider: &Provider,
+        body: String,
+    ) -> Result<UpstreamResponse<Body>, String> {
+        self.posts
+            .borrow_mut()
+            .push((provider.name.clone(), serde_json::from_str(&body).unwrap()));
+        let script = self
+            .scripts
+            .borrow_mut()
+            .get_mut(&provider.name)
+            .and_then(VecDeque::pop_front);
         match script.unwrap_or_else(|| panic!("no script left for {}", provider.name)) {
             Script::ConnectError => Err("connection refused".into()),
-            Script::Status { code, retry_after, body } => Ok(UpstreamResponse {
+            Script::Status {
+                code,
+                retry_after,
+                body,
+            } => Ok(UpstreamResponse {
                 status: code,
                 retry_after: retry_after.map(String::from),
                 body: Box::pin(futures::stream::iter([Ok(body.to_string().into_bytes())])),
             }),
-            stream => Ok(UpstreamResponse { status: 200, retry_after: None, body: body_of(stream) }),
+            stream => Ok(UpstreamResponse {
+                status: 200,
+                retry_after: None,
+                body: body_of(stream),
+            }),
         }
     }
     async fn sleep(&self, ms: u64) {
@@ -147,16 +199,20 @@ fn candidate(name: &str, prefill: Prefill, context_length: u32, price: f64) -> C
             output_usd_per_mtok: price * 2.0,
             context_length,
         },
-        probe: false,
     }
 }
 
 fn job(candidates: Vec<Candidate>, max_tokens: Option<u32>, hedge_ms: Option<u64>) -> RelayJob {
-    let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hello"}], "temperature": 0});
+    let mut body =
+        json!({"model": "m", "messages": [{"role": "user", "content": "hello"}], "temperature": 0});
     if let Some(m) = max_tokens {
         body["max_tokens"] = json!(m);
     }
-    let limits = Limits { ttft_deadline_ms: 1000, stall_deadline_ms: 500, ..Limits::default() };
+    let limits = Limits {
+        ttft_deadline_ms: 1000,
+        stall_deadline_ms: 500,
+        ..Limits::default()
+    };
     RelayJob {
         request: ChatRequest::parse(body.to_string().as_bytes()).unwrap(),
         candidates,
@@ -179,18 +235,29 @@ impl Run {
         for e in &self.events {
             match e {
                 Downstream::Delta { text: t, .. } => text.push_str(t),
-                Downstream::Switch { continued: false, .. } => text.clear(),
+                Downstream::Switch {
+                    continued: false, ..
+                } => text.clear(),
                 _ => {}
             }
         }
         text
     }
     fn outcomes(&self) -> Vec<(&str, &str)> {
-        self.result.attempts.iter().map(|a| (a.provider.as_str(), a.outcome.as_str())).collect()
+        self.result
+            .attempts
+            .iter()
+            .map(|a| (a.provider.as_str(), a.outcome.as_str()))
+            .collect()
     }
     fn done(&self) -> (&str, &str, Usage) {
         match self.events.last() {
-            Some(Downstream::Done { provider, finish_reason, usage, .. }) => (provider, finish_reason, *usage),
+            Some(Downstream::Done {
+                provider,
+                finish_reason,
+                usage,
+                ..
+            }) => (provider, finish_reason, *usage),
             other => panic!("expected Done, got {other:?}"),
         }
     }
@@ -209,7 +276,11 @@ async fn run(t: &FakeTransport, job: RelayJob) -> Run {
         true
     })
     .await;
-    Run { events, result, elapsed_ms: t.now_ms() }
+    Run {
+        events,
+        result,
+        elapsed_ms: t.now_ms(),
+    }
 }
 
 const WORDS: &[&str] = &["The", " sky", " is", " blue", "."];
@@ -217,9 +288,31 @@ const WORDS: &[&str] = &["The", " sky", " is", " blue", "."];
 #[tokio::test(start_paused = true)]
 async fn a_healthy_provider_answers_with_usage_and_cost() {
     let t = FakeTransport::new(&[("a", vec![ok(WORDS)])]);
-    let r = run(&t, job(vec![candidate("a", Prefill::None, 100, 1.0), candidate("b", Prefill::None, 100, 2.0)], None, None)).await;
+    let r = run(
+        &t,
+        job(
+            vec![
+                candidate("a", Prefill::None, 100, 1.0),
+                candidate("b", Prefill::None, 100, 2.0),
+            ],
+            None,
+            None,
+        ),
+    )
+    .await;
     assert_eq!(r.text(), "The sky is blue.");
-    assert_eq!(r.done(), ("a", "stop", Usage { prompt_tokens: 7, completion_tokens: 5, total_tokens: 12 }));
+    assert_eq!(
+        r.done(),
+        (
+            "a",
+            "stop",
+            Usage {
+                prompt_tokens: 7,
+                completion_tokens: 5,
+                total_tokens: 12
+            }
+        )
+    );
     assert_eq!(r.result.outcome, RelayOutcome::Completed);
     assert!((r.result.cost_usd - (7.0 * 1.0 + 5.0 * 2.0) / 1e6).abs() < 1e-15);
     let sent = &t.posts_to("a")[0];
@@ -233,34 +326,98 @@ async fn a_healthy_provider_answers_with_usage_and_cost() {
 #[tokio::test(start_paused = true)]
 async fn errors_before_the_first_token_fail_over() {
     let t = FakeTransport::new(&[
-        ("a", vec![Script::Status { code: 503, retry_after: None, body: json!({}) }]),
+        (
+            "a",
+            vec![Script::Status {
+                code: 503,
+                retry_after: None,
+                body: json!({}),
+            }],
+        ),
         ("b", vec![Script::ConnectError]),
-        ("c", vec![Script::Stream { first_ms: 5000, chunks: WORDS.to_vec(), end: End::Done }]),
+        (
+            "c",
+            vec![Script::Stream {
+                first_ms: 5000,
+                chunks: WORDS.to_vec(),
+                end: End::Done,
+            }],
+        ),
         ("d", vec![ok(WORDS)]),
     ]);
     let names = ["a", "b", "c", "d"];
-    let r = run(&t, job(names.iter().map(|n| candidate(n, Prefill::None, 100, 1.0)).collect(), None, None)).await;
+    let r = run(
+        &t,
+        job(
+            names
+                .iter()
+                .map(|n| candidate(n, Prefill::None, 100, 1.0))
+                .collect(),
+            None,
+            None,
+        ),
+    )
+    .await;
     assert_eq!(r.text(), "The sky is blue.");
-    assert_eq!(r.outcomes(), [("a", "http_503"), ("b", "connect_error"), ("c", "ttft_timeout"), ("d", "ok")]);
+    assert_eq!(
+        r.outcomes(),
+        [
+            ("a", "http_503"),
+            ("b", "connect_error"),
+            ("c", "ttft_timeout"),
+            ("d", "ok")
+        ]
+    );
     assert_eq!(r.done().0, "d");
-    assert!(r.result.attempts[..3].iter().all(|a| a.cost_usd == 0.0), "failed attempts are not billed");
+    assert!(
+        r.result.attempts[..3].iter().all(|a| a.cost_usd == 0.0),
+        "failed attempts are not billed"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_429_alone_is_retried_after_its_retry_after() {
-    let t = FakeTransport::new(&[("a", vec![Script::Status { code: 429, retry_after: Some("2"), body: json!({}) }, ok(WORDS)])]);
-    let r = run(&t, job(vec![candidate("a", Prefill::None, 100, 1.0)], None, None)).await;
+    let t = FakeTransport::new(&[(
+        "a",
+        vec![
+            Script::Status {
+                code: 429,
+                retry_after: Some("2"),
+                body: json!({}),
+            },
+            ok(WORDS),
+        ],
+    )]);
+    let r = run(
+        &t,
+        job(vec![candidate("a", Prefill::None, 100, 1.0)], None, None),
+    )
+    .await;
     assert_eq!(r.text(), "The sky is blue.");
     assert_eq!(r.outcomes(), [("a", "http_429"), ("a", "ok")]);
     assert!(r.elapsed_ms >= 2000, "waited {} ms", r.elapsed_ms);
     assert_eq!(r.result.attempts[0].report.retry_after_ms, Some(2000));
-    assert!(!r.result.attempts[0].report.provider_fault, "a 429 does not count against the breaker");
+    assert!(
+        !r.result.attempts[0].report.provider_fault,
+        "a 429 does not count against the breaker"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_too_long_retry_after_fails_with_503_and_retry_after() {
-    let t = FakeTransport::new(&[("a", vec![Script::Status { code: 429, retry_after: Some("3600"), body: json!({}) }])]);
-    let r = run(&t, job(vec![candidate("a", Prefill::None, 100, 1.0)], None, None)).await;
+    let t = FakeTransport::new(&[(
+        "a",
+        vec![Script::Status {
+            code: 429,
+            retry_after: Some("3600"),
+            body: json!({}),
+        }],
+    )]);
+    let r = run(
+        &t,
+        job(vec![candidate("a", Prefill::None, 100, 1.0)], None, None),
+    )
+    .await;
     let e = r.failed();
     assert_eq!((e.status, e.retry_after_s), (503, Some(3600)));
     assert_eq!(r.result.outcome, RelayOutcome::Failed);
@@ -270,7 +427,14 @@ async fn a_too_long_retry_after_fails_with_503_and_retry_after() {
 async fn context_length_goes_to_a_larger_context_never_the_same_one() {
     let too_long = json!({"error": {"message": "This model's maximum context length is 100 tokens", "code": "context_length_exceeded"}});
     let t = FakeTransport::new(&[
-        ("small", vec![Script::Status { code: 400, retry_after: None, body: too_long.clone() }]),
+        (
+            "small",
+            vec![Script::Status {
+                code: 400,
+                retry_after: None,
+                body: too_long.clone(),
+            }],
+        ),
         ("same", vec![]),
         ("big", vec![ok(WORDS)]),
     ]);
@@ -283,18 +447,64 @@ async fn context_length_goes_to_a_larger_context_never_the_same_one() {
     assert_eq!(r.outcomes(), [("small", "context_length"), ("big", "ok")]);
     assert!(t.posts_to("same").is_empty());
     // With no larger context left, the caller gets the context error.
-    let t = FakeTransport::new(&[("small", vec![Script::Status { code: 400, retry_after: None, body: too_long }])]);
-    let r = run(&t, job(vec![candidate("small", Prefill::None, 100, 1.0)], None, None)).await;
-    assert_eq!((r.failed().status, r.failed().code.as_deref()), (400, Some("context_length_exceeded")));
+    let t = FakeTransport::new(&[(
+        "small",
+        vec![Script::Status {
+            code: 400,
+            retry_after: None,
+            body: too_long,
+        }],
+    )]);
+    let r = run(
+        &t,
+        job(
+            vec![candidate("small", Prefill::None, 100, 1.0)],
+            None,
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(
+        (r.failed().status, r.failed().code.as_deref()),
+        (400, Some("context_length_exceeded"))
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_content_policy_refusal_is_the_callers_answer_and_not_retried() {
     let refusal = json!({"error": {"message": "flagged by content policy", "type": "invalid_request_error", "code": "content_policy_violation"}});
-    let t = FakeTransport::new(&[("a", vec![Script::Status { code: 400, retry_after: None, body: refusal }]), ("b", vec![])]);
-    let r = run(&t, job(vec![candidate("a", Prefill::None, 100, 1.0), candidate("b", Prefill::None, 100, 1.0)], None, None)).await;
+    let t = FakeTransport::new(&[
+        (
+            "a",
+            vec![Script::Status {
+                code: 400,
+                retry_after: None,
+                body: refusal,
+            }],
+        ),
+        ("b", vec![]),
+    ]);
+    let r = run(
+        &t,
+        job(
+            vec![
+                candidate("a", Prefill::None, 100, 1.0),
+                candidate("b", Prefill::None, 100, 1.0),
+            ],
+            None,
+            None,
+        ),
+    )
+    .await;
     let e = r.failed();
-    assert_eq!((e.status, e.code.as_deref(), e.message.as_str()), (400, Some("content_policy_violation"), "flagged by content policy"));
+    assert_eq!(
+        (e.status, e.code.as_deref(), e.message.as_str()),
+        (
+            400,
+            Some("content_policy_violation"),
+            "flagged by content policy"
+        )
+    );
     assert!(t.posts_to("b").is_empty());
     assert_eq!(r.outcomes(), [("a", "content_policy")]);
 }
@@ -302,34 +512,98 @@ async fn a_content_policy_refusal_is_the_callers_answer_and_not_retried() {
 #[tokio::test(start_paused = true)]
 async fn a_cut_stream_continues_on_a_prefill_provider_without_loss_or_repeat() {
     let t = FakeTransport::new(&[
-        ("a", vec![Script::Stream { first_ms: 5, chunks: vec!["The", " sky"], end: End::Cut }]),
+        (
+            "a",
+            vec![Script::Stream {
+                first_ms: 5,
+                chunks: vec!["The", " sky"],
+                end: End::Cut,
+            }],
+        ),
         ("b", vec![ok(&[" is", " blue", "."])]),
     ]);
-    let r = run(&t, job(vec![candidate("a", Prefill::None, 100, 1.0), candidate("b", Prefill::MistralPrefix, 100, 1.0)], Some(10), None)).await;
+    let r = run(
+        &t,
+        job(
+            vec![
+                candidate("a", Prefill::None, 100, 1.0),
+                candidate("b", Prefill::MistralPrefix, 100, 1.0),
+            ],
+            Some(10),
+            None,
+        ),
+    )
+    .await;
     assert_eq!(r.text(), "The sky is blue.");
-    assert!(r.events.contains(&Downstream::Switch { from: "a".into(), to: "b".into(), reason: "cut".into(), continued: true }));
+    assert!(r.events.contains(&Downstream::Switch {
+        from: "a".into(),
+        to: "b".into(),
+        reason: "cut".into(),
+        continued: true
+    }));
     let rescue = &t.posts_to("b")[0];
-    let last = rescue["messages"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!(last, json!({"role": "assistant", "content": "The sky", "prefix": true}));
-    assert_eq!(rescue["max_tokens"], 8, "max_tokens less the two tokens already sent");
+    let last = rescue["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        last,
+        json!({"role": "assistant", "content": "The sky", "prefix": true})
+    );
+    assert_eq!(
+        rescue["max_tokens"], 8,
+        "max_tokens less the two tokens already sent"
+    );
     let (provider, reason, usage) = r.done();
-    assert_eq!((provider, reason, usage.completion_tokens), ("b", "stop", 5));
+    assert_eq!(
+        (provider, reason, usage.completion_tokens),
+        ("b", "stop", 5)
+    );
     assert_eq!(r.outcomes(), [("a", "cut"), ("b", "ok")]);
-    assert_eq!(r.result.attempts[0].completion_tokens, 2, "the delivered part is billed");
+    assert_eq!(
+        r.result.attempts[0].completion_tokens, 2,
+        "the delivered part is billed"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn continuation_styles_follow_the_provider() {
-    for (prefill, expect_flag) in [(Prefill::ContinueFinalMessage, true), (Prefill::TrailingAssistant, false)] {
+    for (prefill, expect_flag) in [
+        (Prefill::ContinueFinalMessage, true),
+        (Prefill::TrailingAssistant, false),
+    ] {
         let t = FakeTransport::new(&[
-            ("a", vec![Script::Stream { first_ms: 5, chunks: vec!["The"], end: End::Malformed }]),
+            (
+                "a",
+                vec![Script::Stream {
+                    first_ms: 5,
+                    chunks: vec!["The"],
+                    end: End::Malformed,
+                }],
+            ),
             ("b", vec![ok(&[" sky", " is", " blue", "."])]),
         ]);
-        let r = run(&t, job(vec![candidate("a", Prefill::None, 100, 1.0), candidate("b", prefill, 100, 1.0)], None, None)).await;
+        let r = run(
+            &t,
+            job(
+                vec![
+                    candidate("a", Prefill::None, 100, 1.0),
+                    candidate("b", prefill, 100, 1.0),
+                ],
+                None,
+                None,
+            ),
+        )
+        .await;
         assert_eq!(r.text(), "The sky is blue.");
         assert_eq!(r.outcomes(), [("a", "malformed"), ("b", "ok")]);
         let body = &t.posts_to("b")[0];
-        assert_eq!(body["messages"][1], json!({"role": "assistant", "content": "The"}));
+        assert_eq!(
+            body["messages"][1],
+            json!({"role": "assistant", "content": "The"})
+        );
         assert_eq!(body.get("continue_final_message").is_some(), expect_flag);
     }
 }
@@ -337,44 +611,130 @@ async fn continuation_styles_follow_the_provider() {
 #[tokio::test(start_paused = true)]
 async fn a_stalled_stream_restarts_visibly_where_no_prefill_is_possible() {
     let t = FakeTransport::new(&[
-        ("a", vec![Script::Stream { first_ms: 5, chunks: vec!["The", " sky"], end: End::Hang }]),
+        (
+            "a",
+            vec![Script::Stream {
+                first_ms: 5,
+                chunks: vec!["The", " sky"],
+                end: End::Hang,
+            }],
+        ),
         ("b", vec![ok(WORDS)]),
     ]);
-    let r = run(&t, job(vec![candidate("a", Prefill::None, 100, 1.0), candidate("b", Prefill::None, 100, 1.0)], None, None)).await;
+    let r = run(
+        &t,
+        job(
+            vec![
+                candidate("a", Prefill::None, 100, 1.0),
+                candidate("b", Prefill::None, 100, 1.0),
+            ],
+            None,
+            None,
+        ),
+    )
+    .await;
     assert_eq!(r.text(), "The sky is blue.");
-    assert!(r.events.contains(&Downstream::Switch { from: "a".into(), to: "b".into(), reason: "stalled".into(), continued: false }));
-    assert_eq!(t.posts_to("b")[0]["messages"].as_array().unwrap().len(), 1, "a restart sends the original messages");
+    assert!(r.events.contains(&Downstream::Switch {
+        from: "a".into(),
+        to: "b".into(),
+        reason: "stalled".into(),
+        continued: false
+    }));
+    assert_eq!(
+        t.posts_to("b")[0]["messages"].as_array().unwrap().len(),
+        1,
+        "a restart sends the original messages"
+    );
     assert_eq!(r.outcomes(), [("a", "stalled"), ("b", "ok")]);
-    assert_eq!(r.result.attempts[0].cost_usd, 0.0, "discarded text is not billed");
+    assert_eq!(
+        r.result.attempts[0].cost_usd, 0.0,
+        "discarded text is not billed"
+    );
     assert_eq!(r.done().2.completion_tokens, 5);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_missing_done_after_the_finish_reason_is_a_complete_answer() {
-    let t = FakeTransport::new(&[("a", vec![Script::Stream { first_ms: 5, chunks: WORDS.to_vec(), end: End::NoDone }])]);
-    let r = run(&t, job(vec![candidate("a", Prefill::None, 100, 1.0)], None, None)).await;
+    let t = FakeTransport::new(&[(
+        "a",
+        vec![Script::Stream {
+            first_ms: 5,
+            chunks: WORDS.to_vec(),
+            end: End::NoDone,
+        }],
+    )]);
+    let r = run(
+        &t,
+        job(vec![candidate("a", Prefill::None, 100, 1.0)], None, None),
+    )
+    .await;
     assert_eq!(r.text(), "The sky is blue.");
     assert_eq!(r.done().1, "stop");
-    assert_eq!(r.done().2.prompt_tokens, 6, "no usage from upstream: the estimate");
+    assert_eq!(
+        r.done().2.prompt_tokens,
+        6,
+        "no usage from upstream: the estimate"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn when_every_rescue_fails_the_answer_ends_with_an_error_not_a_finish() {
-    let cut = || Script::Stream { first_ms: 5, chunks: vec!["The"], end: End::Cut };
-    let t = FakeTransport::new(&[("a", vec![cut(), Script::ConnectError, Script::ConnectError, Script::ConnectError])]);
-    let r = run(&t, job(vec![candidate("a", Prefill::TrailingAssistant, 100, 1.0)], None, None)).await;
+    let cut = || Script::Stream {
+        first_ms: 5,
+        chunks: vec!["The"],
+        end: End::Cut,
+    };
+    let t = FakeTransport::new(&[(
+        "a",
+        vec![
+            cut(),
+            Script::ConnectError,
+            Script::ConnectError,
+            Script::ConnectError,
+        ],
+    )]);
+    let r = run(
+        &t,
+        job(
+            vec![candidate("a", Prefill::TrailingAssistant, 100, 1.0)],
+            None,
+            None,
+        ),
+    )
+    .await;
     assert_eq!(r.text(), "The");
     let e = r.failed();
-    assert_eq!((e.status, e.code.as_deref()), (502, Some("incomplete_answer")));
+    assert_eq!(
+        (e.status, e.code.as_deref()),
+        (502, Some("incomplete_answer"))
+    );
     assert_eq!(r.result.outcome, RelayOutcome::Truncated);
-    assert!(!r.events.iter().any(|e| matches!(e, Downstream::Done { .. })));
+    assert!(!r
+        .events
+        .iter()
+        .any(|e| matches!(e, Downstream::Done { .. })));
     assert_eq!(r.result.attempts.len(), 4, "bounded by max_attempts");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_cut_exactly_at_max_tokens_is_a_length_finish() {
-    let t = FakeTransport::new(&[("a", vec![Script::Stream { first_ms: 5, chunks: vec!["The", " sky"], end: End::Cut }])]);
-    let r = run(&t, job(vec![candidate("a", Prefill::TrailingAssistant, 100, 1.0)], Some(2), None)).await;
+    let t = FakeTransport::new(&[(
+        "a",
+        vec![Script::Stream {
+            first_ms: 5,
+            chunks: vec!["The", " sky"],
+            end: End::Cut,
+        }],
+    )]);
+    let r = run(
+        &t,
+        job(
+            vec![candidate("a", Prefill::TrailingAssistant, 100, 1.0)],
+            Some(2),
+            None,
+        ),
+    )
+    .await;
     assert_eq!(r.text(), "The sky");
     assert_eq!(r.done().1, "length");
 }
@@ -382,19 +742,36 @@ async fn a_cut_exactly_at_max_tokens_is_a_length_finish() {
 #[tokio::test(start_paused = true)]
 async fn hedging_starts_the_second_after_the_delay_and_the_first_token_wins() {
     let t = FakeTransport::new(&[
-        ("slow", vec![Script::Stream { first_ms: 800, chunks: WORDS.to_vec(), end: End::Done }]),
+        (
+            "slow",
+            vec![Script::Stream {
+                first_ms: 800,
+                chunks: WORDS.to_vec(),
+                end: End::Done,
+            }],
+        ),
         ("quick", vec![ok(WORDS)]),
     ]);
-    let cands = vec![candidate("slow", Prefill::None, 100, 1.0), candidate("quick", Prefill::None, 100, 1.0)];
+    let cands = vec![
+        candidate("slow", Prefill::None, 100, 1.0),
+        candidate("quick", Prefill::None, 100, 1.0),
+    ];
     let r = run(&t, job(cands, None, Some(200))).await;
     assert_eq!(r.text(), "The sky is blue.");
     assert_eq!(r.done().0, "quick");
     assert_eq!(r.outcomes(), [("slow", "hedge_lost"), ("quick", "ok")]);
     assert_eq!(r.result.attempts[0].cost_usd, 0.0);
-    assert!(r.elapsed_ms < 800, "the answer did not wait for the slow provider ({} ms)", r.elapsed_ms);
+    assert!(
+        r.elapsed_ms < 800,
+        "the answer did not wait for the slow provider ({} ms)",
+        r.elapsed_ms
+    );
     // A first candidate that answers within the delay is never hedged.
     let t = FakeTransport::new(&[("slow", vec![ok(WORDS)]), ("quick", vec![])]);
-    let cands = vec![candidate("slow", Prefill::None, 100, 1.0), candidate("quick", Prefill::None, 100, 1.0)];
+    let cands = vec![
+        candidate("slow", Prefill::None, 100, 1.0),
+        candidate("quick", Prefill::None, 100, 1.0),
+    ];
     let r = run(&t, job(cands, None, Some(200))).await;
     assert_eq!(r.outcomes(), [("slow", "ok")]);
     assert!(t.posts_to("quick").is_empty());
@@ -404,10 +781,14 @@ async fn hedging_starts_the_second_after_the_delay_and_the_first_token_wins() {
 async fn a_caller_that_goes_away_stops_the_relay() {
     let t = FakeTransport::new(&[("a", vec![ok(WORDS)])]);
     let mut seen = 0;
-    let result = relay(&t, job(vec![candidate("a", Prefill::None, 100, 1.0)], None, None), &mut |_| {
-        seen += 1;
-        seen < 2
-    })
+    let result = relay(
+        &t,
+        job(vec![candidate("a", Prefill::None, 100, 1.0)], None, None),
+        &mut |_| {
+            seen += 1;
+            seen < 2
+        },
+    )
     .await;
     assert_eq!(result.outcome, RelayOutcome::Cancelled);
     assert_eq!(result.attempts[0].outcome, "client_cancelled");

@@ -29,7 +29,13 @@ pub struct SseWriter {
 
 impl SseWriter {
     pub fn new(id: String, created: u64, model: String, include_usage: bool) -> Self {
-        SseWriter { id, created, model, include_usage, role_sent: false }
+        SseWriter {
+            id,
+            created,
+            model,
+            include_usage,
+            role_sent: false,
+        }
     }
 
     fn chunk(&self, provider: &str, delta: Value, finish_reason: Option<&str>) -> Value {
@@ -55,7 +61,12 @@ impl SseWriter {
                 };
                 data(self.chunk(provider, delta, None))
             }
-            Downstream::Switch { from, to, reason, continued } => {
+            Downstream::Switch {
+                from,
+                to,
+                reason,
+                continued,
+            } => {
                 let mut chunk = self.chunk(to, json!({}), None);
                 chunk["edgechat"] = json!({
                     "event": if *continued { "continue" } else { "restart" },
@@ -63,8 +74,17 @@ impl SseWriter {
                 });
                 data(chunk)
             }
-            Downstream::Done { provider, finish_reason, usage, cost_usd } => {
-                let delta = if self.role_sent { json!({}) } else { json!({"role": "assistant", "content": ""}) };
+            Downstream::Done {
+                provider,
+                finish_reason,
+                usage,
+                cost_usd,
+            } => {
+                let delta = if self.role_sent {
+                    json!({})
+                } else {
+                    json!({"role": "assistant", "content": ""})
+                };
                 let mut chunk = self.chunk(provider, delta, Some(finish_reason));
                 chunk["usage"] = usage_json(usage, *cost_usd);
                 let mut out = data(chunk);
@@ -101,14 +121,19 @@ impl Collector {
                 }
                 self.text.push_str(&text);
             }
-            Downstream::Switch { continued: false, .. } => {
+            Downstream::Switch {
+                continued: false, ..
+            } => {
                 self.text.clear();
                 self.providers.clear();
             }
             Downstream::Switch { .. } => {}
-            Downstream::Done { provider, finish_reason, usage, cost_usd } => {
-                self.end = Some(Ok((provider, finish_reason, usage, cost_usd)))
-            }
+            Downstream::Done {
+                provider,
+                finish_reason,
+                usage,
+                cost_usd,
+            } => self.end = Some(Ok((provider, finish_reason, usage, cost_usd))),
             Downstream::Failed { error } => self.end = Some(Err(error)),
         }
     }
@@ -148,12 +173,32 @@ mod tests {
     use crate::router::sse::SseParser;
 
     fn events() -> Vec<Downstream> {
-        let usage = Usage { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 };
+        let usage = Usage {
+            prompt_tokens: 3,
+            completion_tokens: 2,
+            total_tokens: 5,
+        };
         vec![
-            Downstream::Delta { provider: "a".into(), text: "Hel".into() },
-            Downstream::Switch { from: "a".into(), to: "b".into(), reason: "cut".into(), continued: true },
-            Downstream::Delta { provider: "b".into(), text: "lo".into() },
-            Downstream::Done { provider: "b".into(), finish_reason: "stop".into(), usage, cost_usd: 0.5 },
+            Downstream::Delta {
+                provider: "a".into(),
+                text: "Hel".into(),
+            },
+            Downstream::Switch {
+                from: "a".into(),
+                to: "b".into(),
+                reason: "cut".into(),
+                continued: true,
+            },
+            Downstream::Delta {
+                provider: "b".into(),
+                text: "lo".into(),
+            },
+            Downstream::Done {
+                provider: "b".into(),
+                finish_reason: "stop".into(),
+                usage,
+                cost_usd: 0.5,
+            },
         ]
     }
 
@@ -165,22 +210,35 @@ mod tests {
         let data: Vec<&str> = parsed.iter().map(|e| e.data.as_str()).collect();
         assert_eq!(data.len(), 6);
         assert_eq!(data[5], "[DONE]");
-        let chunks: Vec<Value> = data[..5].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
-        assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": "Hel"}));
+        let chunks: Vec<Value> = data[..5]
+            .iter()
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        assert_eq!(
+            chunks[0]["choices"][0]["delta"],
+            json!({"role": "assistant", "content": "Hel"})
+        );
         assert_eq!(chunks[0]["provider"], "a");
         assert_eq!(chunks[1]["edgechat"]["event"], "continue");
         assert_eq!(chunks[2]["choices"][0]["delta"], json!({"content": "lo"}));
         assert_eq!(chunks[3]["choices"][0]["finish_reason"], "stop");
         assert_eq!(chunks[3]["usage"]["cost_usd"], 0.5);
         assert_eq!(chunks[4]["choices"], json!([]));
-        assert!(chunks.iter().all(|c| c["id"] == "id1" && c["model"] == "m:cheapest" && c["object"] == "chat.completion.chunk"));
+        assert!(chunks.iter().all(|c| c["id"] == "id1"
+            && c["model"] == "m:cheapest"
+            && c["object"] == "chat.completion.chunk"));
     }
 
     #[test]
     fn a_failure_after_text_ends_with_an_error_event_and_no_done() {
         let mut writer = SseWriter::new("id".into(), 0, "m".into(), false);
-        writer.write(&Downstream::Delta { provider: "a".into(), text: "x".into() });
-        let out = writer.write(&Downstream::Failed { error: ApiError::upstream_failed("gone") });
+        writer.write(&Downstream::Delta {
+            provider: "a".into(),
+            text: "x".into(),
+        });
+        let out = writer.write(&Downstream::Failed {
+            error: ApiError::upstream_failed("gone"),
+        });
         assert!(out.contains("\"finish_reason\":\"error\""));
         assert!(out.contains("\"error\":{"));
         assert!(!out.contains("[DONE]"));
@@ -189,8 +247,16 @@ mod tests {
     #[test]
     fn collects_a_completion_and_applies_restarts() {
         let mut c = Collector::default();
-        c.push(Downstream::Delta { provider: "a".into(), text: "junk".into() });
-        c.push(Downstream::Switch { from: "a".into(), to: "b".into(), reason: "stalled".into(), continued: false });
+        c.push(Downstream::Delta {
+            provider: "a".into(),
+            text: "junk".into(),
+        });
+        c.push(Downstream::Switch {
+            from: "a".into(),
+            to: "b".into(),
+            reason: "stalled".into(),
+            continued: false,
+        });
         for e in events() {
             c.push(e);
         }
@@ -200,8 +266,13 @@ mod tests {
         assert_eq!(body["providers"], json!(["a", "b"]));
         assert_eq!(body["usage"]["total_tokens"], 5);
         let mut c = Collector::default();
-        c.push(Downstream::Delta { provider: "a".into(), text: "x".into() });
-        c.push(Downstream::Failed { error: ApiError::upstream_failed("incomplete") });
+        c.push(Downstream::Delta {
+            provider: "a".into(),
+            text: "x".into(),
+        });
+        c.push(Downstream::Failed {
+            error: ApiError::upstream_failed("incomplete"),
+        });
         assert_eq!(c.finish("id", 1, "m").unwrap_err().status, 502);
     }
 }

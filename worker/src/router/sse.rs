@@ -65,7 +65,10 @@ impl SseParser {
                 self.event = None;
                 return Ok(None);
             }
-            let event = SseEvent { event: self.event.take(), data: self.data.join("\n") };
+            let event = SseEvent {
+                event: self.event.take(),
+                data: self.data.join("\n"),
+            };
             self.data.clear();
             self.has_data = false;
             return Ok(Some(event));
@@ -108,7 +111,11 @@ mod tests {
                 let mut events = p.push(&bytes[..cut]).unwrap();
                 events.extend(p.push(&bytes[cut..second]).unwrap());
                 events.extend(p.push(&bytes[second..]).unwrap());
-                assert_eq!(data(&events), ["{\"a\":1}", "line1\nline2", "é", "[DONE]"], "cut {cut}/{second}");
+                assert_eq!(
+                    data(&events),
+                    ["{\"a\":1}", "line1\nline2", "é", "[DONE]"],
+                    "cut {cut}/{second}"
+                );
                 assert_eq!(events[1].event.as_deref(), Some("x"));
                 assert!(!p.has_partial_event());
             }
@@ -122,9 +129,15 @@ mod tests {
         assert!(p.has_partial_event());
         let mut p = SseParser::default();
         assert!(p.push(b"data: x\n").unwrap().is_empty());
-        assert!(p.has_partial_event(), "data without its blank line is incomplete");
+        assert!(
+            p.has_partial_event(),
+            "data without its blank line is incomplete"
+        );
         let mut p = SseParser::default();
-        assert_eq!(p.push(&vec![b'a'; MAX_EVENT_BYTES + 1]), Err(SseError::TooLarge));
+        assert_eq!(
+            p.push(&vec![b'a'; MAX_EVENT_BYTES + 1]),
+            Err(SseError::TooLarge)
+        );
         let mut p = SseParser::default();
         assert_eq!(p.push(b"data: \xff\n\n"), Err(SseError::Utf8));
     }

@@ -65,7 +65,10 @@ impl ProviderBoard {
         if let Some(ttft) = report.ttft_ms {
             health.ttft_ms = Some(ewma(health.ttft_ms, ttft as f64));
         }
-        if let Some(tps) = report.tokens_per_second.filter(|t| t.is_finite() && *t > 0.0) {
+        if let Some(tps) = report
+            .tokens_per_second
+            .filter(|t| t.is_finite() && *t > 0.0)
+        {
             health.tokens_per_second = Some(ewma(health.tokens_per_second, tps));
         }
         if report.ok {
@@ -102,10 +105,21 @@ mod tests {
 
     #[test]
     fn averages_ttft_and_throughput_and_drives_the_breaker() {
-        let config = BreakerConfig { failure_threshold: 2, open_ms: 1000 };
+        let config = BreakerConfig {
+            failure_threshold: 2,
+            open_ms: 1000,
+        };
         let mut board = ProviderBoard::default();
         board.record(&report("a", true), 0, &config);
-        board.record(&AttemptReport { ttft_ms: Some(200), tokens_per_second: Some(100.0), ..report("a", true) }, 1, &config);
+        board.record(
+            &AttemptReport {
+                ttft_ms: Some(200),
+                tokens_per_second: Some(100.0),
+                ..report("a", true)
+            },
+            1,
+            &config,
+        );
         let a = board.health("a");
         assert_eq!(a.ttft_ms, Some(120.0));
         assert_eq!(a.tokens_per_second, Some(60.0));
@@ -121,7 +135,11 @@ mod tests {
     fn retry_after_cools_a_provider_down_without_opening_its_breaker() {
         let config = BreakerConfig::default();
         let mut board = ProviderBoard::default();
-        let r = AttemptReport { retry_after_ms: Some(2000), provider_fault: false, ..report("a", false) };
+        let r = AttemptReport {
+            retry_after_ms: Some(2000),
+            provider_fault: false,
+            ..report("a", false)
+        };
         board.record(&r, 1000, &config);
         assert_eq!(board.admission("a", 2999), Admission::Deny);
         assert_eq!(board.admission("a", 3000), Admission::Allow);

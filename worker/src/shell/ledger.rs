@@ -50,7 +50,11 @@ pub async fn record(db: &D1Database, entry: &RequestEntry, result: &RelayResult)
         RelayOutcome::Truncated => "truncated",
         RelayOutcome::Cancelled => "cancelled",
     };
-    let provider = result.attempts.iter().rev().find(|a| a.outcome == "ok" || a.outcome == "client_cancelled");
+    let provider = result
+        .attempts
+        .iter()
+        .rev()
+        .find(|a| a.outcome == "ok" || a.outcome == "client_cancelled");
     let mut statements: Vec<D1PreparedStatement> = vec![db
         .prepare(
             "INSERT INTO requests (id, token_id, created_ms, model, policy, stream, outcome, provider, \
@@ -107,7 +111,12 @@ struct Totals {
 }
 
 /// The caller's ledger: totals, and the latest requests (or one by id) with their attempts.
-pub async fn usage(db: &D1Database, token: &TokenRow, request_id: Option<&str>, limit: u32) -> Result<Value> {
+pub async fn usage(
+    db: &D1Database,
+    token: &TokenRow,
+    request_id: Option<&str>,
+    limit: u32,
+) -> Result<Value> {
     let totals = db
         .prepare(
             "SELECT COUNT(*) AS requests, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, \
@@ -143,7 +152,13 @@ pub async fn usage(db: &D1Database, token: &TokenRow, request_id: Option<&str>, 
         .into_iter()
         .map(|mut r| {
             let id = r["id"].clone();
-            r["attempts_detail"] = Value::Array(attempts.iter().filter(|a| a["request_id"] == id).cloned().collect());
+            r["attempts_detail"] = Value::Array(
+                attempts
+                    .iter()
+                    .filter(|a| a["request_id"] == id)
+                    .cloned()
+                    .collect(),
+            );
             r
         })
         .collect();

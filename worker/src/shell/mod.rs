@@ -26,7 +26,6 @@ use ledger::{RequestEntry, TokenRow};
 use objects::{BoardReport, GateAnswer, GateRequest};
 use transport::WorkerTransport;
 
-
 thread_local! {
     /// The parsed configuration, kept per isolate while `ROUTER_CONFIG` stays the same.
     static CONFIG: RefCell<Option<(String, Rc<RouterConfig>)>> = const { RefCell::new(None) };
@@ -37,7 +36,11 @@ fn config(env: &Env) -> Result<Rc<RouterConfig>, ApiError> {
         .var("ROUTER_CONFIG")
         .map_err(|_| ApiError::internal("the router has no ROUTER_CONFIG"))?
         .to_string();
-    if let Some(config) = CONFIG.with_borrow(|c| c.as_ref().filter(|(t, _)| *t == text).map(|(_, c)| c.clone())) {
+    if let Some(config) = CONFIG.with_borrow(|c| {
+        c.as_ref()
+            .filter(|(t, _)| *t == text)
+            .map(|(_, c)| c.clone())
+    }) {
         return Ok(config);
     }
     let config = Rc::new(RouterConfig::from_json(&text).map_err(|e| {
@@ -55,7 +58,8 @@ fn internal(context: &str, error: worker::Error) -> ApiError {
 }
 
 fn json_response(status: u16, body: &Value) -> Response {
-    let response = Response::from_json(body).unwrap_or_else(|_| Response::empty().expect("an empty response"));
+    let response =
+        Response::from_json(body).unwrap_or_else(|_| Response::empty().expect("an empty response"));
     response.with_status(status)
 }
 
@@ -77,35 +81,62 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response>
     let response = if req.method() == Method::Options {
         preflight(&req, origin.as_deref(), &config)
     } else {
-        handle(req, &env, &ctx, &config).await.unwrap_or_else(|e| error_response(&e))
+        handle(req, &env, &ctx, &config)
+            .await
+            .unwrap_or_else(|e| error_response(&e))
     };
     if let Some(origin) = origin.filter(|o| config.allows_origin(o)) {
         let headers = response.headers();
         let _ = headers.set("access-control-allow-origin", &origin);
         let _ = headers.set("vary", "origin");
-        let _ = headers.set("access-control-expose-headers", "x-edgechat-provider, x-request-id, retry-after");
+        let _ = headers.set(
+            "access-control-expose-headers",
+            "x-edgechat-provider, x-request-id, retry-after",
+        );
     }
     Ok(response)
 }
 
 fn preflight(req: &Request, origin: Option<&str>, config: &RouterConfig) -> Response {
     if !origin.is_some_and(|o| config.allows_origin(o)) {
-        return error_response(&ApiError { status: 403, ..ApiError::invalid_request("origin not allowed", None) });
+        return error_response(&ApiError {
+            status: 403,
+            ..ApiError::invalid_request("origin not allowed", None)
+        });
     }
-    let response = Response::empty().expect("an empty response").with_status(204);
+    let response = Response::empty()
+        .expect("an empty response")
+        .with_status(204);
     let headers = response.headers();
-    let requested = req.headers().get("access-control-request-headers").ok().flatten();
+    let requested = req
+        .headers()
+        .get("access-control-request-headers")
+        .ok()
+        .flatten();
     let _ = headers.set("access-control-allow-methods", "GET, POST, OPTIONS");
-    let _ = headers.set("access-control-allow-headers", requested.as_deref().unwrap_or("authorization, content-type"));
+    let _ = headers.set(
+        "access-control-allow-headers",
+        requested
+            .as_deref()
+            .unwrap_or("authorization, content-type"),
+    );
     let _ = headers.set("access-control-max-age", "86400");
     response
 }
 
-async fn handle(req: Request, env: &Env, ctx: &Context, config: &Rc<RouterConfig>) -> Result<Response, ApiError> {
+async fn handle(
+    req: Request,
+    env: &Env,
+    ctx: &Context,
+    config: &Rc<RouterConfig>,
+) -> Result<Response, ApiError> {
     let path = req.path();
     let method = req.method();
     match (method, path.as_str()) {
-        (Method::Get, "/health") => Ok(json_response(200, &json!({"status": "ok", "providers": config.providers.len()}))),
+        (Method::Get, "/health") => Ok(json_response(
+            200,
+            &json!({"status": "ok", "providers": config.providers.len()}),
+        )),
         (Method::Get, "/v1/models") => {
             authenticate(&req, env).await?;
             let board = board_snapshot(env).await?;
@@ -115,15 +146,26 @@ async fn handle(req: Request, env: &Env, ctx: &Context, config: &Rc<RouterConfig
             let token = authenticate(&req, env).await?;
             let url = req.url().map_err(|e| internal("url", e))?;
             let query: HashMap<String, String> = url.query_pairs().into_owned().collect();
-            let limit = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(50u32).clamp(1, 500);
+            let limit = query
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(50u32)
+                .clamp(1, 500);
             let db = env.d1("DB").map_err(|e| internal("D1 binding", e))?;
-            let body = ledger::usage(&db, &token, query.get("request_id").map(String::as_str), limit)
-                .await
-                .map_err(|e| internal("ledger read", e))?;
+            let body = ledger::usage(
+                &db,
+                &token,
+                query.get("request_id").map(String::as_str),
+                limit,
+            )
+            .await
+            .map_err(|e| internal("ledger read", e))?;
             Ok(json_response(200, &body))
         }
         (Method::Post, "/v1/chat/completions") => chat(req, env, ctx, config).await,
-        (_, "/health" | "/v1/models" | "/v1/usage" | "/v1/chat/completions") => Err(ApiError::method_not_allowed()),
+        (_, "/health" | "/v1/models" | "/v1/usage" | "/v1/chat/completions") => {
+            Err(ApiError::method_not_allowed())
+        }
         _ => Err(ApiError::not_found(format!("no route for {path}"))),
     }
 }
@@ -133,7 +175,9 @@ async fn authenticate(req: &Request, env: &Env) -> Result<TokenRow, ApiError> {
     let header = req.headers().get("authorization").ok().flatten();
     let bearer = parse_authorization(header.as_deref())?;
     let db = env.d1("DB").map_err(|e| internal("D1 binding", e))?;
-    let row = ledger::find_token(&db, bearer.id).await.map_err(|e| internal("token lookup", e))?;
+    let row = ledger::find_token(&db, bearer.id)
+        .await
+        .map_err(|e| internal("token lookup", e))?;
     match row {
         Some(row) if verify_secret(bearer.secret, &row.secret_sha256) => Ok(row),
         _ => Err(ApiError::unauthorized("invalid token")),
@@ -145,8 +189,14 @@ async fn board_snapshot(env: &Env) -> Result<ProviderBoard, ApiError> {
         .durable_object("PROVIDER_BOARD")
         .and_then(|ns| ns.get_by_name("global"))
         .map_err(|e| internal("provider board binding", e))?;
-    let mut response = stub.fetch_with_str("https://board/").await.map_err(|e| internal("provider board", e))?;
-    response.json().await.map_err(|e| internal("provider board", e))
+    let mut response = stub
+        .fetch_with_str("https://board/")
+        .await
+        .map_err(|e| internal("provider board", e))?;
+    response
+        .json()
+        .await
+        .map_err(|e| internal("provider board", e))
 }
 
 /// Counts the request against the token's per-minute limit.
@@ -155,12 +205,22 @@ async fn rate_limit(env: &Env, token: &TokenRow) -> Result<(), ApiError> {
         .durable_object("TOKEN_GATE")
         .and_then(|ns| ns.get_by_name(&token.id))
         .map_err(|e| internal("token gate binding", e))?;
-    let body = serde_json::to_string(&GateRequest { rpm_limit: token.rpm_limit }).expect("serializable");
+    let body = serde_json::to_string(&GateRequest {
+        rpm_limit: token.rpm_limit,
+    })
+    .expect("serializable");
     let mut init = worker::RequestInit::new();
     init.with_method(Method::Post).with_body(Some(body.into()));
-    let request = Request::new_with_init("https://gate/", &init).map_err(|e| internal("token gate", e))?;
-    let mut response = stub.fetch_with_request(request).await.map_err(|e| internal("token gate", e))?;
-    let answer: GateAnswer = response.json().await.map_err(|e| internal("token gate", e))?;
+    let request =
+        Request::new_with_init("https://gate/", &init).map_err(|e| internal("token gate", e))?;
+    let mut response = stub
+        .fetch_with_request(request)
+        .await
+        .map_err(|e| internal("token gate", e))?;
+    let answer: GateAnswer = response
+        .json()
+        .await
+        .map_err(|e| internal("token gate", e))?;
     match answer.retry_after_s {
         Some(s) => Err(ApiError::rate_limited(s, token.rpm_limit)),
         None => Ok(()),
@@ -209,35 +269,57 @@ fn random_id() -> String {
 
 /// Provider name → key, from the secrets the configuration names.
 fn provider_keys(env: &Env, config: &RouterConfig) -> HashMap<String, String> {
+    thread_local! {
+        /// Secrets already reported missing by this isolate (reported once, not per request).
+        static REPORTED: RefCell<std::collections::HashSet<String>> = RefCell::default();
+    }
     let mut keys = HashMap::new();
     for provider in &config.providers {
-        if let Some(secret) = &provider.api_key_secret {
-            match env.secret(secret) {
-                Ok(value) => {
-                    keys.insert(provider.name.clone(), value.to_string());
+        let Some(secret) = &provider.api_key_secret else {
+            continue;
+        };
+        match env.secret(secret) {
+            Ok(value) => {
+                keys.insert(provider.name.clone(), value.to_string());
+            }
+            // The secret's name is not secret; its value is never logged.
+            Err(_) => {
+                if REPORTED.with_borrow_mut(|r| r.insert(secret.clone())) {
+                    console_error!("provider {}: secret {} is not set", provider.name, secret);
                 }
-                // The secret's name is not secret; its value is never logged.
-                Err(_) => console_error!("provider {}: secret {} is not set", provider.name, secret),
             }
         }
     }
     keys
 }
 
-async fn chat(mut req: Request, env: &Env, ctx: &Context, config: &Rc<RouterConfig>) -> Result<Response, ApiError> {
+async fn chat(
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+    config: &Rc<RouterConfig>,
+) -> Result<Response, ApiError> {
     let token = authenticate(&req, env).await?;
     if token.spent_usd >= token.budget_usd {
         return Err(ApiError::budget_exhausted(token.budget_usd));
     }
     let limit = config.limits.max_body_bytes;
-    let declared = req.headers().get("content-length").ok().flatten().and_then(|l| l.parse::<usize>().ok());
+    let declared = req
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|l| l.parse::<usize>().ok());
     if declared.is_some_and(|l| l > limit) {
         return Err(ApiError::body_too_large(limit));
     }
     let (gate, board) = futures::join!(rate_limit(env, &token), board_snapshot(env));
     gate?;
     let board = board?;
-    let body = req.bytes().await.map_err(|_| ApiError::invalid_request("could not read the request body", None))?;
+    let body = req
+        .bytes()
+        .await
+        .map_err(|_| ApiError::invalid_request("could not read the request body", None))?;
     if body.len() > limit {
         return Err(ApiError::body_too_large(limit));
     }
@@ -245,8 +327,17 @@ async fn chat(mut req: Request, env: &Env, ctx: &Context, config: &Rc<RouterConf
     let route = Route::resolve(&request.model, config)?;
     let now = Date::now().as_millis();
     let prompt_tokens = estimate_prompt_tokens(request.prompt_chars(), request.messages.len());
-    let candidates = rank(&route, config, &board, now, prompt_tokens, request.max_tokens);
-    let hedge_ms = request.hedge_ms.or_else(|| config.hedge_ms.get(route.policy.name()).copied());
+    let candidates = rank(
+        &route,
+        config,
+        &board,
+        now,
+        prompt_tokens,
+        request.max_tokens,
+    );
+    let hedge_ms = request
+        .hedge_ms
+        .or_else(|| config.hedge_ms.get(route.policy.name()).copied());
     let entry = RequestEntry {
         id: format!("chatcmpl-{}", random_id()),
         token_id: token.id.clone(),
@@ -255,20 +346,39 @@ async fn chat(mut req: Request, env: &Env, ctx: &Context, config: &Rc<RouterConf
         policy: route.policy.name().to_string(),
         stream: request.stream,
     };
-    let (id, created, model, stream, include_usage) =
-        (entry.id.clone(), now / 1000, request.model.clone(), request.stream, request.include_usage);
-    let job = RelayJob { request, candidates, limits: config.limits.clone(), hedge_ms, prompt_tokens_estimate: prompt_tokens };
+    let (id, created, model, stream, include_usage) = (
+        entry.id.clone(),
+        now / 1000,
+        request.model.clone(),
+        request.stream,
+        request.include_usage,
+    );
+    let job = RelayJob {
+        request,
+        candidates,
+        limits: config.limits.clone(),
+        hedge_ms,
+        prompt_tokens_estimate: prompt_tokens,
+    };
 
     // The relay runs past this handler (the body streams after it returns), then writes the
     // ledger and the provider statistics.
     let (tx, mut rx) = mpsc::unbounded::<Downstream>();
-    let transport = WorkerTransport { keys: provider_keys(env, config) };
+    let transport = WorkerTransport {
+        keys: provider_keys(env, config),
+    };
     let env = env.clone();
     let breaker = config.breaker.clone();
     ctx.wait_until(async move {
-        let result = relay(&transport, job, &mut |event| tx.unbounded_send(event).is_ok()).await;
+        let result = relay(&transport, job, &mut |event| {
+            tx.unbounded_send(event).is_ok()
+        })
+        .await;
         drop(tx);
-        let report = BoardReport { breaker, reports: result.attempts.iter().map(|a| a.report.clone()).collect() };
+        let report = BoardReport {
+            breaker,
+            reports: result.attempts.iter().map(|a| a.report.clone()).collect(),
+        };
         let (stats, ledger) = futures::join!(report_to_board(&env, &report), async {
             let db = env.d1("DB")?;
             ledger::record(&db, &entry, &result).await
@@ -281,21 +391,25 @@ async fn chat(mut req: Request, env: &Env, ctx: &Context, config: &Rc<RouterConf
         }
     });
 
-    let first = rx.next().await.ok_or_else(|| ApiError::internal("the relay ended without an answer"))?;
+    let first = rx
+        .next()
+        .await
+        .ok_or_else(|| ApiError::internal("the relay ended without an answer"))?;
     let provider = match &first {
         Downstream::Failed { error } => return Err(error.clone()),
         Downstream::Delta { provider, .. } | Downstream::Done { provider, .. } => provider.clone(),
         Downstream::Switch { to, .. } => to.clone(),
     };
-    let headers = Headers::new();
-    let _ = headers.set("x-request-id", &id);
     if stream {
+        let headers = Headers::new();
+        let _ = headers.set("x-request-id", &id);
         let _ = headers.set("content-type", "text/event-stream; charset=utf-8");
         let _ = headers.set("cache-control", "no-cache");
         let _ = headers.set("x-edgechat-provider", &provider);
         let mut writer = SseWriter::new(id, created, model, include_usage);
         let events = futures::stream::once(async { first }).chain(rx);
-        let body = events.map(move |event| Ok::<Vec<u8>, worker::Error>(writer.write(&event).into_bytes()));
+        let body = events
+            .map(move |event| Ok::<Vec<u8>, worker::Error>(writer.write(&event).into_bytes()));
         let response = Response::from_stream(body).map_err(|e| internal("response stream", e))?;
         return Ok(response.with_headers(headers));
     }
@@ -308,14 +422,20 @@ async fn chat(mut req: Request, env: &Env, ctx: &Context, config: &Rc<RouterConf
         }
     }
     let (provider, body) = collector.finish(&id, created, &model)?;
-    let _ = headers.set("x-edgechat-provider", &provider);
-    Ok(json_response(200, &body).with_headers(headers))
+    let response = json_response(200, &body);
+    let _ = response.headers().set("x-request-id", &id);
+    let _ = response.headers().set("x-edgechat-provider", &provider);
+    Ok(response)
 }
 
 async fn report_to_board(env: &Env, report: &BoardReport) -> worker::Result<()> {
-    let stub = env.durable_object("PROVIDER_BOARD")?.get_by_name("global")?;
+    let stub = env
+        .durable_object("PROVIDER_BOARD")?
+        .get_by_name("global")?;
     let mut init = worker::RequestInit::new();
-    init.with_method(Method::Post).with_body(Some(serde_json::to_string(report)?.into()));
-    stub.fetch_with_request(Request::new_with_init("https://board/", &init)?).await?;
+    init.with_method(Method::Post)
+        .with_body(Some(serde_json::to_string(report)?.into()));
+    stub.fetch_with_request(Request::new_with_init("https://board/", &init)?)
+        .await?;
     Ok(())
 }

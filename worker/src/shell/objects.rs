@@ -37,7 +37,8 @@ impl ProviderBoardObject {
         if let Some(board) = self.board.borrow().clone() {
             return Ok(board);
         }
-        let stored: Option<ProviderBoard> = self.state.storage().get(BOARD_KEY).await.unwrap_or(None);
+        let stored: Option<ProviderBoard> =
+            self.state.storage().get(BOARD_KEY).await.unwrap_or(None);
         let board = stored.unwrap_or_default();
         *self.board.borrow_mut() = Some(board.clone());
         Ok(board)
@@ -46,7 +47,10 @@ impl ProviderBoardObject {
 
 impl DurableObject for ProviderBoardObject {
     fn new(state: State, _env: Env) -> Self {
-        ProviderBoardObject { state, board: RefCell::new(None) }
+        ProviderBoardObject {
+            state,
+            board: RefCell::new(None),
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
@@ -82,7 +86,9 @@ pub struct TokenGate {
 
 impl DurableObject for TokenGate {
     fn new(_state: State, _env: Env) -> Self {
-        TokenGate { window: RefCell::new(RateWindow::default()) }
+        TokenGate {
+            window: RefCell::new(RateWindow::default()),
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {

@@ -36,14 +36,21 @@ pub struct UpstreamBody {
 impl Stream for UpstreamBody {
     type Item = Result<Vec<u8>, String>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.stream.as_mut().poll_next(cx).map(|item| item.map(|r| r.map_err(|e| e.to_string())))
+        self.stream
+            .as_mut()
+            .poll_next(cx)
+            .map(|item| item.map(|r| r.map_err(|e| e.to_string())))
     }
 }
 
 impl Transport for WorkerTransport {
     type Body = UpstreamBody;
 
-    async fn post(&self, provider: &Provider, body: String) -> Result<UpstreamResponse<UpstreamBody>, String> {
+    async fn post(
+        &self,
+        provider: &Provider,
+        body: String,
+    ) -> Result<UpstreamResponse<UpstreamBody>, String> {
         let headers = Headers::new();
         let set = |k: &str, v: &str| headers.set(k, v).map_err(|e| e.to_string());
         set("content-type", "application/json")?;
@@ -52,19 +59,34 @@ impl Transport for WorkerTransport {
             set("authorization", &format!("Bearer {key}"))?;
         }
         let mut init = RequestInit::new();
-        init.with_method(Method::Post).with_headers(headers).with_body(Some(body.into()));
-        let url = format!("{}/chat/completions", provider.base_url.trim_end_matches('/'));
+        init.with_method(Method::Post)
+            .with_headers(headers)
+            .with_body(Some(body.into()));
+        let url = format!(
+            "{}/chat/completions",
+            provider.base_url.trim_end_matches('/')
+        );
         let request = Request::new_with_init(&url, &init).map_err(|e| e.to_string())?;
         let abort = AbortOnDrop(Some(AbortController::default()));
         let signal = abort.0.as_ref().expect("set above").signal();
-        let mut response = Fetch::Request(request).send_with_signal(&signal).await.map_err(|e| e.to_string())?;
+        let mut response = Fetch::Request(request)
+            .send_with_signal(&signal)
+            .await
+            .map_err(|e| e.to_string())?;
         let status = response.status_code();
         let retry_after = response.headers().get("retry-after").ok().flatten();
         let stream: Pin<Box<dyn Stream<Item = worker::Result<Vec<u8>>>>> = match response.stream() {
             Ok(s) => Box::pin(s),
             Err(_) => Box::pin(futures::stream::empty()),
         };
-        Ok(UpstreamResponse { status, retry_after, body: UpstreamBody { stream, _abort: abort } })
+        Ok(UpstreamResponse {
+            status,
+            retry_after,
+            body: UpstreamBody {
+                stream,
+                _abort: abort,
+            },
+        })
     }
 
     async fn sleep(&self, ms: u64) {
