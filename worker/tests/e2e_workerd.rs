@@ -305,8 +305,8 @@ fn router_config(upstream: &FaultUpstream, engine_url: &str) -> Value {
     json!({
         "default_policy": "cheapest",
         "cors_allow_origins": ["http://localhost:8000"],
-        "limits": {"max_attempts": 4, "overall_deadline_ms": 30000, "ttft_deadline_ms": 1500,
-                   "stall_deadline_ms": 1000, "max_retry_after_ms": 3000, "max_body_bytes": 65536},
+        "limits": {"max_attempts": 4, "overall_deadline_ms": 30000, "ttft_deadline_ms": 3000,
+                   "stall_deadline_ms": 2000, "max_retry_after_ms": 3000, "max_body_bytes": 65536},
         "breaker": {"failure_threshold": 3, "open_ms": 2000},
         "providers": providers,
     })
@@ -789,7 +789,7 @@ async fn failover_before_the_first_token() {
     failover_case(
         "slow",
         Behavior::SlowFirstToken {
-            delay_ms: 5000,
+            delay_ms: 8000,
             times: None,
         },
         "ttft_timeout",
