@@ -524,7 +524,7 @@ impl<'t, T: Transport> Relay<'t, T> {
                 Some((partner, delay)) => self.hedged(candidate, partner, delay).await,
                 None => {
                     let body = self.upstream_body(&candidate);
-                    first_token(self.t, candidate, body, self.limits.ttft_deadline_ms).await
+                    first_token(self.t, candidate, body, self.ttft_timeout()).await
                 }
             };
             match started {
@@ -599,7 +599,7 @@ impl<'t, T: Transport> Relay<'t, T> {
         second: Candidate,
         delay: u64,
     ) -> Result<Started<T::Body>, (Candidate, Failure)> {
-        let ttft = self.limits.ttft_deadline_ms;
+        let ttft = self.ttft_timeout();
         let t = self.t;
         let first_body = self.upstream_body(&first);
         let second_body = self.upstream_body(&second);
@@ -946,6 +946,12 @@ impl<'t, T: Transport> Relay<'t, T> {
                 None
             }
         }
+    }
+
+    /// The first-token deadline, cut short by the overall deadline.
+    fn ttft_timeout(&self) -> u64 {
+        let left = self.deadline_ms.saturating_sub(self.t.now_ms()).max(1);
+        self.limits.ttft_deadline_ms.min(left)
     }
 
     fn stall_timeout(&self) -> u64 {

@@ -794,3 +794,30 @@ async fn a_caller_that_goes_away_stops_the_relay() {
     assert_eq!(result.attempts[0].outcome, "client_cancelled");
     assert_eq!(result.attempts[0].completion_tokens, 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_overall_deadline_bounds_every_wait() {
+    let slow = || Script::Stream {
+        first_ms: 1100,
+        chunks: WORDS.to_vec(),
+        end: End::Done,
+    };
+    let t = FakeTransport::new(&[("a", vec![slow()]), ("b", vec![slow()])]);
+    let mut job = job(
+        vec![
+            candidate("a", Prefill::None, 100, 1.0),
+            candidate("b", Prefill::None, 100, 1.0),
+        ],
+        None,
+        None,
+    );
+    job.limits.overall_deadline_ms = 1200;
+    let r = run(&t, job).await;
+    assert_eq!(
+        r.outcomes(),
+        [("a", "ttft_timeout"), ("b", "ttft_timeout")],
+        "b got only the time left"
+    );
+    assert!(r.elapsed_ms <= 1200, "{} ms", r.elapsed_ms);
+    assert_eq!(r.failed().status, 502);
+}
