@@ -29,6 +29,8 @@ use super::stats::AttemptReport;
 const MAX_ERROR_BODY: usize = 64 << 10;
 /// Back-off before a provider that failed transiently is tried again.
 const RETRY_BACKOFF_MS: u64 = 250;
+/// Longest wait for the rest of a finished upstream body (see `stream`).
+const DRAIN_MS: u64 = 1000;
 /// Assumed wait after a 429 without `Retry-After`.
 const DEFAULT_RETRY_AFTER_MS: u64 = 1000;
 
@@ -203,6 +205,8 @@ struct StreamReader<B> {
     body: B,
     parser: SseParser,
     queue: VecDeque<Item>,
+    /// The body has ended (it must not be polled again).
+    ended: bool,
 }
 
 impl<B: Stream<Item = Result<Vec<u8>, String>> + Unpin> StreamReader<B> {
@@ -217,10 +221,16 @@ impl<B: Stream<Item = Result<Vec<u8>, String>> + Unpin> StreamReader<B> {
             if let Some(item) = self.queue.pop_front() {
                 return Ok(Some(item));
             }
+            if self.ended {
+                return Ok(None);
+            }
             let next = match timeout_ms {
                 Some(ms) => within(t, ms, self.body.next()).await,
                 None => Some(self.body.next().await),
             };
+            if matches!(next, Some(None) | Some(Some(Err(_)))) {
+                self.ended = true;
+            }
             let bytes = match next {
                 None => return Err(Failure::transient("stalled", true)),
                 Some(None) if self.parser.has_partial_event() => {
@@ -318,6 +328,7 @@ async fn first_token<T: Transport>(
             body: response.body,
             parser: SseParser::default(),
             queue: VecDeque::new(),
+            ended: false,
         };
         loop {
             match reader.next(t, None).await? {
@@ -911,7 +922,16 @@ impl<'t, T: Transport> Relay<'t, T> {
                     },
                 });
                 self.sent_tokens += completion_tokens - tokens;
-                Some(self.finish(emit, provider, finish_reason, Some(prompt_tokens)))
+                let result = self.finish(emit, provider, finish_reason, Some(prompt_tokens));
+                // Read the body to its end (the caller already has everything): a response read to
+                // the end lets the runtime reuse the connection for the next request.
+                if !reader.ended {
+                    let _ = within(self.t, DRAIN_MS, async {
+                        while reader.body.next().await.is_some() {}
+                    })
+                    .await;
+                }
+                Some(result)
             }
             StreamEnd::CallerGone => Some(self.cancelled(candidate, ttft_ms, tokens, sent_ms)),
             StreamEnd::Failed(failure) => {

@@ -23,7 +23,7 @@ use crate::router::relay::{relay, Downstream, RelayJob};
 use crate::router::response::{Collector, SseWriter};
 use crate::router::stats::ProviderBoard;
 use ledger::{RequestEntry, TokenRow};
-use objects::{BoardReport, GateAnswer, GateRequest};
+use objects::{BoardReport, GateAnswer, GateCharge, GateRequest};
 use transport::WorkerTransport;
 
 thread_local! {
@@ -170,14 +170,42 @@ async fn handle(
     }
 }
 
+/// How long an isolate keeps a token's row (secret hash and limits) before reading D1 again. The
+/// budget is enforced by the token's gate, not from this copy.
+const TOKEN_CACHE_MS: u64 = 10_000;
+
+thread_local! {
+    static TOKENS: RefCell<HashMap<String, (TokenRow, u64)>> = RefCell::default();
+}
+
 /// The caller's token row, after checking the secret.
 async fn authenticate(req: &Request, env: &Env) -> Result<TokenRow, ApiError> {
     let header = req.headers().get("authorization").ok().flatten();
     let bearer = parse_authorization(header.as_deref())?;
-    let db = env.d1("DB").map_err(|e| internal("D1 binding", e))?;
-    let row = ledger::find_token(&db, bearer.id)
-        .await
-        .map_err(|e| internal("token lookup", e))?;
+    let now = Date::now().as_millis();
+    let cached = TOKENS.with_borrow(|t| {
+        t.get(bearer.id)
+            .filter(|(_, at)| now.saturating_sub(*at) < TOKEN_CACHE_MS)
+            .map(|(row, _)| row.clone())
+    });
+    let row = match cached {
+        Some(row) => Some(row),
+        None => {
+            let db = env.d1("DB").map_err(|e| internal("D1 binding", e))?;
+            let row = ledger::find_token(&db, bearer.id)
+                .await
+                .map_err(|e| internal("token lookup", e))?;
+            if let Some(row) = &row {
+                TOKENS.with_borrow_mut(|t| {
+                    if t.len() > 10_000 {
+                        t.clear(); // bounded: an isolate never holds more than this many rows
+                    }
+                    t.insert(row.id.clone(), (row.clone(), now));
+                });
+            }
+            row
+        }
+    };
     match row {
         Some(row) if verify_secret(bearer.secret, &row.secret_sha256) => Ok(row),
         _ => Err(ApiError::unauthorized("invalid token")),
@@ -199,28 +227,42 @@ async fn board_snapshot(env: &Env) -> Result<ProviderBoard, ApiError> {
         .map_err(|e| internal("provider board", e))
 }
 
-/// Counts the request against the token's per-minute limit.
-async fn rate_limit(env: &Env, token: &TokenRow) -> Result<(), ApiError> {
-    let stub = env
-        .durable_object("TOKEN_GATE")
-        .and_then(|ns| ns.get_by_name(&token.id))
-        .map_err(|e| internal("token gate binding", e))?;
-    let body = serde_json::to_string(&GateRequest {
-        rpm_limit: token.rpm_limit,
-    })
-    .expect("serializable");
+fn token_gate(env: &Env, token_id: &str) -> Result<worker::Stub, ApiError> {
+    env.durable_object("TOKEN_GATE")
+        .and_then(|ns| ns.get_by_name(token_id))
+        .map_err(|e| internal("token gate binding", e))
+}
+
+async fn post_json(
+    stub: &worker::Stub,
+    url: &str,
+    body: &impl serde::Serialize,
+) -> worker::Result<Response> {
     let mut init = worker::RequestInit::new();
-    init.with_method(Method::Post).with_body(Some(body.into()));
-    let request =
-        Request::new_with_init("https://gate/", &init).map_err(|e| internal("token gate", e))?;
-    let mut response = stub
-        .fetch_with_request(request)
+    init.with_method(Method::Post)
+        .with_body(Some(serde_json::to_string(body)?.into()));
+    stub.fetch_with_request(Request::new_with_init(url, &init)?)
+        .await
+}
+
+/// Counts the request against the token's per-minute limit and checks its budget.
+async fn pass_gate(env: &Env, token: &TokenRow) -> Result<(), ApiError> {
+    let stub = token_gate(env, &token.id)?;
+    let ask = GateRequest {
+        rpm_limit: token.rpm_limit,
+        budget_usd: token.budget_usd,
+        spent_seed_usd: token.spent_usd,
+    };
+    let mut response = post_json(&stub, "https://gate/take", &ask)
         .await
         .map_err(|e| internal("token gate", e))?;
     let answer: GateAnswer = response
         .json()
         .await
         .map_err(|e| internal("token gate", e))?;
+    if answer.budget_exhausted {
+        return Err(ApiError::budget_exhausted(token.budget_usd));
+    }
     match answer.retry_after_s {
         Some(s) => Err(ApiError::rate_limited(s, token.rpm_limit)),
         None => Ok(()),
@@ -300,9 +342,6 @@ async fn chat(
     config: &Rc<RouterConfig>,
 ) -> Result<Response, ApiError> {
     let token = authenticate(&req, env).await?;
-    if token.spent_usd >= token.budget_usd {
-        return Err(ApiError::budget_exhausted(token.budget_usd));
-    }
     let limit = config.limits.max_body_bytes;
     let declared = req
         .headers()
@@ -313,7 +352,7 @@ async fn chat(
     if declared.is_some_and(|l| l > limit) {
         return Err(ApiError::body_too_large(limit));
     }
-    let (gate, board) = futures::join!(rate_limit(env, &token), board_snapshot(env));
+    let (gate, board) = futures::join!(pass_gate(env, &token), board_snapshot(env));
     gate?;
     let board = board?;
     let body = req
@@ -379,10 +418,33 @@ async fn chat(
             breaker,
             reports: result.attempts.iter().map(|a| a.report.clone()).collect(),
         };
-        let (stats, ledger) = futures::join!(report_to_board(&env, &report), async {
-            let db = env.d1("DB")?;
-            ledger::record(&db, &entry, &result).await
-        });
+        let charge = async {
+            if result.cost_usd > 0.0 {
+                let stub = env
+                    .durable_object("TOKEN_GATE")?
+                    .get_by_name(&entry.token_id)?;
+                post_json(
+                    &stub,
+                    "https://gate/charge",
+                    &GateCharge {
+                        cost_usd: result.cost_usd,
+                    },
+                )
+                .await?;
+            }
+            Ok::<(), worker::Error>(())
+        };
+        let (stats, ledger, charged) = futures::join!(
+            report_to_board(&env, &report),
+            async {
+                let db = env.d1("DB")?;
+                ledger::record(&db, &entry, &result).await
+            },
+            charge
+        );
+        if let Err(e) = charged {
+            console_error!("budget charge for {}: {e}", entry.id);
+        }
         if let Err(e) = stats {
             console_error!("provider board report: {e}");
         }
@@ -432,10 +494,6 @@ async fn report_to_board(env: &Env, report: &BoardReport) -> worker::Result<()> 
     let stub = env
         .durable_object("PROVIDER_BOARD")?
         .get_by_name("global")?;
-    let mut init = worker::RequestInit::new();
-    init.with_method(Method::Post)
-        .with_body(Some(serde_json::to_string(report)?.into()));
-    stub.fetch_with_request(Request::new_with_init("https://board/", &init)?)
-        .await?;
+    post_json(&stub, "https://board/", report).await?;
     Ok(())
 }

@@ -30,16 +30,18 @@ impl Drop for AbortOnDrop {
 /// An upstream body that aborts its request when dropped.
 pub struct UpstreamBody {
     stream: Pin<Box<dyn Stream<Item = worker::Result<Vec<u8>>>>>,
-    _abort: AbortOnDrop,
+    abort: AbortOnDrop,
 }
 
 impl Stream for UpstreamBody {
     type Item = Result<Vec<u8>, String>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.stream
-            .as_mut()
-            .poll_next(cx)
-            .map(|item| item.map(|r| r.map_err(|e| e.to_string())))
+        let next = self.stream.as_mut().poll_next(cx);
+        if let Poll::Ready(None) = next {
+            // Read to the end: nothing to abort, and the connection can be reused.
+            self.abort.0 = None;
+        }
+        next.map(|item| item.map(|r| r.map_err(|e| e.to_string())))
     }
 }
 
@@ -82,10 +84,7 @@ impl Transport for WorkerTransport {
         Ok(UpstreamResponse {
             status,
             retry_after,
-            body: UpstreamBody {
-                stream,
-                _abort: abort,
-            },
+            body: UpstreamBody { stream, abort },
         })
     }
 
