@@ -7,8 +7,14 @@ pub enum Error {
     Gguf(#[from] GgufError),
     #[error("model: {0}")]
     Model(String),
-    #[error("tensor `{name}` has shape {found:?} (ggml order), the architecture needs {expected:?}")]
-    TensorShape { name: String, expected: Vec<u64>, found: Vec<u64> },
+    #[error(
+        "tensor `{name}` has shape {found:?} (ggml order), the architecture needs {expected:?}"
+    )]
+    TensorShape {
+        name: String,
+        expected: Vec<u64>,
+        found: Vec<u64>,
+    },
     #[error("token id {id} is outside the vocabulary ({vocab_size} tokens)")]
     TokenOutOfRange { id: u32, vocab_size: usize },
     #[error("tokenizer: {0}")]

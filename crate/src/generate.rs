@@ -90,7 +90,9 @@ impl FromStr for Preset {
         match s.to_ascii_lowercase().as_str() {
             "tiny" | "tiny-mistral" => Ok(Preset::TinyMistral),
             "8b" | "ministral-8b" | "ministral8b" => Ok(Preset::Ministral8B),
-            other => Err(Error::Model(format!("unknown preset `{other}` (expected `tiny` or `8b`)"))),
+            other => Err(Error::Model(format!(
+                "unknown preset `{other}` (expected `tiny` or `8b`)"
+            ))),
         }
     }
 }
@@ -173,11 +175,25 @@ struct TensorPlan {
 
 impl TensorPlan {
     fn matrix(name: String, cols: usize, rows: usize, dtype: GgmlType, init: Init) -> Self {
-        Self { name, cols, rows, is_vector: false, dtype, init }
+        Self {
+            name,
+            cols,
+            rows,
+            is_vector: false,
+            dtype,
+            init,
+        }
     }
 
     fn norm(name: String, len: usize) -> Self {
-        Self { name, cols: len, rows: 1, is_vector: true, dtype: GgmlType::F32, init: Init::AroundOne { std: 0.05 } }
+        Self {
+            name,
+            cols: len,
+            rows: 1,
+            is_vector: true,
+            dtype: GgmlType::F32,
+            init: Init::AroundOne { std: 0.05 },
+        }
     }
 
     fn dims(&self) -> Vec<u64> {
@@ -208,7 +224,9 @@ fn tensor_plan(preset: Preset) -> Vec<TensorPlan> {
     let n_layers = s.block_count;
     let tiny = preset == Preset::TinyMistral;
     // Projections keep activations at unit scale: std = 1/sqrt(fan_in).
-    let proj = |fan_in: usize| Init::Normal { std: 1.0 / (fan_in as f32).sqrt() };
+    let proj = |fan_in: usize| Init::Normal {
+        std: 1.0 / (fan_in as f32).sqrt(),
+    };
 
     let mut plan = vec![TensorPlan::matrix(
         "token_embd.weight".into(),
@@ -219,19 +237,71 @@ fn tensor_plan(preset: Preset) -> Vec<TensorPlan> {
     )];
     for layer in 0..n_layers {
         let name = |t: &str| format!("blk.{layer}.{t}.weight");
-        let more_bits = if use_more_bits(layer, n_layers) { GgmlType::Q6K } else { GgmlType::Q4K };
+        let more_bits = if use_more_bits(layer, n_layers) {
+            GgmlType::Q6K
+        } else {
+            GgmlType::Q4K
+        };
         // The tiny model also carries Q8_0, Q4_0 and F16 so tests reach those types through a real model.
-        let attn_v_type = if tiny && layer == 0 { GgmlType::Q8_0 } else { more_bits };
-        let ffn_down_type = if tiny && layer == 1 { GgmlType::Q4_0 } else { more_bits };
-        let attn_k_type = if tiny && layer == n_layers - 1 { GgmlType::F16 } else { GgmlType::Q4K };
+        let attn_v_type = if tiny && layer == 0 {
+            GgmlType::Q8_0
+        } else {
+            more_bits
+        };
+        let ffn_down_type = if tiny && layer == 1 {
+            GgmlType::Q4_0
+        } else {
+            more_bits
+        };
+        let attn_k_type = if tiny && layer == n_layers - 1 {
+            GgmlType::F16
+        } else {
+            GgmlType::Q4K
+        };
         plan.push(TensorPlan::norm(name("attn_norm"), n_embd));
-        plan.push(TensorPlan::matrix(name("attn_q"), n_embd, q_dim, GgmlType::Q4K, proj(n_embd)));
-        plan.push(TensorPlan::matrix(name("attn_k"), n_embd, kv_dim, attn_k_type, proj(n_embd)));
-        plan.push(TensorPlan::matrix(name("attn_v"), n_embd, kv_dim, attn_v_type, proj(n_embd)));
-        plan.push(TensorPlan::matrix(name("attn_output"), q_dim, n_embd, GgmlType::Q4K, proj(q_dim)));
+        plan.push(TensorPlan::matrix(
+            name("attn_q"),
+            n_embd,
+            q_dim,
+            GgmlType::Q4K,
+            proj(n_embd),
+        ));
+        plan.push(TensorPlan::matrix(
+            name("attn_k"),
+            n_embd,
+            kv_dim,
+            attn_k_type,
+            proj(n_embd),
+        ));
+        plan.push(TensorPlan::matrix(
+            name("attn_v"),
+            n_embd,
+            kv_dim,
+            attn_v_type,
+            proj(n_embd),
+        ));
+        plan.push(TensorPlan::matrix(
+            name("attn_output"),
+            q_dim,
+            n_embd,
+            GgmlType::Q4K,
+            proj(q_dim),
+        ));
         plan.push(TensorPlan::norm(name("ffn_norm"), n_embd));
-        plan.push(TensorPlan::matrix(name("ffn_gate"), n_embd, s.feed_forward_length, GgmlType::Q4K, proj(n_embd)));
-        plan.push(TensorPlan::matrix(name("ffn_up"), n_embd, s.feed_forward_length, GgmlType::Q4K, proj(n_embd)));
+        plan.push(TensorPlan::matrix(
+            name("ffn_gate"),
+            n_embd,
+            s.feed_forward_length,
+            GgmlType::Q4K,
+            proj(n_embd),
+        ));
+        plan.push(TensorPlan::matrix(
+            name("ffn_up"),
+            n_embd,
+            s.feed_forward_length,
+            GgmlType::Q4K,
+            proj(n_embd),
+        ));
         plan.push(TensorPlan::matrix(
             name("ffn_down"),
             s.feed_forward_length,
@@ -241,7 +311,13 @@ fn tensor_plan(preset: Preset) -> Vec<TensorPlan> {
         ));
     }
     plan.push(TensorPlan::norm("output_norm.weight".into(), n_embd));
-    plan.push(TensorPlan::matrix("output.weight".into(), n_embd, s.vocab_size, GgmlType::Q6K, proj(n_embd)));
+    plan.push(TensorPlan::matrix(
+        "output.weight".into(),
+        n_embd,
+        s.vocab_size,
+        GgmlType::Q6K,
+        proj(n_embd),
+    ));
     plan
 }
 
@@ -261,43 +337,82 @@ fn metadata(opts: &GenerateOptions, vocab: GgufVocab) -> Result<Vec<(String, Val
     let mut m: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String("llama".into())),
         ("general.type".into(), Value::String("model".into())),
-        ("general.name".into(), Value::String(opts.preset.model_name().into())),
-        ("general.file_type".into(), Value::U32(FILE_TYPE_MOSTLY_Q4_K_M)),
+        (
+            "general.name".into(),
+            Value::String(opts.preset.model_name().into()),
+        ),
+        (
+            "general.file_type".into(),
+            Value::U32(FILE_TYPE_MOSTLY_Q4_K_M),
+        ),
         ("general.quantization_version".into(), Value::U32(2)),
         ("general.alignment".into(), Value::U32(32)),
-        ("edgechat.generator.preset".into(), Value::String(opts.preset.cli_name().into())),
+        (
+            "edgechat.generator.preset".into(),
+            Value::String(opts.preset.cli_name().into()),
+        ),
         ("edgechat.generator.seed".into(), Value::U64(opts.seed)),
         ("llama.block_count".into(), u32_of(s.block_count)),
         ("llama.context_length".into(), u32_of(s.context_length)),
         ("llama.embedding_length".into(), u32_of(s.embedding_length)),
-        ("llama.feed_forward_length".into(), u32_of(s.feed_forward_length)),
+        (
+            "llama.feed_forward_length".into(),
+            u32_of(s.feed_forward_length),
+        ),
         ("llama.attention.head_count".into(), u32_of(s.head_count)),
-        ("llama.attention.head_count_kv".into(), u32_of(s.head_count_kv)),
+        (
+            "llama.attention.head_count_kv".into(),
+            u32_of(s.head_count_kv),
+        ),
         ("llama.rope.freq_base".into(), Value::F32(1.0e8)),
-        ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(1.0e-5)),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(1.0e-5),
+        ),
         ("llama.attention.key_length".into(), u32_of(s.head_dim)),
         ("llama.attention.value_length".into(), u32_of(s.head_dim)),
         ("llama.vocab_size".into(), u32_of(s.vocab_size)),
         ("llama.rope.dimension_count".into(), u32_of(s.head_dim)),
         ("tokenizer.ggml.model".into(), Value::String(vocab.model)),
         ("tokenizer.ggml.pre".into(), Value::String(vocab.pre)),
-        ("tokenizer.ggml.tokens".into(), Value::Array(vocab.tokens.into_iter().map(Value::String).collect())),
-        ("tokenizer.ggml.token_type".into(), Value::Array(vocab.token_types.into_iter().map(Value::I32).collect())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(vocab.tokens.into_iter().map(Value::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(vocab.token_types.into_iter().map(Value::I32).collect()),
+        ),
     ];
     if !vocab.merges.is_empty() {
-        m.push(("tokenizer.ggml.merges".into(), Value::Array(vocab.merges.into_iter().map(Value::String).collect())));
+        m.push((
+            "tokenizer.ggml.merges".into(),
+            Value::Array(vocab.merges.into_iter().map(Value::String).collect()),
+        ));
     }
-    m.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(vocab.bos_id)));
-    m.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(vocab.eos_id)));
+    m.push((
+        "tokenizer.ggml.bos_token_id".into(),
+        Value::U32(vocab.bos_id),
+    ));
+    m.push((
+        "tokenizer.ggml.eos_token_id".into(),
+        Value::U32(vocab.eos_id),
+    ));
     if let Some(unk) = vocab.unk_id {
         m.push(("tokenizer.ggml.unknown_token_id".into(), Value::U32(unk)));
     }
     if let Some(pad) = vocab.pad_id {
         m.push(("tokenizer.ggml.padding_token_id".into(), Value::U32(pad)));
     }
-    m.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(vocab.add_bos)));
+    m.push((
+        "tokenizer.ggml.add_bos_token".into(),
+        Value::Bool(vocab.add_bos),
+    ));
     m.push(("tokenizer.ggml.add_eos_token".into(), Value::Bool(false)));
-    m.push(("tokenizer.chat_template".into(), Value::String(MINISTRAL_CHAT_TEMPLATE.into())));
+    m.push((
+        "tokenizer.chat_template".into(),
+        Value::String(MINISTRAL_CHAT_TEMPLATE.into()),
+    ));
     Ok(m)
 }
 
@@ -307,10 +422,19 @@ pub fn generate_model(opts: &GenerateOptions, out: &mut impl Write) -> Result<()
     let vocab = tekken_gguf_vocab(&opts.tekken_json)?;
     let metadata = metadata(opts, vocab)?;
     let plan = tensor_plan(opts.preset);
-    let mut writer = GgufWriter::new(metadata, plan.iter().map(|t| (t.name.clone(), t.dims(), t.dtype)).collect())?;
+    let mut writer = GgufWriter::new(
+        metadata,
+        plan.iter()
+            .map(|t| (t.name.clone(), t.dims(), t.dtype))
+            .collect(),
+    )?;
     let total_bytes: u64 = writer.tensors().iter().map(|t| t.n_bytes).sum();
     writer.write_header(out)?;
-    eprintln!("generate: {} preset, header written, {:.1} s", opts.preset, started.elapsed().as_secs_f64());
+    eprintln!(
+        "generate: {} preset, header written, {:.1} s",
+        opts.preset,
+        started.elapsed().as_secs_f64()
+    );
 
     let mut done_bytes = 0u64;
     for (index, tensor) in plan.iter().enumerate() {
@@ -341,14 +465,20 @@ pub fn generate_model(opts: &GenerateOptions, out: &mut impl Write) -> Result<()
 /// Generates into `path` through `path.tmp`, renamed into place only when complete.
 /// Returns the file length in bytes.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn generate_model_file(opts: &GenerateOptions, path: impl AsRef<std::path::Path>) -> Result<u64> {
+pub fn generate_model_file(
+    opts: &GenerateOptions,
+    path: impl AsRef<std::path::Path>,
+) -> Result<u64> {
     let path = path.as_ref();
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp_name);
     // I/O errors name the file, so "No such file or directory" says which one.
     let with_path = |e: std::io::Error, p: &std::path::Path| {
-        Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", p.display()),
+        ))
     };
     let result = (|| -> Result<()> {
         let file = std::fs::File::create(&tmp).map_err(|e| with_path(e, &tmp))?;
@@ -357,7 +487,9 @@ pub fn generate_model_file(opts: &GenerateOptions, path: impl AsRef<std::path::P
             Error::Io(io) => with_path(io, &tmp),
             other => other,
         })?;
-        let file = out.into_inner().map_err(|e| with_path(e.into_error(), &tmp))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| with_path(e.into_error(), &tmp))?;
         file.sync_all().map_err(|e| with_path(e, &tmp))?;
         Ok(())
     })();
@@ -366,13 +498,17 @@ pub fn generate_model_file(opts: &GenerateOptions, path: impl AsRef<std::path::P
         return Err(e);
     }
     std::fs::rename(&tmp, path).map_err(|e| with_path(e, path))?;
-    Ok(std::fs::metadata(path).map_err(|e| with_path(e, path))?.len())
+    Ok(std::fs::metadata(path)
+        .map_err(|e| with_path(e, path))?
+        .len())
 }
 
 fn worker_count() -> usize {
     #[cfg(not(target_arch = "wasm32"))]
     {
-        std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8)
     }
     #[cfg(target_arch = "wasm32")]
     {
@@ -381,7 +517,12 @@ fn worker_count() -> usize {
 }
 
 /// The encoded bytes of the given chunks of one tensor, in order.
-fn produce_chunks(seed: u64, tensor_index: usize, tensor: &TensorPlan, chunks: &[usize]) -> Result<Vec<Vec<u8>>> {
+fn produce_chunks(
+    seed: u64,
+    tensor_index: usize,
+    tensor: &TensorPlan,
+    chunks: &[usize],
+) -> Result<Vec<Vec<u8>>> {
     #[cfg(not(target_arch = "wasm32"))]
     if chunks.len() > 1 {
         return std::thread::scope(|scope| {
@@ -391,16 +532,27 @@ fn produce_chunks(seed: u64, tensor_index: usize, tensor: &TensorPlan, chunks: &
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(Error::Model("a generator thread panicked".into()))))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Model("a generator thread panicked".into())))
+                })
                 .collect()
         });
     }
-    chunks.iter().map(|&chunk| encode_chunk(seed, tensor_index, tensor, chunk)).collect()
+    chunks
+        .iter()
+        .map(|&chunk| encode_chunk(seed, tensor_index, tensor, chunk))
+        .collect()
 }
 
 /// Draws and encodes rows `[chunk * rows_per_chunk, ...)` of a tensor. Each chunk has its own
 /// RNG stream, so the output does not depend on how many threads ran.
-fn encode_chunk(seed: u64, tensor_index: usize, tensor: &TensorPlan, chunk: usize) -> Result<Vec<u8>> {
+fn encode_chunk(
+    seed: u64,
+    tensor_index: usize,
+    tensor: &TensorPlan,
+    chunk: usize,
+) -> Result<Vec<u8>> {
     let rows_per_chunk = tensor.rows_per_chunk();
     let first_row = chunk * rows_per_chunk;
     let rows = rows_per_chunk.min(tensor.rows - first_row);
@@ -419,8 +571,18 @@ fn encode_chunk(seed: u64, tensor_index: usize, tensor: &TensorPlan, chunk: usiz
 fn encode(values: Vec<f32>, rows: usize, cols: usize, dtype: GgmlType) -> Result<Vec<u8>> {
     match dtype {
         GgmlType::F32 => return Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        GgmlType::F16 => return Ok(values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()),
-        GgmlType::BF16 => return Ok(values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()),
+        GgmlType::F16 => {
+            return Ok(values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect())
+        }
+        GgmlType::BF16 => {
+            return Ok(values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect())
+        }
         _ => {}
     }
     let candle_type = crate::backend::cpu::candle_dtype(dtype);
@@ -461,7 +623,10 @@ mod tests {
     fn more_bits_layers_match_llama_cpp() {
         // llama.cpp for 36 layers: the first 4, the last 5 and every third in between.
         let layers: Vec<usize> = (0..36).filter(|&l| use_more_bits(l, 36)).collect();
-        assert_eq!(layers, vec![0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 31, 32, 33, 34, 35]);
+        assert_eq!(
+            layers,
+            vec![0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 31, 32, 33, 34, 35]
+        );
         let tiny: Vec<usize> = (0..4).filter(|&l| use_more_bits(l, 4)).collect();
         assert_eq!(tiny, vec![2, 3]);
     }
@@ -473,7 +638,11 @@ mod tests {
         fill_normal(&mut rng, &mut values);
         let n = values.len() as f64;
         let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        let var = values
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
         // 65536 samples: the standard errors are ~0.004 (mean) and ~0.006 (variance).
         assert!(mean.abs() < 0.02, "mean {mean}");
         assert!((var - 1.0).abs() < 0.03, "variance {var}");
@@ -484,7 +653,10 @@ mod tests {
     fn eight_b_plan_has_the_real_shape() {
         let plan = tensor_plan(Preset::Ministral8B);
         assert_eq!(plan.len(), 2 + 36 * 9 + 1);
-        let bytes: u64 = plan.iter().map(|t| t.dtype.bytes_for((t.cols * t.rows) as u64).unwrap()).sum();
+        let bytes: u64 = plan
+            .iter()
+            .map(|t| t.dtype.bytes_for((t.cols * t.rows) as u64).unwrap())
+            .sum();
         // Real Ministral-8B-Instruct-2410 Q4_K_M files are ~4.9 GB.
         assert!((4.5e9..5.3e9).contains(&(bytes as f64)), "{bytes} bytes");
     }

@@ -147,14 +147,22 @@ impl Sampler {
         // top-k: an O(n) selection, then only the k survivors get sorted.
         let candidates = &mut self.candidates;
         candidates.clear();
-        candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, nan_to_neg_infinity(l))));
+        candidates.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, nan_to_neg_infinity(l))),
+        );
         if params.top_k > 0 && params.top_k < candidates.len() {
             candidates.select_nth_unstable_by(params.top_k - 1, by_logit_desc);
             candidates.truncate(params.top_k);
         }
 
         // Probabilities of top-p and min-p are over the top-k set at temperature 1 (llama.cpp).
-        let normalizer: f64 = candidates.iter().map(|&(_, l)| ((l - max_logit) as f64).exp()).sum();
+        let normalizer: f64 = candidates
+            .iter()
+            .map(|&(_, l)| ((l - max_logit) as f64).exp())
+            .sum();
 
         // min-p keeps p >= min_p * p_max, i.e. logit >= max + ln(min_p). Applying it before the
         // sort is equivalent (it removes a suffix of the sorted order and does not change the
@@ -180,8 +188,10 @@ impl Sampler {
 
         // Temperature, then a weighted draw.
         let inv_temp = 1.0 / params.temperature as f64;
-        let weights_sum: f64 =
-            candidates.iter().map(|&(_, l)| ((l - max_logit) as f64 * inv_temp).exp()).sum();
+        let weights_sum: f64 = candidates
+            .iter()
+            .map(|&(_, l)| ((l - max_logit) as f64 * inv_temp).exp())
+            .sum();
         if !weights_sum.is_finite() || weights_sum <= 0.0 {
             return candidates.first().map_or(0, |&(t, _)| t);
         }
@@ -199,7 +209,8 @@ impl Sampler {
     /// Copies `logits` into `scratch` with NaN turned into -inf and the penalties applied.
     fn penalized(&mut self, logits: &[f32], history: &[u32]) {
         self.scratch.clear();
-        self.scratch.extend(logits.iter().map(|&l| nan_to_neg_infinity(l)));
+        self.scratch
+            .extend(logits.iter().map(|&l| nan_to_neg_infinity(l)));
         let p = &self.params;
         if !p.has_penalties() {
             return;
@@ -211,7 +222,9 @@ impl Sampler {
             *counts.entry(token).or_insert(0) += 1;
         }
         for (&token, &count) in counts.iter() {
-            let Some(logit) = self.scratch.get_mut(token as usize) else { continue };
+            let Some(logit) = self.scratch.get_mut(token as usize) else {
+                continue;
+            };
             if p.repetition_penalty != 1.0 && p.repetition_penalty > 0.0 {
                 if *logit > 0.0 {
                     *logit /= p.repetition_penalty;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
-use crate::backend::cpu;
+use crate::backend::BackendKind;
 use crate::chat::{ChatTemplate, Message};
 use crate::gguf::{ByteSource, GgufFile};
 use crate::model::{LanguageModel, LlamaConfig};
@@ -122,9 +122,18 @@ impl Engine {
 
     /// Like [`load`](Self::load), for a GGUF header already read from `source`.
     pub fn from_gguf(file: &GgufFile, source: &dyn ByteSource) -> Result<Self> {
+        Self::from_gguf_on(BackendKind::Cpu, file, source)
+    }
+
+    /// Like [`from_gguf`](Self::from_gguf), on the chosen backend.
+    pub fn from_gguf_on(
+        backend: BackendKind,
+        file: &GgufFile,
+        source: &dyn ByteSource,
+    ) -> Result<Self> {
         let tokenizer = Tokenizer::from_gguf(file)?;
         let template = ChatTemplate::from_gguf(file, &tokenizer)?;
-        let model = cpu::load_model(file, source)?;
+        let model = crate::backend::load_model(backend, file, source)?;
         Ok(Self::from_parts(model, tokenizer, template))
     }
 
@@ -143,7 +152,12 @@ impl Engine {
         template: ChatTemplate,
     ) -> Self {
         model.truncate_cache(0);
-        Self { model, tokenizer, template, cached_tokens: Vec::new() }
+        Self {
+            model,
+            tokenizer,
+            template,
+            cached_tokens: Vec::new(),
+        }
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -193,10 +207,15 @@ impl Engine {
     pub fn check_prompt(&self, prompt: &[u32]) -> Result<()> {
         let limit = self.model.config().context_length;
         if prompt.is_empty() {
-            return Err(Error::Model("the prompt is empty: nothing to continue".into()));
+            return Err(Error::Model(
+                "the prompt is empty: nothing to continue".into(),
+            ));
         }
         if prompt.len() >= limit {
-            return Err(Error::ContextLength { needed: prompt.len() + 1, limit });
+            return Err(Error::ContextLength {
+                needed: prompt.len() + 1,
+                limit,
+            });
         }
         Ok(())
     }
@@ -227,15 +246,28 @@ impl Engine {
         self.check_prompt(prompt)?;
         let limit = self.model.config().context_length;
         let max_tokens = params.max_tokens.min(limit - prompt.len());
-        let mut stats = Stats { prompt_tokens: prompt.len(), ..Stats::default() };
+        let mut stats = Stats {
+            prompt_tokens: prompt.len(),
+            ..Stats::default()
+        };
 
         let finish = |text: String, tokens: Vec<u32>, reason: FinishReason, mut stats: Stats| {
             stats.completion_tokens = tokens.len();
             stats.total_ms = ms(start.elapsed());
-            Completion { text, tokens, finish_reason: reason, stats }
+            Completion {
+                text,
+                tokens,
+                finish_reason: reason,
+                stats,
+            }
         };
         if max_tokens == 0 {
-            return Ok(finish(String::new(), Vec::new(), FinishReason::Length, stats));
+            return Ok(finish(
+                String::new(),
+                Vec::new(),
+                FinishReason::Length,
+                stats,
+            ));
         }
 
         // Keep the shared prefix; always run at least the last prompt token to get its logits.
@@ -249,7 +281,12 @@ impl Engine {
         for chunk in prompt[reused..].chunks(PREFILL_CHUNK) {
             if cancel.is_cancelled() {
                 stats.prefilled_tokens = self.cached_tokens.len() - reused;
-                return Ok(finish(String::new(), Vec::new(), FinishReason::Cancelled, stats));
+                return Ok(finish(
+                    String::new(),
+                    Vec::new(),
+                    FinishReason::Cancelled,
+                    stats,
+                ));
             }
             logits = self.forward(chunk)?;
         }
@@ -308,7 +345,10 @@ impl Engine {
             }
         }
         // The first sampled token came from the prefill's logits: no decode pass.
-        stats.decode_tok_s = rate(sampled.saturating_sub(1), decode_start.elapsed().as_secs_f64());
+        stats.decode_tok_s = rate(
+            sampled.saturating_sub(1),
+            decode_start.elapsed().as_secs_f64(),
+        );
         Ok(finish(text, tokens, reason, stats))
     }
 
@@ -318,7 +358,11 @@ impl Engine {
         if self.model.cache_len() != self.cached_tokens.len() {
             self.reset();
         }
-        self.cached_tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count()
+        self.cached_tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
     }
 
     fn truncate_to(&mut self, len: usize) {
@@ -334,7 +378,11 @@ impl Engine {
 
 /// Runs `tokens` after `cached_tokens` (what the model's cache holds) and records them as cached.
 /// On failure, resyncs the cache and its bookkeeping.
-fn forward_cached(model: &mut dyn LanguageModel, cached_tokens: &mut Vec<u32>, tokens: &[u32]) -> Result<Vec<f32>> {
+fn forward_cached(
+    model: &mut dyn LanguageModel,
+    cached_tokens: &mut Vec<u32>,
+    tokens: &[u32],
+) -> Result<Vec<f32>> {
     match model.forward(tokens) {
         Ok(logits) => {
             cached_tokens.extend_from_slice(tokens);
@@ -382,7 +430,11 @@ struct StopFilter<'p> {
 impl<'p> StopFilter<'p> {
     fn new(stops: &'p [String]) -> Self {
         Self {
-            stops: stops.iter().map(String::as_str).filter(|s| !s.is_empty()).collect(),
+            stops: stops
+                .iter()
+                .map(String::as_str)
+                .filter(|s| !s.is_empty())
+                .collect(),
             pending: String::new(),
             stopped: false,
         }
@@ -415,7 +467,11 @@ impl<'p> StopFilter<'p> {
         for stop in &self.stops {
             // Suffixes start at character boundaries; a stop string's first byte always does.
             let shortest_start = self.pending.len().saturating_sub(stop.len() - 1);
-            for (start, _) in self.pending.char_indices().filter(|&(i, _)| i >= shortest_start) {
+            for (start, _) in self
+                .pending
+                .char_indices()
+                .filter(|&(i, _)| i >= shortest_start)
+            {
                 let suffix = &self.pending[start..];
                 if stop.starts_with(suffix) {
                     longest = longest.max(suffix.len());
@@ -466,17 +522,26 @@ mod tests {
 
     #[test]
     fn stop_inside_one_piece() {
-        assert_eq!(run(&["STOP"], &["hello STOP world"]), ("hello ".into(), true));
+        assert_eq!(
+            run(&["STOP"], &["hello STOP world"]),
+            ("hello ".into(), true)
+        );
     }
 
     #[test]
     fn stop_split_over_pieces() {
-        assert_eq!(run(&["</end>"], &["abc<", "/e", "nd>tail"]), ("abc".into(), true));
+        assert_eq!(
+            run(&["</end>"], &["abc<", "/e", "nd>tail"]),
+            ("abc".into(), true)
+        );
     }
 
     #[test]
     fn partial_match_that_does_not_complete_is_released() {
-        assert_eq!(run(&["</end>"], &["abc</e", "x"]), ("abc</ex".into(), false));
+        assert_eq!(
+            run(&["</end>"], &["abc</e", "x"]),
+            ("abc</ex".into(), false)
+        );
         assert_eq!(run(&["</end>"], &["abc</e"]), ("abc</e".into(), false));
     }
 

@@ -12,13 +12,23 @@ const FRANCE_PROMPT_IDS: [u32; 5] = [504, 3575, 282, 4649, 314];
 const PARIS_ID: u32 = 7042;
 
 fn model_path() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("models").join(SMOLLM2);
-    assert!(path.exists(), "test model {} is missing: run scripts/models", path.display());
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("models")
+        .join(SMOLLM2);
+    assert!(
+        path.exists(),
+        "test model {} is missing: run scripts/models",
+        path.display()
+    );
     path
 }
 
 fn edgechat(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgechat")).args(args).output().expect("the edgechat binary runs")
+    Command::new(env!("CARGO_BIN_EXE_edgechat"))
+        .args(args)
+        .output()
+        .expect("the edgechat binary runs")
 }
 
 /// Runs with `--model <SmolLM2>` appended and insists on success; returns stdout.
@@ -29,19 +39,37 @@ fn edgechat_ok(args: &[&str]) -> String {
     let out = edgechat(&all);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "edgechat {all:?} failed ({}):\nstdout: {stdout}\nstderr: {stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "edgechat {all:?} failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
     stdout
 }
 
 /// Expects a clean failure: non-zero exit, an `error:` line that mentions `needle`, no panic.
 fn assert_clean_failure(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected a failure, got success; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "the binary panicked:\n{stderr}");
-    assert!(!stderr.contains("stack backtrace"), "a backtrace was printed:\n{stderr}");
-    let message =
-        stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no `error:` line:\n{stderr}"));
-    assert!(message.contains(needle), "the message does not mention `{needle}`:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "expected a failure, got success; stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "the binary panicked:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("stack backtrace"),
+        "a backtrace was printed:\n{stderr}"
+    );
+    let message = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no `error:` line:\n{stderr}"));
+    assert!(
+        message.contains(needle),
+        "the message does not mention `{needle}`:\n{stderr}"
+    );
 }
 
 fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -52,10 +80,23 @@ fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 
 #[test]
 fn run_prints_only_the_completion() {
-    let stdout =
-        edgechat_ok(&["run", "--prompt", "The capital of France is", "--max-tokens", "8", "--temperature", "0"]);
-    assert!(stdout.starts_with(" Paris"), "greedy completion: {stdout:?}");
-    assert!(!stdout.contains("The capital of France is"), "the prompt was echoed: {stdout:?}");
+    let stdout = edgechat_ok(&[
+        "run",
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+    ]);
+    assert!(
+        stdout.starts_with(" Paris"),
+        "greedy completion: {stdout:?}"
+    );
+    assert!(
+        !stdout.contains("The capital of France is"),
+        "the prompt was echoed: {stdout:?}"
+    );
 }
 
 #[test]
@@ -90,7 +131,10 @@ fn run_chat_answers_with_the_template() {
         "0",
     ]);
     assert!(stdout.contains("Paris"), "chat answer: {stdout:?}");
-    assert!(!stdout.contains("<|im_"), "control tokens leaked into the text: {stdout:?}");
+    assert!(
+        !stdout.contains("<|im_"),
+        "control tokens leaked into the text: {stdout:?}"
+    );
 }
 
 #[test]
@@ -103,7 +147,11 @@ fn tokenize_text_prints_the_ids() {
 #[test]
 fn tokenize_chat_json_renders_the_template() {
     let dir = tempfile::tempdir().unwrap();
-    let chat = write_temp(dir.path(), "chat.json", br#"[{"role": "user", "content": "Hi"}]"#);
+    let chat = write_temp(
+        dir.path(),
+        "chat.json",
+        br#"[{"role": "user", "content": "Hi"}]"#,
+    );
     let stdout = edgechat_ok(&["tokenize", "--chat-json", chat.to_str().unwrap()]);
     let ids: Vec<u32> = serde_json::from_str(stdout.trim()).expect("a JSON array of ids");
     // ChatML: starts with <|im_start|> (1) and ends with the generation prompt
@@ -119,17 +167,35 @@ fn tokenize_chat_json_rejects_bad_json() {
     let dir = tempfile::tempdir().unwrap();
     let chat = write_temp(dir.path(), "chat.json", b"{not json");
     let model = model_path();
-    let out = edgechat(&["tokenize", "--model", model.to_str().unwrap(), "--chat-json", chat.to_str().unwrap()]);
+    let out = edgechat(&[
+        "tokenize",
+        "--model",
+        model.to_str().unwrap(),
+        "--chat-json",
+        chat.to_str().unwrap(),
+    ]);
     assert_clean_failure(&out, "expected a JSON array");
 }
 
 #[test]
 fn logits_lists_the_top_tokens_sorted() {
-    let stdout = edgechat_ok(&["logits", "--prompt", "The capital of France is", "--top", "5"]);
+    let stdout = edgechat_ok(&[
+        "logits",
+        "--prompt",
+        "The capital of France is",
+        "--top",
+        "5",
+    ]);
     let entries: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect("a JSON array");
     assert_eq!(entries.len(), 5);
-    let logits: Vec<f64> = entries.iter().map(|e| e["logit"].as_f64().expect("numeric logit")).collect();
-    assert!(logits.windows(2).all(|w| w[0] >= w[1]), "not sorted by logit: {logits:?}");
+    let logits: Vec<f64> = entries
+        .iter()
+        .map(|e| e["logit"].as_f64().expect("numeric logit"))
+        .collect();
+    assert!(
+        logits.windows(2).all(|w| w[0] >= w[1]),
+        "not sorted by logit: {logits:?}"
+    );
     assert!(logits.iter().all(|l| l.is_finite()));
     assert_eq!(entries[0]["id"], PARIS_ID);
     assert_eq!(entries[0]["token"], " Paris");
@@ -145,14 +211,21 @@ fn inspect_shows_metadata_tensors_and_config() {
     assert!(text.contains("(49152 items)"), "{text}");
     assert!(text.len() < 200_000, "inspect printed {} bytes", text.len());
 
-    let json: serde_json::Value = serde_json::from_str(&edgechat_ok(&["inspect", "--json"])).expect("JSON");
+    let json: serde_json::Value =
+        serde_json::from_str(&edgechat_ok(&["inspect", "--json"])).expect("JSON");
     assert_eq!(json["metadata"]["general.architecture"], "llama");
     assert_eq!(json["config"]["block_count"], 30);
     assert_eq!(json["config"]["embedding_length"], 576);
-    assert_eq!(json["metadata"]["tokenizer.ggml.tokens"]["array_length"], 49152);
+    assert_eq!(
+        json["metadata"]["tokenizer.ggml.tokens"]["array_length"],
+        49152
+    );
     let tensors = json["tensors"].as_array().expect("tensor list");
     assert_eq!(tensors.len(), 272);
-    let embd = tensors.iter().find(|t| t["name"] == "token_embd.weight").expect("token_embd.weight");
+    let embd = tensors
+        .iter()
+        .find(|t| t["name"] == "token_embd.weight")
+        .expect("token_embd.weight");
     assert_eq!(embd["type"], "Q8_0");
     assert_eq!(embd["shape"], serde_json::json!([49152, 576]));
 }
@@ -167,12 +240,29 @@ fn perplexity_gives_a_finite_estimate() {
         visitors in 2023, making it the most visited art museum in the world.";
     let dir = tempfile::tempdir().unwrap();
     let file = write_temp(dir.path(), "text.txt", text.as_bytes());
-    let stdout = edgechat_ok(&["perplexity", "--file", file.to_str().unwrap(), "--ctx", "64"]);
-    let line = stdout.lines().find(|l| l.starts_with("Final estimate: PPL = ")).expect("a final estimate line");
-    let ppl: f64 = line["Final estimate: PPL = ".len()..].split_whitespace().next().unwrap().parse().unwrap();
+    let stdout = edgechat_ok(&[
+        "perplexity",
+        "--file",
+        file.to_str().unwrap(),
+        "--ctx",
+        "64",
+    ]);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("Final estimate: PPL = "))
+        .expect("a final estimate line");
+    let ppl: f64 = line["Final estimate: PPL = ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     // Plain encyclopedic English: a 135M model is far better than chance (49152) and no oracle.
     assert!(ppl.is_finite() && ppl > 1.0 && ppl < 1000.0, "PPL {ppl}");
-    assert!(stdout.starts_with("[1]"), "per-chunk figures first: {stdout}");
+    assert!(
+        stdout.starts_with("[1]"),
+        "per-chunk figures first: {stdout}"
+    );
 }
 
 #[test]
@@ -190,13 +280,28 @@ fn bench_prints_figures() {
         "--json",
     ]);
     let json: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
-    for key in ["prefill_tokens_per_second", "decode_tokens_per_second", "decode_effective_gb_per_second"] {
+    for key in [
+        "prefill_tokens_per_second",
+        "decode_tokens_per_second",
+        "decode_effective_gb_per_second",
+    ] {
         let v = json[key].as_f64().unwrap_or(f64::NAN);
         assert!(v.is_finite() && v > 0.0, "{key} = {v}");
     }
     assert_eq!(json["threads"], 2);
-    let text = edgechat_ok(&["bench", "--prompt-tokens", "32", "--gen-tokens", "8", "--repetitions", "1"]);
-    assert!(text.contains("prefill:") && text.contains("decode:") && text.contains("GB/s"), "{text}");
+    let text = edgechat_ok(&[
+        "bench",
+        "--prompt-tokens",
+        "32",
+        "--gen-tokens",
+        "8",
+        "--repetitions",
+        "1",
+    ]);
+    assert!(
+        text.contains("prefill:") && text.contains("decode:") && text.contains("GB/s"),
+        "{text}"
+    );
 }
 
 /// mistral-common's tekken_240911.json, installed under .venv-models by scripts/models.
@@ -215,9 +320,15 @@ fn tekken_json() -> PathBuf {
         }
         None
     }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(".venv-models");
-    find(&venv, 8)
-        .unwrap_or_else(|| panic!("tekken_240911.json not found under {}: run scripts/models", venv.display()))
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(".venv-models");
+    find(&venv, 8).unwrap_or_else(|| {
+        panic!(
+            "tekken_240911.json not found under {}: run scripts/models",
+            venv.display()
+        )
+    })
 }
 
 #[test]
@@ -237,7 +348,11 @@ fn generate_writes_a_runnable_tiny_model() {
         "--seed",
         "5",
     ]);
-    assert!(out.status.success(), "generate failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "generate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let out = edgechat(&["inspect", "--json", "--model", out_str]);
     assert!(out.status.success());
@@ -247,19 +362,55 @@ fn generate_writes_a_runnable_tiny_model() {
     assert_eq!(json["metadata"]["tokenizer.ggml.pre"], "tekken");
 
     // Random weights say nothing useful, but the chat template, the tokenizer and the model run.
-    let out =
-        edgechat(&["run", "--model", out_str, "--chat", "--prompt", "Hi", "--max-tokens", "3", "--temperature", "0"]);
-    assert!(out.status.success(), "run failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = edgechat(&[
+        "run",
+        "--model",
+        out_str,
+        "--chat",
+        "--prompt",
+        "Hi",
+        "--max-tokens",
+        "3",
+        "--temperature",
+        "0",
+    ]);
+    assert!(
+        out.status.success(),
+        "run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("prompt "), "no figures on stderr: {stderr}");
 
-    let out = edgechat(&["generate", "--preset", "huge", "--tekken", tekken.to_str().unwrap(), "--out", out_str]);
-    assert_eq!(out.status.code(), Some(2), "an unknown preset is a usage error");
+    let out = edgechat(&[
+        "generate",
+        "--preset",
+        "huge",
+        "--tekken",
+        tekken.to_str().unwrap(),
+        "--out",
+        out_str,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown preset is a usage error"
+    );
 }
 
 #[test]
 fn every_subcommand_has_help() {
-    let subcommands = ["inspect", "tokenize", "run", "chat", "logits", "perplexity", "bench", "generate", "serve"];
+    let subcommands = [
+        "inspect",
+        "tokenize",
+        "run",
+        "chat",
+        "logits",
+        "perplexity",
+        "bench",
+        "generate",
+        "serve",
+    ];
     for sub in subcommands {
         let out = edgechat(&[sub, "--help"]);
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -269,7 +420,10 @@ fn every_subcommand_has_help() {
     let out = edgechat(&["--help"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     for sub in subcommands {
-        assert!(stdout.contains(sub), "`{sub}` missing from the top-level help:\n{stdout}");
+        assert!(
+            stdout.contains(sub),
+            "`{sub}` missing from the top-level help:\n{stdout}"
+        );
     }
 }
 
@@ -289,24 +443,52 @@ fn corrupted_models_are_clear_errors() {
     let original = std::fs::read(model_path()).unwrap();
     let dir = tempfile::tempdir().unwrap();
 
-    let not_gguf = write_temp(dir.path(), "not.gguf", b"this is not a model at all, just some text");
-    assert_clean_failure(&edgechat(&["inspect", "--model", not_gguf.to_str().unwrap()]), "not a GGUF file");
+    let not_gguf = write_temp(
+        dir.path(),
+        "not.gguf",
+        b"this is not a model at all, just some text",
+    );
+    assert_clean_failure(
+        &edgechat(&["inspect", "--model", not_gguf.to_str().unwrap()]),
+        "not a GGUF file",
+    );
 
     // Cut inside the header (the vocabulary).
     let header_cut = write_temp(dir.path(), "header-cut.gguf", &original[..100_000]);
-    let out = edgechat(&["run", "--model", header_cut.to_str().unwrap(), "--prompt", "hi"]);
+    let out = edgechat(&[
+        "run",
+        "--model",
+        header_cut.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
     assert_clean_failure(&out, "is not a usable GGUF model");
 
     // Header intact, tensor data cut short.
     let data_cut = write_temp(dir.path(), "data-cut.gguf", &original[..original.len() / 2]);
-    let out = edgechat(&["run", "--model", data_cut.to_str().unwrap(), "--prompt", "hi"]);
+    let out = edgechat(&[
+        "run",
+        "--model",
+        data_cut.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
     assert_clean_failure(&out, "truncated");
 
     // The metadata key count overwritten with a huge number.
     let mut bad_count = original[..4096].to_vec();
     bad_count[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
     let bad_count = write_temp(dir.path(), "bad-count.gguf", &bad_count);
-    assert_clean_failure(&edgechat(&["tokenize", "--model", bad_count.to_str().unwrap(), "--text", "hi"]), "too large");
+    assert_clean_failure(
+        &edgechat(&[
+            "tokenize",
+            "--model",
+            bad_count.to_str().unwrap(),
+            "--text",
+            "hi",
+        ]),
+        "too large",
+    );
 }
 
 #[test]

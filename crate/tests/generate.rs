@@ -13,8 +13,10 @@ use edgechat::model::LlamaConfig;
 /// tekken_240911.json: models/ (scripts/models copies it there), else the mistral-common package.
 fn tekken_json() -> Vec<u8> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let candidates =
-        [repo.join("models/tekken_240911.json"), repo.join(".venv-models/mistral_common/data/tekken_240911.json")];
+    let candidates = [
+        repo.join("models/tekken_240911.json"),
+        repo.join(".venv-models/mistral_common/data/tekken_240911.json"),
+    ];
     for path in &candidates {
         if let Ok(bytes) = std::fs::read(path) {
             return bytes;
@@ -24,7 +26,11 @@ fn tekken_json() -> Vec<u8> {
 }
 
 fn tiny_options(seed: u64) -> GenerateOptions {
-    GenerateOptions { preset: Preset::TinyMistral, seed, tekken_json: tekken_json() }
+    GenerateOptions {
+        preset: Preset::TinyMistral,
+        seed,
+        tekken_json: tekken_json(),
+    }
 }
 
 /// FNV-1a over everything written: enough to tell byte streams apart in a test.
@@ -35,7 +41,10 @@ struct HashingWriter {
 
 impl HashingWriter {
     fn new() -> Self {
-        Self { hash: 0xcbf2_9ce4_8422_2325, len: 0 }
+        Self {
+            hash: 0xcbf2_9ce4_8422_2325,
+            len: 0,
+        }
     }
 }
 
@@ -88,7 +97,11 @@ fn stats(file: &GgufFile, source: &FileSource, name: &str) -> (f64, f64) {
         .unwrap();
     let n = values.len() as f64;
     let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let var = values
+        .iter()
+        .map(|&v| (v as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n;
     (mean, var.sqrt())
 }
 
@@ -98,14 +111,23 @@ fn tiny_model_reads_back_with_the_promised_shape_types_metadata_and_is_determini
     let path = dir.path().join("tiny-mistral.gguf");
     let started = std::time::Instant::now();
     let len = generate_model_file(&tiny_options(1), &path).expect("generate");
-    eprintln!("tiny model: {len} bytes in {:.2} s", started.elapsed().as_secs_f64());
-    assert!(!dir.path().join("tiny-mistral.gguf.tmp").exists(), "the temporary file was renamed");
+    eprintln!(
+        "tiny model: {len} bytes in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        !dir.path().join("tiny-mistral.gguf.tmp").exists(),
+        "the temporary file was renamed"
+    );
 
     let source = FileSource::open(&path).unwrap();
     let file = GgufFile::read(&source).unwrap();
     assert_eq!(file.version, 3);
     assert_eq!(file.file_len, len);
-    assert!((50_000_000..150_000_000).contains(&len), "tiny model is {len} bytes");
+    assert!(
+        (50_000_000..150_000_000).contains(&len),
+        "tiny model is {len} bytes"
+    );
 
     let config = LlamaConfig::from_gguf(&file).unwrap();
     assert_eq!(config.vocab_size, 131_072);
@@ -125,11 +147,26 @@ fn tiny_model_reads_back_with_the_promised_shape_types_metadata_and_is_determini
     assert_eq!(file.get_u64("general.file_type").unwrap(), Some(15));
     assert_eq!(file.get_u64("general.alignment").unwrap(), Some(32));
     assert_eq!(file.get_str("tokenizer.ggml.model").unwrap(), Some("gpt2"));
-    let tokens = file.get_str_array("tokenizer.ggml.tokens").unwrap().unwrap();
+    let tokens = file
+        .get_str_array("tokenizer.ggml.tokens")
+        .unwrap()
+        .unwrap();
     assert_eq!(tokens.len(), 131_072);
-    assert_eq!(file.get_array("tokenizer.ggml.token_type").unwrap().unwrap().len(), 131_072);
-    assert_eq!(file.get_u64("tokenizer.ggml.bos_token_id").unwrap(), Some(1));
-    assert_eq!(file.get_u64("tokenizer.ggml.eos_token_id").unwrap(), Some(2));
+    assert_eq!(
+        file.get_array("tokenizer.ggml.token_type")
+            .unwrap()
+            .unwrap()
+            .len(),
+        131_072
+    );
+    assert_eq!(
+        file.get_u64("tokenizer.ggml.bos_token_id").unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        file.get_u64("tokenizer.ggml.eos_token_id").unwrap(),
+        Some(2)
+    );
     assert_eq!(tokens[1], "<s>");
     assert_eq!(tokens[2], "</s>");
     let template = file.get_str("tokenizer.chat_template").unwrap().unwrap();
@@ -160,7 +197,11 @@ fn tiny_model_reads_back_with_the_promised_shape_types_metadata_and_is_determini
         assert_eq!(dtype(&t("ffn_gate")), GgmlType::Q4K);
         assert_eq!(dtype(&t("attn_norm")), GgmlType::F32);
     }
-    let types_of = |s: &str| (0..4).map(|l| dtype(&format!("blk.{l}.{s}.weight"))).collect::<Vec<_>>();
+    let types_of = |s: &str| {
+        (0..4)
+            .map(|l| dtype(&format!("blk.{l}.{s}.weight")))
+            .collect::<Vec<_>>()
+    };
     use GgmlType::*;
     assert_eq!(types_of("attn_v"), vec![Q8_0, Q4K, Q6K, Q6K]);
     assert_eq!(types_of("ffn_down"), vec![Q4K, Q4_0, Q6K, Q6K]);
@@ -173,15 +214,26 @@ fn tiny_model_reads_back_with_the_promised_shape_types_metadata_and_is_determini
     // Tolerances: 5% on the std (quantization error plus sampling), 0.002 absolute on the means
     // (the sampling error of a mean over 131072+ values is below 1e-4).
     let expected_std = 1.0 / 512f64.sqrt();
-    for name in ["blk.0.attn_q.weight", "blk.0.attn_v.weight", "blk.3.attn_k.weight", "blk.2.attn_v.weight"] {
+    for name in [
+        "blk.0.attn_q.weight",
+        "blk.0.attn_v.weight",
+        "blk.3.attn_k.weight",
+        "blk.2.attn_v.weight",
+    ] {
         let (mean, std) = stats(&file, &source, name);
         assert!(mean.abs() < 0.002, "{name} mean {mean}");
-        assert!((std / expected_std - 1.0).abs() < 0.05, "{name} std {std}, expected {expected_std}");
+        assert!(
+            (std / expected_std - 1.0).abs() < 0.05,
+            "{name} std {std}, expected {expected_std}"
+        );
     }
     let (mean, std) = stats(&file, &source, "blk.1.ffn_down.weight");
     let down_std = 1.0 / 1024f64.sqrt();
     assert!(mean.abs() < 0.002, "ffn_down mean {mean}");
-    assert!((std / down_std - 1.0).abs() < 0.1, "Q4_0 ffn_down std {std}, expected {down_std}");
+    assert!(
+        (std / down_std - 1.0).abs() < 0.1,
+        "Q4_0 ffn_down std {std}, expected {down_std}"
+    );
     let (mean, std) = stats(&file, &source, "blk.0.attn_norm.weight");
     assert!((mean - 1.0).abs() < 0.01, "norm mean {mean}");
     assert!((0.03..0.07).contains(&std), "norm std {std}");
@@ -192,7 +244,10 @@ fn tiny_model_reads_back_with_the_promised_shape_types_metadata_and_is_determini
     let (file_hash, file_len) = file_hash(&path);
     assert_eq!(hash_of(1), (file_hash, file_len), "same seed, same bytes");
     let (other_hash, other_len) = hash_of(2);
-    assert_eq!(other_len, file_len, "the layout does not depend on the seed");
+    assert_eq!(
+        other_len, file_len,
+        "the layout does not depend on the seed"
+    );
     assert_ne!(other_hash, file_hash, "another seed, other weights");
 }
 
@@ -211,12 +266,30 @@ fn writer_round_trips_every_value_type_through_a_file() {
         ("u64".into(), Value::U64(u64::MAX)),
         ("i64".into(), Value::I64(i64::MIN)),
         ("f64".into(), Value::F64(std::f64::consts::PI)),
-        ("strings".into(), Value::Array(vec![Value::String("x".into()), Value::String("yz".into())])),
-        ("ints".into(), Value::Array(vec![Value::I32(3), Value::I32(-4)])),
-        ("u64s".into(), Value::Array(vec![Value::U64(1), Value::U64(u64::MAX)])),
-        ("floats".into(), Value::Array(vec![Value::F32(1.0), Value::F32(f32::MIN_POSITIVE)])),
-        ("bools".into(), Value::Array(vec![Value::Bool(true), Value::Bool(false)])),
-        ("nested".into(), Value::Array(vec![Value::Array(vec![Value::I16(-1)])])),
+        (
+            "strings".into(),
+            Value::Array(vec![Value::String("x".into()), Value::String("yz".into())]),
+        ),
+        (
+            "ints".into(),
+            Value::Array(vec![Value::I32(3), Value::I32(-4)]),
+        ),
+        (
+            "u64s".into(),
+            Value::Array(vec![Value::U64(1), Value::U64(u64::MAX)]),
+        ),
+        (
+            "floats".into(),
+            Value::Array(vec![Value::F32(1.0), Value::F32(f32::MIN_POSITIVE)]),
+        ),
+        (
+            "bools".into(),
+            Value::Array(vec![Value::Bool(true), Value::Bool(false)]),
+        ),
+        (
+            "nested".into(),
+            Value::Array(vec![Value::Array(vec![Value::I16(-1)])]),
+        ),
         ("empty".into(), Value::Array(vec![])),
     ];
     let tensors = vec![
@@ -224,7 +297,11 @@ fn writer_round_trips_every_value_type_through_a_file() {
         ("q6k".to_string(), vec![256, 3], GgmlType::Q6K),
         ("f16".to_string(), vec![3, 2, 1], GgmlType::F16),
     ];
-    let payloads: Vec<Vec<u8>> = vec![vec![1; 20], (0..630).map(|i| i as u8).collect(), vec![9; 12]];
+    let payloads: Vec<Vec<u8>> = vec![
+        vec![1; 20],
+        (0..630).map(|i| i as u8).collect(),
+        vec![9; 12],
+    ];
     let mut writer = GgufWriter::new(metadata.clone(), tensors.clone()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("all.gguf");
@@ -256,14 +333,24 @@ fn writer_round_trips_every_value_type_through_a_file() {
 #[test]
 fn chat_template_renders_mistral_instruct_turns() {
     let mut env = minijinja::Environment::new();
-    env.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
-    });
-    env.add_template("chat", edgechat::generate::MINISTRAL_CHAT_TEMPLATE).unwrap();
+    env.add_function(
+        "raise_exception",
+        |message: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                message,
+            ))
+        },
+    );
+    env.add_template("chat", edgechat::generate::MINISTRAL_CHAT_TEMPLATE)
+        .unwrap();
     let template = env.get_template("chat").unwrap();
-    let message = |role: &str, content: &str| minijinja::context! { role => role, content => content };
+    let message =
+        |role: &str, content: &str| minijinja::context! { role => role, content => content };
     let render = |messages: Vec<minijinja::Value>| {
-        template.render(minijinja::context! { messages => messages, bos_token => "<s>", eos_token => "</s>" })
+        template.render(
+            minijinja::context! { messages => messages, bos_token => "<s>", eos_token => "</s>" },
+        )
     };
 
     let conversation = vec![
@@ -273,7 +360,16 @@ fn chat_template_renders_mistral_instruct_turns() {
         message("user", "How are you?"),
     ];
     // As mistral-common's V3-Tekken renders it: the system prompt joins the last user turn.
-    assert_eq!(render(conversation).unwrap(), "<s>[INST]Hi[/INST]Hello!</s>[INST]Be brief.\n\nHow are you?[/INST]");
-    assert_eq!(render(vec![message("user", "Hi")]).unwrap(), "<s>[INST]Hi[/INST]");
-    assert!(render(vec![message("assistant", "first")]).is_err(), "roles must alternate");
+    assert_eq!(
+        render(conversation).unwrap(),
+        "<s>[INST]Hi[/INST]Hello!</s>[INST]Be brief.\n\nHow are you?[/INST]"
+    );
+    assert_eq!(
+        render(vec![message("user", "Hi")]).unwrap(),
+        "<s>[INST]Hi[/INST]"
+    );
+    assert!(
+        render(vec![message("assistant", "first")]).is_err(),
+        "roles must alternate"
+    );
 }

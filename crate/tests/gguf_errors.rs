@@ -110,7 +110,11 @@ impl Builder {
 
     /// An F32 tensor with its data, placed at the next aligned offset.
     fn tensor_f32(mut self, name: &str, dims: &[u64], values: &[f32]) -> Self {
-        assert_eq!(dims.iter().product::<u64>() as usize, values.len(), "test bug: {name}");
+        assert_eq!(
+            dims.iter().product::<u64>() as usize,
+            values.len(),
+            "test bug: {name}"
+        );
         self.pad_data();
         let offset = self.data.len() as u64;
         for v in values {
@@ -120,7 +124,8 @@ impl Builder {
     }
 
     fn pad_data(&mut self) {
-        self.data.resize(self.data.len().next_multiple_of(self.alignment), 0);
+        self.data
+            .resize(self.data.len().next_multiple_of(self.alignment), 0);
     }
 
     fn header_and_infos(&self) -> Vec<u8> {
@@ -177,7 +182,10 @@ fn a_small_valid_file_parses() {
     assert_eq!(file.get_str("general.architecture").unwrap(), Some("llama"));
     assert_eq!(file.get_u64("some.u32").unwrap(), Some(7));
     assert_eq!(file.get_f64("some.f32").unwrap(), Some(0.5));
-    assert_eq!(file.get_str_array("some.strings").unwrap(), Some(vec!["a", "bc", ""]));
+    assert_eq!(
+        file.get_str_array("some.strings").unwrap(),
+        Some(vec!["a", "bc", ""])
+    );
     assert_eq!(file.tensors.len(), 2);
     let first = file.tensor("first").unwrap();
     assert_eq!((first.dtype, first.n_bytes), (GgmlType::F32, 16));
@@ -206,8 +214,14 @@ fn bad_magic() {
         e => panic!("wrong error: {e:?}"),
     }
     // A text file, and all zeros.
-    assert!(matches!(parse_err(b"hello world, not a model".to_vec()), GgufError::BadMagic { .. }));
-    assert!(matches!(parse_err(vec![0; 64]), GgufError::BadMagic { found: 0 }));
+    assert!(matches!(
+        parse_err(b"hello world, not a model".to_vec()),
+        GgufError::BadMagic { .. }
+    ));
+    assert!(matches!(
+        parse_err(vec![0; 64]),
+        GgufError::BadMagic { found: 0 }
+    ));
 }
 
 #[test]
@@ -225,7 +239,9 @@ fn unsupported_versions() {
 #[test]
 fn truncated_header_at_several_points() {
     let key = "general.a_rather_long_key_so_that_cuts_can_land_inside_it";
-    let b = Builder::new().kv_str(key, &"x".repeat(100)).tensor_info(b"t", &[4], F32, 0);
+    let b = Builder::new()
+        .kv_str(key, &"x".repeat(100))
+        .tensor_info(b"t", &[4], F32, 0);
     let full = b.header_and_infos();
     // Inside the magic, the version, the tensor count, the kv count.
     for cut in [0, 2, 4, 6, 8, 15, 16, 23] {
@@ -238,7 +254,9 @@ fn truncated_header_at_several_points() {
     // key-value (13): the counts are rejected before anything is read.
     for cut in [24, 28, 40] {
         match parse_err(full[..cut].to_vec()) {
-            GgufError::CountTooLarge { what, count, .. } => assert_eq!((what, count), ("tensor count", 1)),
+            GgufError::CountTooLarge { what, count, .. } => {
+                assert_eq!((what, count), ("tensor count", 1))
+            }
             e => panic!("cut at {cut}: wrong error {e:?}"),
         }
     }
@@ -370,21 +388,27 @@ fn huge_string_lengths() {
         let mut b = Builder::new();
         b.kvs = kvs;
         b.kv_count = 1;
-        assert!(matches!(parse_err(b.build()), GgufError::TruncatedHeader { needed, .. } if needed == len));
+        assert!(
+            matches!(parse_err(b.build()), GgufError::TruncatedHeader { needed, .. } if needed == len)
+        );
 
         // As a value.
         let mut value = Vec::new();
         put_u64(&mut value, len);
         value.extend_from_slice(b"short");
         let b = Builder::new().kv_raw(b"general.name", TYPE_STRING, &value);
-        assert!(matches!(parse_err(b.build()), GgufError::TruncatedHeader { needed, .. } if needed == len));
+        assert!(
+            matches!(parse_err(b.build()), GgufError::TruncatedHeader { needed, .. } if needed == len)
+        );
 
         // As a tensor name.
         let mut b = Builder::new();
         put_u64(&mut b.infos, len);
         b.infos.extend_from_slice(&[0; 40]);
         b.info_count = 1;
-        assert!(matches!(parse_err(b.build()), GgufError::TruncatedHeader { needed, .. } if needed == len));
+        assert!(
+            matches!(parse_err(b.build()), GgufError::TruncatedHeader { needed, .. } if needed == len)
+        );
     }
 }
 
@@ -448,7 +472,10 @@ fn invalid_utf8() {
     }
     // In a tensor name.
     let b = Builder::new().tensor_info(b"\x80tensor", &[4], F32, 0);
-    assert!(matches!(parse_err(b.build()), GgufError::InvalidUtf8 { .. }));
+    assert!(matches!(
+        parse_err(b.build()),
+        GgufError::InvalidUtf8 { .. }
+    ));
 }
 
 #[test]
@@ -479,14 +506,19 @@ fn bad_alignment() {
         }
     }
     let b = small_valid().kv_str("general.alignment", "32");
-    assert!(matches!(parse_err(b.build()), GgufError::WrongValueType { .. }));
+    assert!(matches!(
+        parse_err(b.build()),
+        GgufError::WrongValueType { .. }
+    ));
 }
 
 #[test]
 fn a_custom_power_of_two_alignment_is_honoured() {
     let mut b = Builder::new().kv_u32("general.alignment", 64);
     b.alignment = 64;
-    let b = b.tensor_f32("a", &[3], &[1.0, 2.0, 3.0]).tensor_f32("b", &[2], &[5.0, 6.0]);
+    let b = b
+        .tensor_f32("a", &[3], &[1.0, 2.0, 3.0])
+        .tensor_f32("b", &[2], &[5.0, 6.0]);
     let file = parse(b.build()).unwrap();
     assert_eq!(file.alignment, 64);
     assert_eq!(file.data_offset % 64, 0);
@@ -501,7 +533,12 @@ fn tensor_outside_the_file() {
     let full = small_valid().build();
     // Cut off the last 4 bytes of the second tensor's data.
     match parse_err(full[..full.len() - 4].to_vec()) {
-        GgufError::TensorOutOfBounds { name, end, file_len, .. } => {
+        GgufError::TensorOutOfBounds {
+            name,
+            end,
+            file_len,
+            ..
+        } => {
             assert_eq!(name, "second");
             assert_eq!(file_len, full.len() as u64 - 4);
             assert_eq!(end, full.len() as u64);
@@ -511,7 +548,10 @@ fn tensor_outside_the_file() {
     // An offset far past the end, and one where offset + size overflows u64.
     for offset in [1 << 40, u64::MAX - 31] {
         let b = Builder::new().tensor_info(b"far", &[4], F32, offset);
-        assert!(matches!(parse_err(b.build()), GgufError::TensorOutOfBounds { .. }), "offset {offset}");
+        assert!(
+            matches!(parse_err(b.build()), GgufError::TensorOutOfBounds { .. }),
+            "offset {offset}"
+        );
     }
 }
 
@@ -532,7 +572,11 @@ fn unsupported_tensor_types() {
     for &(type_id, type_name) in cases {
         let b = Builder::new().tensor_info(b"w", &[256], type_id, 0);
         match parse_err(b.build()) {
-            GgufError::UnsupportedTensorType { name, type_id: t, type_name: n } => {
+            GgufError::UnsupportedTensorType {
+                name,
+                type_id: t,
+                type_name: n,
+            } => {
                 assert_eq!((name.as_str(), t, n), ("w", type_id, type_name))
             }
             e => panic!("type {type_id}: wrong error {e:?}"),
@@ -546,7 +590,11 @@ fn misaligned_tensor_offset() {
     let offset = 4;
     b = b.tensor_info(b"odd", &[1], F32, offset);
     match parse_err(b.build()) {
-        GgufError::MisalignedTensor { name, offset: o, alignment } => {
+        GgufError::MisalignedTensor {
+            name,
+            offset: o,
+            alignment,
+        } => {
             assert_eq!((name.as_str(), o, alignment), ("odd", offset, 32))
         }
         e => panic!("wrong error {e:?}"),
@@ -562,7 +610,9 @@ fn too_many_dims() {
         b.infos.extend_from_slice(&[1; 64]);
         b.info_count = 1;
         match parse_err(b.build()) {
-            GgufError::TooManyDims { name, n_dims: n } => assert_eq!((name.as_str(), n), ("t", n_dims)),
+            GgufError::TooManyDims { name, n_dims: n } => {
+                assert_eq!((name.as_str(), n), ("t", n_dims))
+            }
             e => panic!("{n_dims} dims: wrong error {e:?}"),
         }
     }
@@ -599,10 +649,16 @@ fn element_count_overflow() {
 fn quantized_rows_must_fill_whole_blocks() {
     // Q4_0 blocks hold 32 values: a row of 40 does not fit.
     let b = Builder::new().tensor_info(b"q", &[40, 4], GgmlType::Q4_0.id(), 0);
-    assert!(matches!(parse_err(b.build()), GgufError::BadTensorShape { .. }));
+    assert!(matches!(
+        parse_err(b.build()),
+        GgufError::BadTensorShape { .. }
+    ));
     // Q4_K blocks hold 256.
     let b = Builder::new().tensor_info(b"q", &[128, 2], GgmlType::Q4K.id(), 0);
-    assert!(matches!(parse_err(b.build()), GgufError::BadTensorShape { .. }));
+    assert!(matches!(
+        parse_err(b.build()),
+        GgufError::BadTensorShape { .. }
+    ));
 }
 
 #[test]
@@ -664,7 +720,9 @@ fn tiny_llama(edit: impl FnOnce(&mut Vec<(&'static str, Vec<u64>)>)) -> Vec<u8> 
     let mut b = llama_metadata();
     for (i, (name, dims)) in tensors.iter().enumerate() {
         let n = dims.iter().product::<u64>() as usize;
-        let values: Vec<f32> = (0..n).map(|j| (((i * 31 + j * 7) % 13) as f32 - 6.0) * 0.05).collect();
+        let values: Vec<f32> = (0..n)
+            .map(|j| (((i * 31 + j * 7) % 13) as f32 - 6.0) * 0.05)
+            .collect();
         b = b.tensor_f32(name, dims, &values);
     }
     b.build()
@@ -693,14 +751,20 @@ fn tiny_llama_config_reads() {
 fn every_truncation_of_a_tiny_model_is_an_error() {
     let full = tiny_llama(|_| {});
     for cut in 0..full.len() {
-        assert!(parse(full[..cut].to_vec()).is_err(), "model cut at {cut} of {} parsed", full.len());
+        assert!(
+            parse(full[..cut].to_vec()).is_err(),
+            "model cut at {cut} of {} parsed",
+            full.len()
+        );
     }
 }
 
 #[test]
 fn config_missing_keys() {
     let b = Builder::new().kv_u32("llama.embedding_length", 8);
-    assert!(matches!(config_err(b), Error::Gguf(GgufError::MissingKey(k)) if k == "general.architecture"));
+    assert!(
+        matches!(config_err(b), Error::Gguf(GgufError::MissingKey(k)) if k == "general.architecture")
+    );
 
     for missing in [
         "llama.embedding_length",
@@ -737,7 +801,9 @@ fn config_missing_keys() {
         .kv_u32("llama.block_count", 1)
         .kv_u32("llama.feed_forward_length", 16)
         .kv_u32("llama.attention.head_count", 2);
-    assert!(matches!(config_err(b), Error::Gguf(GgufError::MissingKey(k)) if k == "tokenizer.ggml.tokens"));
+    assert!(
+        matches!(config_err(b), Error::Gguf(GgufError::MissingKey(k)) if k == "tokenizer.ggml.tokens")
+    );
 }
 
 #[test]
@@ -747,7 +813,9 @@ fn config_rejects_bad_values() {
     assert!(matches!(config_err(b), Error::Model(m) if m.contains("gpt2")));
 
     // A key with the wrong type.
-    let b = Builder::new().kv_str("general.architecture", "llama").kv_str("llama.embedding_length", "8");
+    let b = Builder::new()
+        .kv_str("general.architecture", "llama")
+        .kv_str("llama.embedding_length", "8");
     assert!(
         matches!(config_err(b), Error::Gguf(GgufError::WrongValueType { key, .. }) if key == "llama.embedding_length")
     );
@@ -772,7 +840,10 @@ fn config_rejects_bad_values() {
         ] {
             b = b.kv_u64(k, if k == key { value } else { v });
         }
-        assert!(matches!(config_err(b), Error::Model(_)), "{key} = {value} was accepted");
+        assert!(
+            matches!(config_err(b), Error::Model(_)),
+            "{key} = {value} was accepted"
+        );
     }
 
     // head_count not a multiple of head_count_kv.
@@ -830,18 +901,27 @@ fn tiny_llama_loads_and_runs() {
     assert!(logits.iter().all(|v| v.is_finite()));
     assert_eq!(model.cache_len(), 3);
     // Without output.weight the embedding table is the output head.
-    let mut tied = load(tiny_llama(|t| t.retain(|(name, _)| *name != "output.weight"))).unwrap();
+    let mut tied = load(tiny_llama(|t| {
+        t.retain(|(name, _)| *name != "output.weight")
+    }))
+    .unwrap();
     assert_eq!(tied.forward(&[4]).unwrap().len(), VOCAB as usize);
 }
 
 #[test]
 fn a_weight_with_the_wrong_shape_is_named() {
     let bytes = tiny_llama(|t| {
-        t.iter_mut().find(|(name, _)| *name == "blk.0.attn_q.weight").unwrap().1 =
-            vec![EMBD, HEADS_KV * HEAD_DIM];
+        t.iter_mut()
+            .find(|(name, _)| *name == "blk.0.attn_q.weight")
+            .unwrap()
+            .1 = vec![EMBD, HEADS_KV * HEAD_DIM];
     });
     match load_err(bytes) {
-        Error::TensorShape { name, expected, found } => {
+        Error::TensorShape {
+            name,
+            expected,
+            found,
+        } => {
             assert_eq!(name, "blk.0.attn_q.weight");
             assert_eq!(expected, vec![EMBD, HEADS * HEAD_DIM]);
             assert_eq!(found, vec![EMBD, HEADS_KV * HEAD_DIM]);
@@ -855,9 +935,13 @@ fn a_weight_with_the_wrong_shape_is_named() {
         ("token_embd.weight", vec![EMBD, VOCAB + 1]),
         ("output.weight", vec![EMBD, 2, VOCAB]),
     ] {
-        let bytes = tiny_llama(|t| t.iter_mut().find(|(name, _)| *name == tensor).unwrap().1 = dims.clone());
+        let bytes = tiny_llama(|t| {
+            t.iter_mut().find(|(name, _)| *name == tensor).unwrap().1 = dims.clone()
+        });
         match load_err(bytes) {
-            Error::TensorShape { name, found, .. } => assert_eq!((name.as_str(), found), (tensor, dims)),
+            Error::TensorShape { name, found, .. } => {
+                assert_eq!((name.as_str(), found), (tensor, dims))
+            }
             e => panic!("{tensor}: wrong error {e:?}"),
         }
     }
@@ -865,8 +949,12 @@ fn a_weight_with_the_wrong_shape_is_named() {
 
 #[test]
 fn a_missing_weight_is_named() {
-    for missing in ["token_embd.weight", "blk.0.ffn_down.weight", "blk.0.attn_k.weight", "output_norm.weight"]
-    {
+    for missing in [
+        "token_embd.weight",
+        "blk.0.ffn_down.weight",
+        "blk.0.attn_k.weight",
+        "output_norm.weight",
+    ] {
         let bytes = tiny_llama(|t| t.retain(|(name, _)| *name != missing));
         match load_err(bytes) {
             Error::Gguf(GgufError::MissingTensor(name)) => assert_eq!(name, missing),
@@ -878,7 +966,10 @@ fn a_missing_weight_is_named() {
 #[test]
 fn tokens_outside_the_vocabulary_are_an_error() {
     let mut model = load(tiny_llama(|_| {})).unwrap();
-    assert!(matches!(model.forward(&[VOCAB as u32]), Err(Error::TokenOutOfRange { .. })));
+    assert!(matches!(
+        model.forward(&[VOCAB as u32]),
+        Err(Error::TokenOutOfRange { .. })
+    ));
     assert_eq!(model.cache_len(), 0);
     assert!(model.forward(&[]).is_err());
 }

@@ -24,7 +24,10 @@ impl Reference {
     }
 
     fn forward(&mut self, tokens: &[u32]) -> Vec<f32> {
-        let input = Tensor::new(tokens, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let input = Tensor::new(tokens, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let logits = self.model.forward(&input, self.pos).unwrap();
         self.pos += tokens.len();
         logits.flatten_all().unwrap().to_vec1().unwrap()
@@ -66,7 +69,11 @@ fn argmax(v: &[f32]) -> u32 {
 fn relative_max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+        / scale
 }
 
 /// Same file, same prompt: logits within 8% of the largest logit magnitude at every step, and the
@@ -85,7 +92,10 @@ fn compare_with_reference(name: &str, prompt: &[u32]) {
     let mut expected = reference.forward(prompt);
     let mut got = model.forward(prompt).unwrap();
     let diff = relative_max_diff(&got, &expected);
-    assert!(diff < TOLERANCE, "{name}: prefill logits differ by {diff} (relative)");
+    assert!(
+        diff < TOLERANCE,
+        "{name}: prefill logits differ by {diff} (relative)"
+    );
 
     for step in 0..32 {
         let next = argmax(&expected);
@@ -95,12 +105,18 @@ fn compare_with_reference(name: &str, prompt: &[u32]) {
             // logit of its own pick. Both then continue with the reference's token.
             let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
             let margin = (expected[next as usize] - expected[ours_next as usize]) / scale;
-            assert!(margin < 0.01, "{name}: greedy token differs at step {step} (margin {margin})");
+            assert!(
+                margin < 0.01,
+                "{name}: greedy token differs at step {step} (margin {margin})"
+            );
         }
         expected = reference.forward(&[next]);
         got = model.forward(&[next]).unwrap();
         let diff = relative_max_diff(&got, &expected);
-        assert!(diff < TOLERANCE, "{name}: step {step} logits differ by {diff} (relative)");
+        assert!(
+            diff < TOLERANCE,
+            "{name}: step {step} logits differ by {diff} (relative)"
+        );
     }
     assert_eq!(model.cache_len(), prompt.len() + 32);
 }
@@ -114,7 +130,10 @@ fn smollm2_matches_candle_transformers() {
 #[test]
 fn tiny_mistral_matches_candle_transformers() {
     // <s>[INST]Hello, how are you?[/INST] in tekken ids; the weights are random, the math is not.
-    compare_with_reference(common::TINY_MISTRAL, &[1, 3, 22177, 1044, 2606, 1584, 1636, 1063, 4]);
+    compare_with_reference(
+        common::TINY_MISTRAL,
+        &[1, 3, 22177, 1044, 2606, 1584, 1636, 1063, 4],
+    );
 }
 
 /// Prefill of a whole prompt and token-by-token decode give the same logits for every position,
@@ -154,19 +173,35 @@ fn out_of_range_token_is_an_error() {
     let path = common::model_path(common::SMOLLM2);
     let mut model = ours(&path);
     let err = model.forward(&[u32::MAX]).unwrap_err();
-    assert!(matches!(err, edgechat::Error::TokenOutOfRange { .. }), "{err}");
+    assert!(
+        matches!(err, edgechat::Error::TokenOutOfRange { .. }),
+        "{err}"
+    );
     assert_eq!(model.cache_len(), 0);
 }
 
 fn deq(file: &GgufFile, src: &FileSource, name: &str) -> Vec<f32> {
     let info = file.tensor(name).unwrap();
     let bytes = file.tensor_bytes(src, info).unwrap();
-    let q = candle_core::quantized::ggml_file::qtensor_from_ggml(candle_dtype(info.dtype), &bytes, info.shape(), &Device::Cpu).unwrap();
-    q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+        candle_dtype(info.dtype),
+        &bytes,
+        info.shape(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    q.dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 fn mv(w: &[f32], x: &[f64], rows: usize) -> Vec<f64> {
     let cols = x.len();
-    (0..rows).map(|r| (0..cols).map(|c| w[r * cols + c] as f64 * x[c]).sum()).collect()
+    (0..rows)
+        .map(|r| (0..cols).map(|c| w[r * cols + c] as f64 * x[c]).sum())
+        .collect()
 }
 fn rms(x: &[f64], w: &[f32], eps: f64) -> Vec<f64> {
     let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
@@ -174,12 +209,14 @@ fn rms(x: &[f64], w: &[f32], eps: f64) -> Vec<f64> {
     x.iter().zip(w).map(|(v, w)| v * s * *w as f64).collect()
 }
 fn rope(x: &mut [f64], heads: usize, hd: usize, pos: usize, base: f64) {
-    for h in 0..heads { for i in 0..hd / 2 {
-        let th = pos as f64 * base.powf(-2.0 * i as f64 / hd as f64);
-        let (a, b) = (x[h * hd + 2 * i], x[h * hd + 2 * i + 1]);
-        x[h * hd + 2 * i] = a * th.cos() - b * th.sin();
-        x[h * hd + 2 * i + 1] = a * th.sin() + b * th.cos();
-    }}
+    for h in 0..heads {
+        for i in 0..hd / 2 {
+            let th = pos as f64 * base.powf(-2.0 * i as f64 / hd as f64);
+            let (a, b) = (x[h * hd + 2 * i], x[h * hd + 2 * i + 1]);
+            x[h * hd + 2 * i] = a * th.cos() - b * th.sin();
+            x[h * hd + 2 * i + 1] = a * th.sin() + b * th.cos();
+        }
+    }
 }
 /// A plain f64 forward pass over the dequantized weights, written out loop by loop: independent
 /// of both candle's kernels and ours (only the GGUF block decoding is shared).
@@ -187,17 +224,34 @@ fn naive_forward(path: &std::path::Path, tokens: &[u32]) -> Vec<f32> {
     let src = FileSource::open(path).unwrap();
     let file = GgufFile::read(&src).unwrap();
     let c = edgechat::model::LlamaConfig::from_gguf(&file).unwrap();
-    let (d, h, kvh, hd, ff) = (c.embedding_length, c.head_count, c.head_count_kv, c.head_dim, c.feed_forward_length);
+    let (d, h, kvh, hd, ff) = (
+        c.embedding_length,
+        c.head_count,
+        c.head_count_kv,
+        c.head_dim,
+        c.feed_forward_length,
+    );
     let emb = deq(&file, &src, "token_embd.weight");
     let mut xs: Vec<Vec<f64>> = tokens
         .iter()
-        .map(|&t| emb[t as usize * d..(t as usize + 1) * d].iter().map(|&v| v as f64).collect())
+        .map(|&t| {
+            emb[t as usize * d..(t as usize + 1) * d]
+                .iter()
+                .map(|&v| v as f64)
+                .collect()
+        })
         .collect();
     let eps = c.rms_norm_eps as f64;
     let base = c.rope_freq_base as f64;
     for l in 0..c.block_count {
         let g = |n: &str| deq(&file, &src, &format!("blk.{l}.{n}.weight"));
-        let (an, wq, wk, wv, wo) = (g("attn_norm"), g("attn_q"), g("attn_k"), g("attn_v"), g("attn_output"));
+        let (an, wq, wk, wv, wo) = (
+            g("attn_norm"),
+            g("attn_q"),
+            g("attn_k"),
+            g("attn_v"),
+            g("attn_output"),
+        );
         let (fnn, wg, wu, wd) = (g("ffn_norm"), g("ffn_gate"), g("ffn_up"), g("ffn_down"));
         let (mut qs, mut ks, mut vs) = (vec![], vec![], vec![]);
         for (p, x) in xs.iter().enumerate() {
@@ -215,7 +269,12 @@ fn naive_forward(path: &std::path::Path, tokens: &[u32]) -> Vec<f32> {
             for hh in 0..h {
                 let kv = hh / (h / kvh);
                 let scores: Vec<f64> = (0..=p)
-                    .map(|j| (0..hd).map(|i| qs[p][hh * hd + i] * ks[j][kv * hd + i]).sum::<f64>() / (hd as f64).sqrt())
+                    .map(|j| {
+                        (0..hd)
+                            .map(|i| qs[p][hh * hd + i] * ks[j][kv * hd + i])
+                            .sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
                     .collect();
                 let max = scores.iter().cloned().fold(f64::MIN, f64::max);
                 let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
@@ -230,14 +289,29 @@ fn naive_forward(path: &std::path::Path, tokens: &[u32]) -> Vec<f32> {
             xs[p].iter_mut().zip(&o).for_each(|(x, o)| *x += o);
             let hn = rms(&xs[p], &fnn, eps);
             let (gate, up) = (mv(&wg, &hn, ff), mv(&wu, &hn, ff));
-            let act: Vec<f64> = gate.iter().zip(&up).map(|(a, b)| a / (1.0 + (-a).exp()) * b).collect();
+            let act: Vec<f64> = gate
+                .iter()
+                .zip(&up)
+                .map(|(a, b)| a / (1.0 + (-a).exp()) * b)
+                .collect();
             let o = mv(&wd, &act, d);
             xs[p].iter_mut().zip(&o).for_each(|(x, o)| *x += o);
         }
     }
-    let head = if file.tensor("output.weight").is_some() { deq(&file, &src, "output.weight") } else { emb };
-    let last = rms(xs.last().unwrap(), &deq(&file, &src, "output_norm.weight"), eps);
-    mv(&head, &last, c.vocab_size).iter().map(|&v| v as f32).collect()
+    let head = if file.tensor("output.weight").is_some() {
+        deq(&file, &src, "output.weight")
+    } else {
+        emb
+    };
+    let last = rms(
+        xs.last().unwrap(),
+        &deq(&file, &src, "output_norm.weight"),
+        eps,
+    );
+    mv(&head, &last, c.vocab_size)
+        .iter()
+        .map(|&v| v as f32)
+        .collect()
 }
 
 /// Against the unquantized f64 pass: within 10% of the largest logit (our matmuls quantize
@@ -248,8 +322,15 @@ fn compare_with_naive(name: &str, prompt: &[u32]) {
     let expected = naive_forward(&path, prompt);
     let got = ours(&path).forward(prompt).unwrap();
     let diff = relative_max_diff(&got, &expected);
-    assert!(diff < TOLERANCE, "{name}: logits differ from the f64 reference by {diff} (relative)");
-    assert_eq!(argmax(&got), argmax(&expected), "{name}: greedy token differs from the f64 reference");
+    assert!(
+        diff < TOLERANCE,
+        "{name}: logits differ from the f64 reference by {diff} (relative)"
+    );
+    assert_eq!(
+        argmax(&got),
+        argmax(&expected),
+        "{name}: greedy token differs from the f64 reference"
+    );
 }
 
 #[test]
@@ -259,7 +340,10 @@ fn smollm2_matches_naive_f64() {
 
 #[test]
 fn tiny_mistral_matches_naive_f64() {
-    compare_with_naive(common::TINY_MISTRAL, &[1, 3, 22177, 1044, 2606, 1584, 1636, 1063, 4]);
+    compare_with_naive(
+        common::TINY_MISTRAL,
+        &[1, 3, 22177, 1044, 2606, 1584, 1636, 1063, 4],
+    );
 }
 
 /// A 40-token prompt takes the batched prefill path (dequantized tiles for Q4_1 from 32 tokens):
@@ -271,6 +355,9 @@ fn long_prompt_prefill_matches_candle_transformers() {
     let expected = Reference::load(&path).forward(&prompt);
     let got = ours(&path).forward(&prompt).unwrap();
     let diff = relative_max_diff(&got, &expected);
-    assert!(diff < 0.08, "40-token prefill logits differ by {diff} (relative)");
+    assert!(
+        diff < 0.08,
+        "40-token prefill logits differ by {diff} (relative)"
+    );
     assert_eq!(argmax(&got), argmax(&expected));
 }

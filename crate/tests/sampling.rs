@@ -6,7 +6,11 @@ use edgechat::sampling::{argmax, Sampler, SamplingParams};
 
 /// Plain temperature sampling with every filter off.
 fn plain(temperature: f32, seed: u64) -> SamplingParams {
-    SamplingParams { temperature, seed: Some(seed), ..SamplingParams::greedy() }
+    SamplingParams {
+        temperature,
+        seed: Some(seed),
+        ..SamplingParams::greedy()
+    }
 }
 
 /// The set of tokens drawn in `n` samples (fresh history each time).
@@ -31,7 +35,10 @@ fn big_logits(n: usize) -> Vec<f32> {
 #[test]
 fn defaults_match_llama_cpp() {
     let p = SamplingParams::default();
-    assert_eq!((p.temperature, p.top_k, p.top_p, p.min_p), (0.8, 40, 0.95, 0.05));
+    assert_eq!(
+        (p.temperature, p.top_k, p.top_p, p.min_p),
+        (0.8, 40, 0.95, 0.05)
+    );
     assert_eq!(p.repetition_penalty, 1.0);
     assert!(!p.is_greedy());
     assert!(SamplingParams::greedy().is_greedy());
@@ -39,11 +46,13 @@ fn defaults_match_llama_cpp() {
 
 #[test]
 fn params_deserialize_with_defaults_for_missing_fields() {
-    let p: SamplingParams = serde_json::from_str(r#"{"temperature": 0.0, "stop": ["\n"]}"#).unwrap();
+    let p: SamplingParams =
+        serde_json::from_str(r#"{"temperature": 0.0, "stop": ["\n"]}"#).unwrap();
     assert_eq!(p.temperature, 0.0);
     assert_eq!(p.stop, vec!["\n".to_string()]);
     assert_eq!(p.top_k, SamplingParams::default().top_k);
-    let round_trip: SamplingParams = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+    let round_trip: SamplingParams =
+        serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
     assert_eq!(round_trip, p);
 }
 
@@ -57,7 +66,10 @@ fn greedy_is_argmax_with_lowest_index_on_ties() {
     }
     // NaN never wins.
     assert_eq!(argmax(&[f32::NAN, 1.0, 0.0]), 1);
-    assert_eq!(Sampler::new(&SamplingParams::greedy()).sample(&[f32::NAN, 1.0, 0.0], &[]), 1);
+    assert_eq!(
+        Sampler::new(&SamplingParams::greedy()).sample(&[f32::NAN, 1.0, 0.0], &[]),
+        1
+    );
 }
 
 #[test]
@@ -66,9 +78,18 @@ fn greedy_on_a_big_vocabulary_matches_a_naive_argmax() {
     let naive = logits
         .iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
         .0 as u32;
-    assert_eq!(Sampler::new(&SamplingParams::greedy()).sample(&logits, &[]), naive);
+    assert_eq!(
+        Sampler::new(&SamplingParams::greedy()).sample(&logits, &[]),
+        naive
+    );
 }
 
 #[test]
@@ -105,10 +126,19 @@ fn same_seed_same_sequence_different_seed_different_sequence() {
     };
     let a = run(&params);
     assert_eq!(a, run(&params));
-    let b = run(&SamplingParams { seed: Some(43), ..params.clone() });
-    assert_ne!(a, b, "two seeds gave the same 50 draws from a flat 32k distribution");
+    let b = run(&SamplingParams {
+        seed: Some(43),
+        ..params.clone()
+    });
+    assert_ne!(
+        a, b,
+        "two seeds gave the same 50 draws from a flat 32k distribution"
+    );
     // Unseeded samplers work too (seeded from the OS).
-    let c = run(&SamplingParams { seed: None, ..params });
+    let c = run(&SamplingParams {
+        seed: None,
+        ..params
+    });
     assert_eq!(c.len(), 50);
 }
 
@@ -121,19 +151,28 @@ fn temperature_sampling_follows_the_distribution() {
     let zeros = (0..n).filter(|_| sampler.sample(&logits, &[]) == 0).count();
     let freq = zeros as f64 / n as f64;
     // Binomial std dev is ~0.003; allow 0.02.
-    assert!((freq - 0.75).abs() < 0.02, "token 0 drawn with frequency {freq}, expected 0.75");
+    assert!(
+        (freq - 0.75).abs() < 0.02,
+        "token 0 drawn with frequency {freq}, expected 0.75"
+    );
 
     // Temperature 0.5 squares the odds: 9:1 -> 0.9.
     let mut sampler = Sampler::new(&plain(0.5, 7));
     let zeros = (0..n).filter(|_| sampler.sample(&logits, &[]) == 0).count();
     let freq = zeros as f64 / n as f64;
-    assert!((freq - 0.9).abs() < 0.02, "token 0 drawn with frequency {freq} at T=0.5, expected 0.9");
+    assert!(
+        (freq - 0.9).abs() < 0.02,
+        "token 0 drawn with frequency {freq} at T=0.5, expected 0.9"
+    );
 }
 
 #[test]
 fn top_k_keeps_only_the_k_best() {
     let logits = [1.0, 5.0, 2.0, 4.0, 3.0, 0.0];
-    let params = SamplingParams { top_k: 2, ..plain(100.0, 3) };
+    let params = SamplingParams {
+        top_k: 2,
+        ..plain(100.0, 3)
+    };
     assert_eq!(drawn(&params, &logits, 500), HashSet::from([1, 3]));
     // A huge temperature without top-k reaches everything.
     assert_eq!(drawn(&plain(100.0, 3), &logits, 2000).len(), 6);
@@ -145,7 +184,10 @@ fn top_k_on_a_big_vocabulary_draws_from_the_true_top_k() {
     let mut order: Vec<u32> = (0..logits.len() as u32).collect();
     order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
     let top: HashSet<u32> = order[..5].iter().copied().collect();
-    let params = SamplingParams { top_k: 5, ..plain(1000.0, 11) };
+    let params = SamplingParams {
+        top_k: 5,
+        ..plain(1000.0, 11)
+    };
     assert_eq!(drawn(&params, &logits, 1000), top);
 }
 
@@ -154,13 +196,28 @@ fn top_p_keeps_the_smallest_set_reaching_p() {
     // Probabilities 0.5, 0.3, 0.15, 0.05.
     let probs = [0.5f32, 0.3, 0.15, 0.05];
     let logits: Vec<f32> = probs.iter().map(|p| p.ln()).collect();
-    let with_top_p = |top_p: f32| SamplingParams { top_p, ..plain(1.0, 5) };
+    let with_top_p = |top_p: f32| SamplingParams {
+        top_p,
+        ..plain(1.0, 5)
+    };
     assert_eq!(drawn(&with_top_p(0.45), &logits, 300), HashSet::from([0]));
-    assert_eq!(drawn(&with_top_p(0.7), &logits, 1000), HashSet::from([0, 1]));
-    assert_eq!(drawn(&with_top_p(0.9), &logits, 2000), HashSet::from([0, 1, 2]));
-    assert_eq!(drawn(&with_top_p(1.0), &logits, 3000), HashSet::from([0, 1, 2, 3]));
+    assert_eq!(
+        drawn(&with_top_p(0.7), &logits, 1000),
+        HashSet::from([0, 1])
+    );
+    assert_eq!(
+        drawn(&with_top_p(0.9), &logits, 2000),
+        HashSet::from([0, 1, 2])
+    );
+    assert_eq!(
+        drawn(&with_top_p(1.0), &logits, 3000),
+        HashSet::from([0, 1, 2, 3])
+    );
     // top_p is computed before temperature (llama.cpp order): a high temperature does not widen it.
-    let hot = SamplingParams { top_p: 0.7, ..plain(50.0, 5) };
+    let hot = SamplingParams {
+        top_p: 0.7,
+        ..plain(50.0, 5)
+    };
     assert_eq!(drawn(&hot, &logits, 1000), HashSet::from([0, 1]));
 }
 
@@ -168,9 +225,18 @@ fn top_p_keeps_the_smallest_set_reaching_p() {
 fn min_p_drops_tokens_below_a_fraction_of_the_best() {
     // Probabilities 0.5, 0.3, 0.15, 0.05: relative to the best 1, 0.6, 0.3, 0.1.
     let logits: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
-    let with_min_p = |min_p: f32| SamplingParams { min_p, ..plain(1.0, 9) };
-    assert_eq!(drawn(&with_min_p(0.5), &logits, 1000), HashSet::from([0, 1]));
-    assert_eq!(drawn(&with_min_p(0.2), &logits, 2000), HashSet::from([0, 1, 2]));
+    let with_min_p = |min_p: f32| SamplingParams {
+        min_p,
+        ..plain(1.0, 9)
+    };
+    assert_eq!(
+        drawn(&with_min_p(0.5), &logits, 1000),
+        HashSet::from([0, 1])
+    );
+    assert_eq!(
+        drawn(&with_min_p(0.2), &logits, 2000),
+        HashSet::from([0, 1, 2])
+    );
     assert_eq!(drawn(&with_min_p(0.9), &logits, 300), HashSet::from([0]));
 }
 
@@ -178,10 +244,18 @@ fn min_p_drops_tokens_below_a_fraction_of_the_best() {
 fn min_p_and_top_p_combine_as_an_intersection() {
     let logits: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
     // top_p 0.9 keeps {0,1,2}; min_p 0.5 keeps {0,1}.
-    let params = SamplingParams { top_p: 0.9, min_p: 0.5, ..plain(1.0, 13) };
+    let params = SamplingParams {
+        top_p: 0.9,
+        min_p: 0.5,
+        ..plain(1.0, 13)
+    };
     assert_eq!(drawn(&params, &logits, 1000), HashSet::from([0, 1]));
     // top_p 0.45 keeps {0}; min_p 0.2 keeps {0,1,2}.
-    let params = SamplingParams { top_p: 0.45, min_p: 0.2, ..plain(1.0, 13) };
+    let params = SamplingParams {
+        top_p: 0.45,
+        min_p: 0.2,
+        ..plain(1.0, 13)
+    };
     assert_eq!(drawn(&params, &logits, 300), HashSet::from([0]));
 }
 
@@ -189,23 +263,39 @@ fn min_p_and_top_p_combine_as_an_intersection() {
 fn repetition_penalty_divides_positive_and_multiplies_negative_logits() {
     // Token 0 leads 2.0 vs 1.5; a penalty of 2 makes it 1.0, so token 1 wins.
     let logits = [2.0, 1.5, -1.0];
-    let params = SamplingParams { repetition_penalty: 2.0, penalty_last_n: 64, ..SamplingParams::greedy() };
+    let params = SamplingParams {
+        repetition_penalty: 2.0,
+        penalty_last_n: 64,
+        ..SamplingParams::greedy()
+    };
     assert_eq!(Sampler::new(&params).sample(&logits, &[]), 0);
     assert_eq!(Sampler::new(&params).sample(&logits, &[0]), 1);
 
     // Negative logits are multiplied: -0.5 * 3 = -1.5 falls below -1.0.
     let logits = [-0.5, -1.0];
-    let params = SamplingParams { repetition_penalty: 3.0, penalty_last_n: 64, ..SamplingParams::greedy() };
+    let params = SamplingParams {
+        repetition_penalty: 3.0,
+        penalty_last_n: 64,
+        ..SamplingParams::greedy()
+    };
     assert_eq!(Sampler::new(&params).sample(&logits, &[0, 0, 0]), 1);
 
     // Only the last penalty_last_n tokens count.
     let logits = [2.0, 1.5, -1.0];
-    let params = SamplingParams { repetition_penalty: 2.0, penalty_last_n: 2, ..SamplingParams::greedy() };
+    let params = SamplingParams {
+        repetition_penalty: 2.0,
+        penalty_last_n: 2,
+        ..SamplingParams::greedy()
+    };
     assert_eq!(Sampler::new(&params).sample(&logits, &[0, 2, 2]), 0);
     assert_eq!(Sampler::new(&params).sample(&logits, &[2, 2, 0]), 1);
 
     // penalty_last_n = 0 disables penalties.
-    let params = SamplingParams { repetition_penalty: 2.0, penalty_last_n: 0, ..SamplingParams::greedy() };
+    let params = SamplingParams {
+        repetition_penalty: 2.0,
+        penalty_last_n: 0,
+        ..SamplingParams::greedy()
+    };
     assert_eq!(Sampler::new(&params).sample(&logits, &[0]), 0);
 }
 
@@ -213,7 +303,11 @@ fn repetition_penalty_divides_positive_and_multiplies_negative_logits() {
 fn frequency_penalty_scales_with_the_count() {
     // Token 0 leads by 1.0. Frequency penalty 0.4: once -> 0.4 (still ahead), three times -> 1.2 (behind).
     let logits = [3.0, 2.0];
-    let params = SamplingParams { frequency_penalty: 0.4, penalty_last_n: 64, ..SamplingParams::greedy() };
+    let params = SamplingParams {
+        frequency_penalty: 0.4,
+        penalty_last_n: 64,
+        ..SamplingParams::greedy()
+    };
     assert_eq!(Sampler::new(&params).sample(&logits, &[0]), 0);
     assert_eq!(Sampler::new(&params).sample(&logits, &[0, 0, 0]), 1);
 }
@@ -222,9 +316,17 @@ fn frequency_penalty_scales_with_the_count() {
 fn presence_penalty_is_flat() {
     // Presence penalty 0.6 does not grow with the count: 3.0 - 0.6 = 2.4 > 2.0 however often it occurs.
     let logits = [3.0, 2.0];
-    let params = SamplingParams { presence_penalty: 0.6, penalty_last_n: 64, ..SamplingParams::greedy() };
+    let params = SamplingParams {
+        presence_penalty: 0.6,
+        penalty_last_n: 64,
+        ..SamplingParams::greedy()
+    };
     assert_eq!(Sampler::new(&params).sample(&logits, &[0, 0, 0, 0, 0]), 0);
-    let params = SamplingParams { presence_penalty: 1.5, penalty_last_n: 64, ..SamplingParams::greedy() };
+    let params = SamplingParams {
+        presence_penalty: 1.5,
+        penalty_last_n: 64,
+        ..SamplingParams::greedy()
+    };
     assert_eq!(Sampler::new(&params).sample(&logits, &[0]), 1);
 }
 
@@ -241,7 +343,10 @@ fn history_ids_outside_the_vocabulary_are_ignored() {
 
 #[test]
 fn degenerate_logits_do_not_panic() {
-    let mut sampler = Sampler::new(&SamplingParams { seed: Some(1), ..Default::default() });
+    let mut sampler = Sampler::new(&SamplingParams {
+        seed: Some(1),
+        ..Default::default()
+    });
     assert_eq!(sampler.sample(&[], &[]), 0);
     assert_eq!(sampler.sample(&[f32::NEG_INFINITY; 4], &[]), 0);
     assert_eq!(sampler.sample(&[0.0, f32::INFINITY, 1.0], &[]), 1);

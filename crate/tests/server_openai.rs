@@ -18,8 +18,15 @@ const SMOLLM2: &str = "smollm2-135m-instruct-q4_1.gguf";
 const MODEL_NAME: &str = "smollm2-test";
 
 fn model_path() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("models").join(SMOLLM2);
-    assert!(path.exists(), "test model {} is missing: run scripts/models", path.display());
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("models")
+        .join(SMOLLM2);
+    assert!(
+        path.exists(),
+        "test model {} is missing: run scripts/models",
+        path.display()
+    );
     path
 }
 
@@ -43,7 +50,15 @@ impl Server {
     fn start() -> Server {
         let model = model_path();
         let mut child = Command::new(env!("CARGO_BIN_EXE_edgechat"))
-            .args(["serve", "--model", model.to_str().unwrap(), "--port", "0", "--model-name", MODEL_NAME])
+            .args([
+                "serve",
+                "--model",
+                model.to_str().unwrap(),
+                "--port",
+                "0",
+                "--model-name",
+                MODEL_NAME,
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -67,12 +82,23 @@ impl Server {
                 }
             }
         });
-        let mut server = Server { child, port: 0, stderr_lines };
-        let line =
-            line_rx.recv_timeout(Duration::from_secs(120)).expect("the server printed `listening on ...` within 120 s");
-        let address =
-            line.strip_prefix("listening on http://").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        server.port = address.rsplit(':').next().unwrap().parse().expect("a port number");
+        let mut server = Server {
+            child,
+            port: 0,
+            stderr_lines,
+        };
+        let line = line_rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the server printed `listening on ...` within 120 s");
+        let address = line
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        server.port = address
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .expect("a port number");
         server
     }
 
@@ -82,7 +108,9 @@ impl Server {
 
     fn connect(&self) -> TcpStream {
         let stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the server");
-        stream.set_read_timeout(Some(Duration::from_secs(180))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(180)))
+            .unwrap();
         stream
     }
 
@@ -101,7 +129,12 @@ impl Server {
     }
 
     fn post_json(&self, path: &str, body: &Value) -> HttpResponse {
-        self.request("POST", path, "Content-Type: application/json\r\n", body.to_string().as_bytes())
+        self.request(
+            "POST",
+            path,
+            "Content-Type: application/json\r\n",
+            body.to_string().as_bytes(),
+        )
     }
 
     /// Waits up to `timeout` for a server log line containing `needle`.
@@ -127,26 +160,51 @@ struct HttpResponse {
 impl HttpResponse {
     fn parse(raw: &[u8]) -> HttpResponse {
         let text = String::from_utf8_lossy(raw);
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end in {text:?}"));
-        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status code");
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no header end in {text:?}"));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status code");
         let headers = head.to_ascii_lowercase();
-        let body = if headers.contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
-        HttpResponse { status, headers, body }
+        let body = if headers.contains("transfer-encoding: chunked") {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        HttpResponse {
+            status,
+            headers,
+            body,
+        }
     }
 
     fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
     }
 
     /// Asserts an OpenAI error object with this status.
     fn assert_error(&self, status: u16, code: Option<&str>) -> Value {
         assert_eq!(self.status, status, "body: {}", self.body);
-        assert!(self.headers.contains("content-type: application/json"), "{}", self.headers);
+        assert!(
+            self.headers.contains("content-type: application/json"),
+            "{}",
+            self.headers
+        );
         let body = self.json();
         let error = &body["error"];
-        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
         assert!(error["type"].is_string(), "{body}");
-        assert!(error.get("param").is_some() && error.get("code").is_some(), "{body}");
+        assert!(
+            error.get("param").is_some() && error.get("code").is_some(),
+            "{body}"
+        );
         if let Some(code) = code {
             assert_eq!(error["code"], code, "{body}");
         }
@@ -184,20 +242,32 @@ fn france_messages() -> Value {
 }
 
 fn node_available() -> bool {
-    Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 #[test]
 fn openai_node_client_streams_and_completes() {
-    assert!(node_available(), "this test needs `node` (and `npm`) on PATH");
-    let client_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("openai_client");
+    assert!(
+        node_available(),
+        "this test needs `node` (and `npm`) on PATH"
+    );
+    let client_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("openai_client");
     if !client_dir.join("node_modules").join("openai").exists() {
         let status = Command::new("npm")
             .args(["install", "--no-audit", "--no-fund"])
             .current_dir(&client_dir)
             .status()
             .expect("npm runs");
-        assert!(status.success(), "npm install in {} failed", client_dir.display());
+        assert!(
+            status.success(),
+            "npm install in {} failed",
+            client_dir.display()
+        );
     }
 
     let server = Server::start();
@@ -208,14 +278,22 @@ fn openai_node_client_streams_and_completes() {
         .output()
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "node stream.mjs failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let result: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert!(
+        out.status.success(),
+        "node stream.mjs failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
 
     let streamed = result["stream_text"].as_str().unwrap();
     assert!(!streamed.is_empty(), "{result}");
     assert!(streamed.contains("Paris"), "streamed answer: {streamed:?}");
     assert_eq!(result["stream_first_role"], "assistant");
-    assert!(["stop", "length"].contains(&result["stream_finish_reason"].as_str().unwrap_or("")), "{result}");
+    assert!(
+        ["stop", "length"].contains(&result["stream_finish_reason"].as_str().unwrap_or("")),
+        "{result}"
+    );
     // include_usage: the last chunk carries the token counts.
     let usage = &result["stream_usage"];
     assert!(usage["prompt_tokens"].as_u64().unwrap() > 0, "{result}");
@@ -226,7 +304,10 @@ fn openai_node_client_streams_and_completes() {
 
     // Temperature 0 is greedy: the plain call gives the same text.
     assert_eq!(result["text"].as_str().unwrap(), streamed, "{result}");
-    assert!(result["id"].as_str().unwrap().starts_with("chatcmpl-"), "{result}");
+    assert!(
+        result["id"].as_str().unwrap().starts_with("chatcmpl-"),
+        "{result}"
+    );
     assert_eq!(result["usage"], result["stream_usage"]);
     assert_eq!(result["models"], json!([MODEL_NAME]));
 }
@@ -245,14 +326,34 @@ fn raw_http_endpoints_and_errors() {
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], MODEL_NAME);
     assert_eq!(models["data"][0]["object"], "model");
-    assert_eq!(server.request("GET", &format!("/v1/models/{MODEL_NAME}"), "", b"").status, 200);
-    server.request("GET", "/v1/models/other", "", b"").assert_error(404, Some("model_not_found"));
+    assert_eq!(
+        server
+            .request("GET", &format!("/v1/models/{MODEL_NAME}"), "", b"")
+            .status,
+        200
+    );
+    server
+        .request("GET", "/v1/models/other", "", b"")
+        .assert_error(404, Some("model_not_found"));
 
-    server.request("GET", "/v1/no/such/path", "", b"").assert_error(404, None);
-    server.request("POST", "/v1/completions", "", b"{}").assert_error(404, None);
-    server.request("GET", "/v1/chat/completions", "", b"").assert_error(405, None);
+    server
+        .request("GET", "/v1/no/such/path", "", b"")
+        .assert_error(404, None);
+    server
+        .request("POST", "/v1/completions", "", b"{}")
+        .assert_error(404, None);
+    server
+        .request("GET", "/v1/chat/completions", "", b"")
+        .assert_error(405, None);
 
-    let post = |body: &[u8]| server.request("POST", "/v1/chat/completions", "Content-Type: application/json\r\n", body);
+    let post = |body: &[u8]| {
+        server.request(
+            "POST",
+            "/v1/chat/completions",
+            "Content-Type: application/json\r\n",
+            body,
+        )
+    };
     post(b"{\"messages\": [").assert_error(400, None);
     post(b"").assert_error(400, None);
     post(b"[1, 2]").assert_error(400, None);
@@ -264,18 +365,28 @@ fn raw_http_endpoints_and_errors() {
     post(br#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}"#)
         .assert_error(400, None);
     post(br#"{"messages": [{"role": "wizard", "content": "hi"}]}"#).assert_error(400, None);
-    post(br#"{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}"#).assert_error(400, None);
-    post(br#"{"messages": [{"role": "user", "content": "hi"}], "temperature": 7}"#).assert_error(400, None);
-    post(br#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}"#).assert_error(400, None);
+    post(br#"{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}"#)
+        .assert_error(400, None);
+    post(br#"{"messages": [{"role": "user", "content": "hi"}], "temperature": 7}"#)
+        .assert_error(400, None);
+    post(br#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}"#)
+        .assert_error(400, None);
 
     // SmolLM2's context is 8192 tokens; "hello " 9000 times is about 9000.
     let long = json!({ "messages": [{ "role": "user", "content": "hello ".repeat(9000) }] });
-    let error = server.post_json("/v1/chat/completions", &long).assert_error(400, Some("context_length_exceeded"));
-    assert!(error["error"]["message"].as_str().unwrap().contains("8192"), "{error}");
+    let error = server
+        .post_json("/v1/chat/completions", &long)
+        .assert_error(400, Some("context_length_exceeded"));
+    assert!(
+        error["error"]["message"].as_str().unwrap().contains("8192"),
+        "{error}"
+    );
 
     // A declared body over the 4 MiB limit is refused before it is sent.
     let mut stream = server.connect();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
                 Content-Type: application/json\r\nContent-Length: 5000000\r\n\r\n";
     stream.write_all(head.as_bytes()).unwrap();
@@ -294,7 +405,10 @@ fn raw_http_endpoints_and_errors() {
     assert_eq!(ok["model"], MODEL_NAME);
     assert_eq!(ok["choices"][0]["message"]["role"], "assistant");
     // Greedy says "The capital of France is Paris."; the stop string cuts the period.
-    assert_eq!(ok["choices"][0]["message"]["content"], "The capital of France is Paris");
+    assert_eq!(
+        ok["choices"][0]["message"]["content"],
+        "The capital of France is Paris"
+    );
     assert_eq!(ok["choices"][0]["finish_reason"], "stop");
 }
 
@@ -316,30 +430,53 @@ fn raw_stream_prefill_and_disconnect() {
     });
     let response = server.post_json("/v1/chat/completions", &request);
     assert_eq!(response.status, 200, "{}", response.body);
-    assert!(response.headers.contains("content-type: text/event-stream"), "{}", response.headers);
+    assert!(
+        response.headers.contains("content-type: text/event-stream"),
+        "{}",
+        response.headers
+    );
     let data = sse_data(&response.body);
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
-    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
     assert!(chunks.len() >= 4, "{data:?}");
     let id = chunks[0]["id"].as_str().unwrap();
     assert!(id.starts_with("chatcmpl-"));
-    assert!(chunks.iter().all(|c| c["id"] == id && c["object"] == "chat.completion.chunk"), "{data:?}");
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["id"] == id && c["object"] == "chat.completion.chunk"),
+        "{data:?}"
+    );
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let usage_chunk = chunks.last().unwrap();
     assert_eq!(usage_chunk["choices"], json!([]));
     assert_eq!(usage_chunk["usage"]["completion_tokens"], 3);
     let finish_chunk = &chunks[chunks.len() - 2];
     assert_eq!(finish_chunk["choices"][0]["finish_reason"], "length");
-    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
     assert_eq!(text, "The capital of");
 
     // Assistant prefill: the last message is continued, and only the continuation comes back.
     let mut messages = france_messages();
-    messages.as_array_mut().unwrap().push(json!({ "role": "assistant", "content": "The capital of France is" }));
-    let response =
-        server.post_json("/v1/chat/completions", &json!({ "messages": messages, "temperature": 0, "max_tokens": 4 }));
+    messages
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "role": "assistant", "content": "The capital of France is" }));
+    let response = server.post_json(
+        "/v1/chat/completions",
+        &json!({ "messages": messages, "temperature": 0, "max_tokens": 4 }),
+    );
     assert_eq!(response.status, 200, "{}", response.body);
-    let content = response.json()["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let content = response.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(content.starts_with(" Paris"), "continuation: {content:?}");
 
     // A client that leaves mid-stream cancels its generation: read the first content delta of a
@@ -362,7 +499,11 @@ fn raw_stream_prefill_and_disconnect() {
     let mut buf = [0u8; 4096];
     while count_content_deltas(&received) < 1 {
         let n = stream.read(&mut buf).unwrap();
-        assert!(n > 0, "the stream ended early: {}", String::from_utf8_lossy(&received));
+        assert!(
+            n > 0,
+            "the stream ended early: {}",
+            String::from_utf8_lossy(&received)
+        );
         received.extend_from_slice(&buf[..n]);
     }
     drop(stream);
@@ -379,7 +520,8 @@ fn raw_stream_prefill_and_disconnect() {
     // And the engine is free for the next requests, which queue and are answered in turn.
     let answers: Vec<_> = (0..3)
         .map(|_| {
-            let body = json!({ "messages": france_messages(), "temperature": 0, "max_tokens": 6 }).to_string();
+            let body = json!({ "messages": france_messages(), "temperature": 0, "max_tokens": 6 })
+                .to_string();
             let mut stream = server.connect();
             let head = format!(
                 "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
@@ -398,11 +540,17 @@ fn raw_stream_prefill_and_disconnect() {
     for answer in answers {
         let answer = answer.join().unwrap();
         assert_eq!(answer.status, 200, "{}", answer.body);
-        assert_eq!(answer.json()["choices"][0]["message"]["content"], "The capital of France is Paris");
+        assert_eq!(
+            answer.json()["choices"][0]["message"]["content"],
+            "The capital of France is Paris"
+        );
     }
 }
 
 /// Content deltas seen so far in a raw event stream (the first chunk, with the role, not counted).
 fn count_content_deltas(raw: &[u8]) -> usize {
-    String::from_utf8_lossy(raw).matches("\"content\":\"").count().saturating_sub(1)
+    String::from_utf8_lossy(raw)
+        .matches("\"content\":\"")
+        .count()
+        .saturating_sub(1)
 }

@@ -13,8 +13,13 @@ use edgechat::tokenizer::Tokenizer;
 use edgechat::{Error, Result};
 
 fn model_path() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/smollm2-135m-instruct-q4_1.gguf");
-    assert!(path.exists(), "{} is missing: run scripts/models first", path.display());
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/smollm2-135m-instruct-q4_1.gguf");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/models first",
+        path.display()
+    );
     path
 }
 
@@ -23,24 +28,38 @@ fn smollm2() -> Engine {
 }
 
 fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams { max_tokens, ..SamplingParams::greedy() }
+    SamplingParams {
+        max_tokens,
+        ..SamplingParams::greedy()
+    }
 }
 
 /// Runs a request and checks that the streamed pieces add up to the completion text.
 fn run(engine: &mut Engine, prompt: &[u32], params: &SamplingParams) -> Completion {
     let mut streamed = String::new();
     let completion = engine
-        .generate(prompt, params, &CancelToken::new(), &mut |piece| streamed.push_str(piece))
+        .generate(prompt, params, &CancelToken::new(), &mut |piece| {
+            streamed.push_str(piece)
+        })
         .expect("generation succeeds");
-    assert_eq!(streamed, completion.text, "streamed text differs from the completion text");
-    assert_eq!(engine.cached_tokens().len(), engine.model().cache_len(), "cache bookkeeping out of sync");
+    assert_eq!(
+        streamed, completion.text,
+        "streamed text differs from the completion text"
+    );
+    assert_eq!(
+        engine.cached_tokens().len(),
+        engine.model().cache_len(),
+        "cache bookkeeping out of sync"
+    );
     completion
 }
 
 fn chat(engine: &mut Engine, messages: &[Message], params: &SamplingParams) -> Completion {
     let mut streamed = String::new();
     let completion = engine
-        .chat(messages, params, &CancelToken::new(), &mut |piece| streamed.push_str(piece))
+        .chat(messages, params, &CancelToken::new(), &mut |piece| {
+            streamed.push_str(piece)
+        })
         .expect("chat succeeds");
     assert_eq!(streamed, completion.text);
     completion
@@ -59,14 +78,24 @@ fn greedy_completion_names_paris() {
         assert_eq!(Some(prompt[0]), engine.tokenizer().bos_id());
     }
     let completion = run(&mut engine, &prompt, &greedy(8));
-    assert!(completion.text.starts_with(" Paris"), "greedy continuation: {:?}", completion.text);
+    assert!(
+        completion.text.starts_with(" Paris"),
+        "greedy continuation: {:?}",
+        completion.text
+    );
     let stats = &completion.stats;
     assert_eq!(stats.prompt_tokens, prompt.len());
-    assert_eq!((stats.reused_tokens, stats.prefilled_tokens), (0, prompt.len()));
+    assert_eq!(
+        (stats.reused_tokens, stats.prefilled_tokens),
+        (0, prompt.len())
+    );
     assert_eq!(stats.completion_tokens, completion.tokens.len());
     assert!(stats.prefill_tok_s > 0.0 && stats.decode_tok_s > 0.0);
     assert!(stats.time_to_first_token_ms > 0.0 && stats.total_ms >= stats.time_to_first_token_ms);
-    assert_eq!(engine.tokenizer().decode(&completion.tokens).unwrap(), completion.text);
+    assert_eq!(
+        engine.tokenizer().decode(&completion.tokens).unwrap(),
+        completion.text
+    );
 }
 
 #[test]
@@ -77,19 +106,33 @@ fn a_second_chat_turn_reuses_the_cache_and_matches_a_fresh_engine() {
     let mut engine = smollm2();
     let params = greedy(24);
     let mut messages = vec![Message::user("What is 2 + 2?")];
-    let first_prompt = engine.template().render(engine.tokenizer(), &messages, true).unwrap();
+    let first_prompt = engine
+        .template()
+        .render(engine.tokenizer(), &messages, true)
+        .unwrap();
     let first = chat(&mut engine, &messages, &params);
     assert!(!first.text.is_empty());
 
     messages.push(Message::assistant(first.text.clone()));
     messages.push(Message::user("What is the capital of France?"));
-    let second_prompt = engine.template().render(engine.tokenizer(), &messages, true).unwrap();
+    let second_prompt = engine
+        .template()
+        .render(engine.tokenizer(), &messages, true)
+        .unwrap();
     let cached_before = engine.cached_tokens().to_vec();
-    let shared = cached_before.iter().zip(&second_prompt).take_while(|(a, b)| a == b).count();
+    let shared = cached_before
+        .iter()
+        .zip(&second_prompt)
+        .take_while(|(a, b)| a == b)
+        .count();
     let second = chat(&mut engine, &messages, &params);
 
     // The whole first prompt at least is shared; only the rest was computed.
-    assert!(shared >= first_prompt.len(), "shared prefix {shared} < first prompt {}", first_prompt.len());
+    assert!(
+        shared >= first_prompt.len(),
+        "shared prefix {shared} < first prompt {}",
+        first_prompt.len()
+    );
     assert_eq!(second.stats.reused_tokens, shared);
     assert_eq!(second.stats.prefilled_tokens, second_prompt.len() - shared);
     assert_eq!(second.stats.prompt_tokens, second_prompt.len());
@@ -98,7 +141,11 @@ fn a_second_chat_turn_reuses_the_cache_and_matches_a_fresh_engine() {
     let mut fresh = smollm2();
     let reference = chat(&mut fresh, &messages, &params);
     assert_eq!(reference.stats.reused_tokens, 0);
-    assert_eq!(second.tokens, reference.tokens, "{:?} vs {:?}", second.text, reference.text);
+    assert_eq!(
+        second.tokens, reference.tokens,
+        "{:?} vs {:?}",
+        second.text, reference.text
+    );
     assert!(second.text.contains("Paris"), "{:?}", second.text);
 }
 
@@ -108,15 +155,24 @@ fn stop_strings_cut_the_text_and_are_never_emitted() {
     let prompt = engine.encode_prompt(FRANCE).unwrap();
     let free = run(&mut engine, &prompt, &greedy(24));
     let chars: Vec<char> = free.text.chars().collect();
-    assert!(chars.len() >= 16, "completion too short to pick a stop string: {:?}", free.text);
+    assert!(
+        chars.len() >= 16,
+        "completion too short to pick a stop string: {:?}",
+        free.text
+    );
 
     // A stop string taken from the middle of the free completion, likely spanning tokens.
     let stop: String = chars[8..13].iter().collect();
     let cut = free.text.find(&stop).unwrap();
-    let params = SamplingParams { stop: vec![stop.clone()], ..greedy(24) };
+    let params = SamplingParams {
+        stop: vec![stop.clone()],
+        ..greedy(24)
+    };
     let mut pieces = Vec::new();
     let stopped = engine
-        .generate(&prompt, &params, &CancelToken::new(), &mut |piece| pieces.push(piece.to_string()))
+        .generate(&prompt, &params, &CancelToken::new(), &mut |piece| {
+            pieces.push(piece.to_string())
+        })
         .unwrap();
     assert_eq!(stopped.finish_reason, FinishReason::Stop);
     assert_eq!(stopped.text, free.text[..cut], "stop string {stop:?}");
@@ -129,9 +185,15 @@ fn stop_strings_cut_the_text_and_are_never_emitted() {
     assert_eq!(engine.cached_tokens().len(), engine.model().cache_len());
 
     // A stop string that never occurs changes nothing.
-    let params = SamplingParams { stop: vec!["\u{1F600}never".into()], ..greedy(24) };
+    let params = SamplingParams {
+        stop: vec!["\u{1F600}never".into()],
+        ..greedy(24)
+    };
     let same = run(&mut engine, &prompt, &params);
-    assert_eq!((same.text.as_str(), same.finish_reason), (free.text.as_str(), free.finish_reason));
+    assert_eq!(
+        (same.text.as_str(), same.finish_reason),
+        (free.text.as_str(), free.finish_reason)
+    );
 }
 
 #[test]
@@ -146,7 +208,10 @@ fn max_tokens_ends_with_length() {
     assert_eq!(engine.cached_tokens().len(), prompt.len() + 2);
 
     let none = run(&mut engine, &prompt, &greedy(0));
-    assert_eq!((none.finish_reason, none.tokens.len()), (FinishReason::Length, 0));
+    assert_eq!(
+        (none.finish_reason, none.tokens.len()),
+        (FinishReason::Length, 0)
+    );
 }
 
 #[test]
@@ -165,7 +230,11 @@ fn cancel_from_the_callback_then_answer_a_new_request() {
         .unwrap();
     assert_eq!(completion.finish_reason, FinishReason::Cancelled);
     assert!(cancel.is_cancelled());
-    assert!(pieces >= 1 && completion.tokens.len() < 64, "{} tokens", completion.tokens.len());
+    assert!(
+        pieces >= 1 && completion.tokens.len() < 64,
+        "{} tokens",
+        completion.tokens.len()
+    );
     assert_eq!(engine.cached_tokens().len(), engine.model().cache_len());
 
     // The same engine now answers correctly, like a fresh one.
@@ -178,18 +247,30 @@ fn cancel_from_the_callback_then_answer_a_new_request() {
     // A token cancelled before the request starts stops it before any work.
     let cancelled = CancelToken::new();
     cancelled.cancel();
-    let completion = engine.generate(&prompt, &greedy(8), &cancelled, &mut |_| {}).unwrap();
-    assert_eq!((completion.finish_reason, completion.tokens.len()), (FinishReason::Cancelled, 0));
+    let completion = engine
+        .generate(&prompt, &greedy(8), &cancelled, &mut |_| {})
+        .unwrap();
+    assert_eq!(
+        (completion.finish_reason, completion.tokens.len()),
+        (FinishReason::Cancelled, 0)
+    );
 }
 
 #[test]
 fn a_prompt_that_fills_the_context_is_an_error() {
     let mut engine = smollm2();
     let limit = engine.config().context_length;
-    let token = engine.encode_prompt(" the").unwrap().last().copied().unwrap();
+    let token = engine
+        .encode_prompt(" the")
+        .unwrap()
+        .last()
+        .copied()
+        .unwrap();
     let prompt = vec![token; limit];
     match engine.generate(&prompt, &greedy(4), &CancelToken::new(), &mut |_| {}) {
-        Err(Error::ContextLength { needed, limit: l }) => assert_eq!((needed, l), (limit + 1, limit)),
+        Err(Error::ContextLength { needed, limit: l }) => {
+            assert_eq!((needed, l), (limit + 1, limit))
+        }
         other => panic!("expected ContextLength, got {other:?}"),
     }
     assert!(matches!(
@@ -253,7 +334,11 @@ impl LanguageModel for ScriptedModel {
 type Calls = Arc<Mutex<Vec<Vec<u32>>>>;
 
 /// An engine on the scripted model with SmolLM2's tokenizer and template.
-fn scripted(context_length: usize, script_text: &str, eos_at: Option<usize>) -> (Engine, Calls, Vec<u32>) {
+fn scripted(
+    context_length: usize,
+    script_text: &str,
+    eos_at: Option<usize>,
+) -> (Engine, Calls, Vec<u32>) {
     let source = FileSource::open(model_path()).unwrap();
     let file = GgufFile::read(&source).unwrap();
     let tokenizer = Tokenizer::from_gguf(&file).unwrap();
@@ -265,8 +350,17 @@ fn scripted(context_length: usize, script_text: &str, eos_at: Option<usize>) -> 
         script.insert(at, tokenizer.eos_ids()[0]);
     }
     let calls = Calls::default();
-    let model = ScriptedModel { config, script: script.clone(), cache: Vec::new(), calls: calls.clone() };
-    (Engine::from_parts(Box::new(model), tokenizer, template), calls, script)
+    let model = ScriptedModel {
+        config,
+        script: script.clone(),
+        cache: Vec::new(),
+        calls: calls.clone(),
+    };
+    (
+        Engine::from_parts(Box::new(model), tokenizer, template),
+        calls,
+        script,
+    )
 }
 
 fn take_calls(calls: &Calls) -> Vec<usize> {
@@ -281,7 +375,10 @@ fn prefill_is_batched_in_chunks_and_decode_is_one_token_at_a_time() {
     assert_eq!(PREFILL_CHUNK, 512);
     assert_eq!(take_calls(&calls), vec![512, 512, 76, 1, 1, 1, 1]);
     assert_eq!(completion.tokens.len(), 5);
-    assert_eq!(engine.cached_tokens(), [&prompt[..], &completion.tokens[..4]].concat());
+    assert_eq!(
+        engine.cached_tokens(),
+        [&prompt[..], &completion.tokens[..4]].concat()
+    );
 }
 
 #[test]
@@ -297,19 +394,28 @@ fn only_the_new_suffix_is_prefilled() {
     let second = run(&mut engine, &longer, &greedy(2));
     // Cached: the prompt and the first 3 completion tokens (the 4th was never fed).
     let cached = prompt.len() + 3;
-    assert_eq!((second.stats.reused_tokens, second.stats.prefilled_tokens), (cached, longer.len() - cached));
+    assert_eq!(
+        (second.stats.reused_tokens, second.stats.prefilled_tokens),
+        (cached, longer.len() - cached)
+    );
     assert_eq!(take_calls(&calls), vec![longer.len() - cached, 1]);
 
     // A prompt that diverges early: the cache is cut back to the shared part.
     let mut edited = longer.clone();
     edited[10] = 999;
     let third = run(&mut engine, &edited, &greedy(1));
-    assert_eq!((third.stats.reused_tokens, third.stats.prefilled_tokens), (10, edited.len() - 10));
+    assert_eq!(
+        (third.stats.reused_tokens, third.stats.prefilled_tokens),
+        (10, edited.len() - 10)
+    );
     assert_eq!(take_calls(&calls), vec![edited.len() - 10]);
 
     // The same prompt again: everything but the last token is reused.
     let fourth = run(&mut engine, &edited, &greedy(1));
-    assert_eq!((fourth.stats.reused_tokens, fourth.stats.prefilled_tokens), (edited.len() - 1, 1));
+    assert_eq!(
+        (fourth.stats.reused_tokens, fourth.stats.prefilled_tokens),
+        (edited.len() - 1, 1)
+    );
     assert_eq!(take_calls(&calls), vec![1]);
 
     // After direct use of the model the engine does not trust its bookkeeping.
@@ -318,22 +424,34 @@ fn only_the_new_suffix_is_prefilled() {
     assert_eq!(fifth.stats.reused_tokens, 0);
 
     engine.reset();
-    assert_eq!((engine.cached_tokens().len(), engine.model().cache_len()), (0, 0));
+    assert_eq!(
+        (engine.cached_tokens().len(), engine.model().cache_len()),
+        (0, 0)
+    );
 }
 
 #[test]
 fn max_tokens_is_clipped_to_the_room_left_in_the_context() {
-    let (mut engine, calls, _) = scripted(16, "one two three four five six seven eight nine ten", None);
+    let (mut engine, calls, _) =
+        scripted(16, "one two three four five six seven eight nine ten", None);
     let prompt: Vec<u32> = (500..510).collect();
     let completion = run(&mut engine, &prompt, &greedy(100));
-    assert_eq!((completion.finish_reason, completion.tokens.len()), (FinishReason::Length, 6));
+    assert_eq!(
+        (completion.finish_reason, completion.tokens.len()),
+        (FinishReason::Length, 6)
+    );
     assert_eq!(engine.model().cache_len(), 15);
     take_calls(&calls);
 
     let completion = run(&mut engine, &(500..515).collect::<Vec<u32>>(), &greedy(100));
     assert_eq!(completion.tokens.len(), 1);
 
-    match engine.generate(&(500..516).collect::<Vec<u32>>(), &greedy(1), &CancelToken::new(), &mut |_| {}) {
+    match engine.generate(
+        &(500..516).collect::<Vec<u32>>(),
+        &greedy(1),
+        &CancelToken::new(),
+        &mut |_| {},
+    ) {
         Err(Error::ContextLength { needed, limit }) => assert_eq!((needed, limit), (17, 16)),
         other => panic!("expected ContextLength, got {other:?}"),
     }
@@ -347,14 +465,20 @@ fn end_of_sequence_stops_and_is_not_part_of_the_completion() {
     let completion = run(&mut engine, &[7], &greedy(50));
     assert_eq!(completion.finish_reason, FinishReason::Stop);
     assert_eq!(completion.tokens, script[1..3]);
-    assert!(!completion.tokens.iter().any(|&t| engine.tokenizer().is_eos(t)));
+    assert!(!completion
+        .tokens
+        .iter()
+        .any(|&t| engine.tokenizer().is_eos(t)));
 }
 
 #[test]
 fn a_chat_turn_renders_the_template_with_the_generation_prompt() {
     let (mut engine, calls, _) = scripted(4096, " fine thanks", None);
     let messages = [Message::user("How are you?")];
-    let expected = engine.template().render(engine.tokenizer(), &messages, true).unwrap();
+    let expected = engine
+        .template()
+        .render(engine.tokenizer(), &messages, true)
+        .unwrap();
     let completion = chat(&mut engine, &messages, &greedy(3));
     assert_eq!(completion.stats.prompt_tokens, expected.len());
     assert_eq!(calls.lock().unwrap()[0], expected);
@@ -375,10 +499,18 @@ fn split_prefill_matches_one_prefill() {
         model.truncate_cache(0);
         model.forward(&prompt[..split]).unwrap();
         let parts = model.forward(&prompt[split..]).unwrap();
-        let max_diff = whole.iter().zip(&parts).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let max_diff = whole
+            .iter()
+            .zip(&parts)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         // Logits are O(10); the quantized matmuls are row-independent, so only summation order
         // differs: 1e-2 is generous.
-        assert!(max_diff < 1e-2, "split at {split} of {}: max logit difference {max_diff}", prompt.len());
+        assert!(
+            max_diff < 1e-2,
+            "split at {split} of {}: max logit difference {max_diff}",
+            prompt.len()
+        );
     }
 }
 
@@ -387,12 +519,17 @@ fn split_prefill_matches_one_prefill() {
 #[test]
 fn truncated_cache_continues_like_a_fresh_one() {
     let mut engine = smollm2();
-    let a = engine.encode_prompt("The quick brown fox jumps over the lazy dog.").unwrap();
+    let a = engine
+        .encode_prompt("The quick brown fox jumps over the lazy dog.")
+        .unwrap();
     let b = engine
         .tokenizer()
         .encode(" Then it ran away into the forest and was never seen again by anyone")
         .unwrap();
-    let c = engine.tokenizer().encode(" The capital of France is").unwrap();
+    let c = engine
+        .tokenizer()
+        .encode(" The capital of France is")
+        .unwrap();
     let model = engine.model_mut();
     model.truncate_cache(0);
     let fresh = model.forward(&[&a[..], &c[..]].concat()).unwrap();
@@ -401,7 +538,11 @@ fn truncated_cache_continues_like_a_fresh_one() {
     model.truncate_cache(a.len());
     assert_eq!(model.cache_len(), a.len());
     let reused = model.forward(&c).unwrap();
-    let max_diff = fresh.iter().zip(&reused).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let max_diff = fresh
+        .iter()
+        .zip(&reused)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
     // Same tolerance as above.
     assert!(max_diff < 1e-2, "max logit difference {max_diff}");
 }

@@ -62,42 +62,43 @@ const SAMPLE_TEXTS: &[&str] = &[
 const TEKKEN_EXPECTED: &[&[u32]] = &[
     &[1784, 8961, 1307, 5498, 1395],
     &[
-        22177, 1044, 4304, 1033, 1032, 1049, 1050, 1051, 1052, 1053, 1867, 1032, 1054, 1055, 1046, 1056, 1057, 1376,
-        3082,
+        22177, 1044, 4304, 1033, 1032, 1049, 1050, 1051, 1052, 1053, 1867, 1032, 1054, 1055, 1046,
+        1056, 1057, 1376, 3082,
     ],
     &[
-        28117, 2830, 1690, 1512, 1293, 2878, 2460, 1376, 11405, 10614, 1049, 1044, 1032, 1050, 1044, 1032, 1051, 3864,
-        1293, 41727, 51714, 1123, 1058, 1063, 35697, 2460, 1468, 2002,
+        28117, 2830, 1690, 1512, 1293, 2878, 2460, 1376, 11405, 10614, 1049, 1044, 1032, 1050,
+        1044, 1032, 1051, 3864, 1293, 41727, 51714, 1123, 1058, 1063, 35697, 2460, 1468, 2002,
     ],
     &[
-        39453, 1110, 105678, 29487, 1337, 1058, 30367, 15199, 2439, 7282, 14742, 13854, 1044, 1873, 26303, 119685,
-        1166, 1128, 1240, 1159, 1142, 1137, 1240, 1159, 1145, 1141, 1240, 1159, 1143, 1189, 1044, 11813, 53660, 13865,
-        1044, 125229, 1044, 21362, 1044, 109040, 2063,
+        39453, 1110, 105678, 29487, 1337, 1058, 30367, 15199, 2439, 7282, 14742, 13854, 1044, 1873,
+        26303, 119685, 1166, 1128, 1240, 1159, 1142, 1137, 1240, 1159, 1145, 1141, 1240, 1159,
+        1143, 1189, 1044, 11813, 53660, 13865, 1044, 125229, 1044, 21362, 1044, 109040, 2063,
     ],
     &[
-        1032, 8924, 1321, 49875, 1293, 1009, 4688, 1032, 6245, 1256, 18971, 1013, 1010, 1013, 1010, 1009, 16256, 3507,
-        3997, 13151, 1256,
+        1032, 8924, 1321, 49875, 1293, 1009, 4688, 1032, 6245, 1256, 18971, 1013, 1010, 1013, 1010,
+        1009, 16256, 3507, 3997, 13151, 1256,
     ],
     &[
-        1091, 3174, 3074, 1093, 2259, 1115, 1062, 1534, 1115, 1062, 1534, 1124, 1329, 18993, 1124, 1062, 3263, 1534,
-        1124, 1329, 23836, 1124, 1062, 1766, 1047, 3174, 3074, 1093, 1534, 5148, 1062, 1766, 9197, 8568, 74483, 1083,
-        1093, 1534, 1124, 1474, 2935, 2149, 1124, 1062,
+        1091, 3174, 3074, 1093, 2259, 1115, 1062, 1534, 1115, 1062, 1534, 1124, 1329, 18993, 1124,
+        1062, 3263, 1534, 1124, 1329, 23836, 1124, 1062, 1766, 1047, 3174, 3074, 1093, 1534, 5148,
+        1062, 1766, 9197, 8568, 74483, 1083, 1093, 1534, 1124, 1474, 2935, 2149, 1124, 1062,
     ],
     &[
-        1073, 4525, 6965, 4824, 1033, 2157, 1681, 1032, 1051, 1058, 1052, 1053, 6411, 1044, 2127, 7534, 6483, 119801,
-        1039, 1084,
+        1073, 4525, 6965, 4824, 1033, 2157, 1681, 1032, 1051, 1058, 1052, 1053, 6411, 1044, 2127,
+        7534, 6483, 119801, 1039, 1084,
     ],
     &[
         30499, 11473, 4507, 2012, 30499, 6566, 5603, 126379, 4967, 1623, 16742, 5303, 31609, 1681,
     ],
     &[
-        1049, 1050, 1051, 1052, 1053, 1054, 1055, 1056, 1057, 1048, 1032, 1051, 1046, 1049, 1052, 1049, 1053, 1057,
-        1032, 1049, 1044, 1048, 1048, 1048, 1044, 1048, 1048, 1048, 1032, 1050, 1048, 1050, 1052, 1045, 1049, 1049,
-        1045, 1050, 1051, 1032, 28504, 1032, 16077, 1032, 77729,
+        1049, 1050, 1051, 1052, 1053, 1054, 1055, 1056, 1057, 1048, 1032, 1051, 1046, 1049, 1052,
+        1049, 1053, 1057, 1032, 1049, 1044, 1048, 1048, 1048, 1044, 1048, 1048, 1048, 1032, 1050,
+        1048, 1050, 1052, 1045, 1049, 1049, 1045, 1050, 1051, 1032, 28504, 1032, 16077, 1032,
+        77729,
     ],
     &[
-        7368, 35466, 55998, 50648, 1058, 1052, 1050, 1058, 1055, 2251, 2129, 104791, 1414, 4162, 36864, 1471, 11180,
-        10771, 88664, 1895, 24083, 1010, 9226, 4950, 2864,
+        7368, 35466, 55998, 50648, 1058, 1052, 1050, 1058, 1055, 2251, 2129, 104791, 1414, 4162,
+        36864, 1471, 11180, 10771, 88664, 1895, 24083, 1010, 9226, 4950, 2864,
     ],
     &[1010],
     &[1032],
@@ -111,36 +112,40 @@ const SMOLLM2_EXPECTED: &[&[u32]] = &[
         19556, 28, 905, 17, 216, 33, 34, 35, 36, 37, 1232, 216, 38, 39, 30, 40, 41, 446, 9148,
     ],
     &[
-        7853, 1085, 1000, 1662, 472, 1303, 1792, 446, 37024, 21653, 33, 28, 216, 34, 28, 216, 35, 26695, 472, 1628,
-        34115, 17, 45257, 42, 47, 29394, 1792, 4258, 198, 109, 198,
+        7853, 1085, 1000, 1662, 472, 1303, 1792, 446, 37024, 21653, 33, 28, 216, 34, 28, 216, 35,
+        26695, 472, 1628, 34115, 17, 45257, 42, 47, 29394, 1792, 4258, 198, 109, 198,
     ],
     &[
-        142, 246, 94, 25972, 83, 7466, 84, 2756, 42, 17097, 241, 115, 40993, 179, 120, 248, 26453, 11100, 224, 10391,
-        251, 10391, 134, 11100, 226, 28, 649, 33777, 15107, 116, 218, 10813, 232, 227, 10813, 235, 231, 10813, 233,
-        138, 28, 5664, 239, 17162, 17162, 25723, 11517, 12001, 21118, 26112, 28, 216, 9175, 14714, 9382, 39511, 7872,
-        24958, 28, 27819, 34966, 20602, 31462, 23339, 43463, 28, 12335, 134, 27011, 30658, 16525, 44757, 37189,
+        142, 246, 94, 25972, 83, 7466, 84, 2756, 42, 17097, 241, 115, 40993, 179, 120, 248, 26453,
+        11100, 224, 10391, 251, 10391, 134, 11100, 226, 28, 649, 33777, 15107, 116, 218, 10813,
+        232, 227, 10813, 235, 231, 10813, 233, 138, 28, 5664, 239, 17162, 17162, 25723, 11517,
+        12001, 21118, 26112, 28, 216, 9175, 14714, 9382, 39511, 7872, 24958, 28, 27819, 34966,
+        20602, 31462, 23339, 43463, 28, 12335, 134, 27011, 30658, 16525, 44757, 37189,
     ],
     &[
-        216, 2899, 284, 35079, 333, 197, 1116, 3805, 2701, 256, 5600, 18682, 197, 30064, 5776, 15442, 94, 32093, 256,
+        216, 2899, 284, 35079, 333, 197, 1116, 3805, 2701, 256, 5600, 18682, 197, 30064, 5776,
+        15442, 94, 32093, 256,
     ],
     &[
-        75, 39637, 77, 22577, 99, 46, 2067, 99, 46, 2067, 108, 306, 79, 3738, 108, 46, 4093, 2067, 108, 306, 79, 486,
-        108, 46, 933, 31, 39637, 77, 2067, 5131, 46, 933, 10179, 7113, 79, 51, 3206, 12041, 77, 2067, 108, 486, 1714,
-        2692, 108, 46,
+        75, 39637, 77, 22577, 99, 46, 2067, 99, 46, 2067, 108, 306, 79, 3738, 108, 46, 4093, 2067,
+        108, 306, 79, 486, 108, 46, 933, 31, 39637, 77, 2067, 5131, 46, 933, 10179, 7113, 79, 51,
+        3206, 12041, 77, 2067, 108, 486, 1714, 2692, 108, 46,
     ],
     &[
-        57, 5248, 2567, 1109, 17, 657, 506, 216, 35, 42, 36, 37, 11043, 28, 502, 3060, 3543, 422, 2154, 23, 68,
+        57, 5248, 2567, 1109, 17, 657, 506, 216, 35, 42, 36, 37, 11043, 28, 502, 3060, 3543, 422,
+        2154, 23, 68,
     ],
     &[
         8049, 33635, 10740, 3505, 820, 23432, 12463, 15832, 18391, 42743, 13519, 22339, 29212, 506,
     ],
     &[
-        33, 34, 35, 36, 37, 38, 39, 40, 41, 32, 216, 35, 30, 33, 36, 33, 37, 41, 216, 33, 28, 32, 32, 32, 28, 32, 32,
-        32, 216, 34, 32, 34, 36, 29, 33, 33, 29, 34, 35, 216, 16738, 216, 19133, 216, 164, 113,
+        33, 34, 35, 36, 37, 38, 39, 40, 41, 32, 216, 35, 30, 33, 36, 33, 37, 41, 216, 33, 28, 32,
+        32, 32, 28, 32, 32, 32, 216, 34, 32, 34, 36, 29, 33, 33, 29, 34, 35, 216, 16738, 216,
+        19133, 216, 164, 113,
     ],
     &[
-        1537, 31, 1141, 31, 2153, 30, 2833, 42, 36, 34, 42, 39, 1841, 619, 385, 2346, 573, 1551, 18536, 417, 5548,
-        17642, 2259, 271, 13241, 3591, 198, 44494, 3608, 1672, 31,
+        1537, 31, 1141, 31, 2153, 30, 2833, 42, 36, 34, 42, 39, 1841, 619, 385, 2346, 573, 1551,
+        18536, 417, 5548, 17642, 2259, 271, 13241, 3591, 198, 44494, 3608, 1672, 31,
     ],
     &[198],
     &[216],
@@ -160,7 +165,11 @@ fn tekken_json_encodes_like_mistral_common() {
     assert_encodes(tekken_240718(), TEKKEN_EXPECTED, "tekken_240718.json");
     assert_encodes(tekken_240911(), TEKKEN_EXPECTED, "tekken_240911.json");
     let tok = Tokenizer::from_tekken_json(&tekken_json("tekken_240911.json")).unwrap();
-    assert_encodes(&tok, TEKKEN_EXPECTED, "from_tekken_json(tekken_240911.json)");
+    assert_encodes(
+        &tok,
+        TEKKEN_EXPECTED,
+        "from_tekken_json(tekken_240911.json)",
+    );
 }
 
 #[test]
@@ -172,7 +181,10 @@ fn tekken_gguf_vocab_matches_llama_cpp_converter() {
     assert_eq!(v.token_types.len(), 131_072);
     assert!(v.token_types[..1000].iter().all(|&t| t == 3));
     assert!(v.token_types[1000..].iter().all(|&t| t == 1));
-    assert_eq!(&v.tokens[..5], ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]);
+    assert_eq!(
+        &v.tokens[..5],
+        ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]
+    );
     assert_eq!(v.tokens[11], "<pad>");
     assert_eq!(v.tokens[20], "<SPECIAL_20>");
     assert_eq!(v.tokens[999], "<SPECIAL_999>");
@@ -229,7 +241,10 @@ fn tiny_mistral_gguf_vocab_tokenizes_like_tekken_json() {
     assert_encodes(&from_gguf, TEKKEN_EXPECTED, "tiny-mistral.gguf");
     let mut varied = SAMPLE_TEXTS.join("\u{3000}");
     varied.push_str("\n\n\n\n   \t\t   ```python\nimport os\nprint(os.getcwd())\n```\n  ");
-    assert_eq!(from_gguf.encode(&varied).unwrap(), from_json.encode(&varied).unwrap());
+    assert_eq!(
+        from_gguf.encode(&varied).unwrap(),
+        from_json.encode(&varied).unwrap()
+    );
 }
 
 #[test]
@@ -254,8 +269,14 @@ fn smollm2_special_ids() {
     assert!(tok.is_control(1) && tok.is_control(16) && !tok.is_control(17));
     assert_eq!(tok.kind(17), Some(TokenKind::Normal));
     assert_eq!(tok.token_bytes(1), b"<|im_start|>");
-    assert_eq!(tok.id_to_piece(tok.token_to_id("Ġcapital").unwrap()), Some("Ġcapital"));
-    assert_eq!(tok.token_bytes(tok.token_to_id("Ġcapital").unwrap()), b" capital");
+    assert_eq!(
+        tok.id_to_piece(tok.token_to_id("Ġcapital").unwrap()),
+        Some("Ġcapital")
+    );
+    assert_eq!(
+        tok.token_bytes(tok.token_to_id("Ġcapital").unwrap()),
+        b" capital"
+    );
     assert!(tok.token_bytes(1_000_000).is_empty());
 }
 
@@ -313,9 +334,17 @@ fn control_token_text_never_becomes_a_control_token() {
     ] {
         for text in control_texts(tok) {
             let ids = tok.encode(&text).unwrap();
-            let bad: Vec<u32> = ids.iter().copied().filter(|&id| tok.is_control(id)).collect();
+            let bad: Vec<u32> = ids
+                .iter()
+                .copied()
+                .filter(|&id| tok.is_control(id))
+                .collect();
             assert!(bad.is_empty(), "{name}: control ids {bad:?} from {text:?}");
-            assert_eq!(tok.decode(&ids).unwrap(), text, "{name}: the text survives as text");
+            assert_eq!(
+                tok.decode(&ids).unwrap(),
+                text,
+                "{name}: the text survives as text"
+            );
         }
     }
 }
@@ -333,7 +362,8 @@ fn encode_with_control_tokens_is_for_templates() {
     assert_eq!(ids, want);
     let tok = tekken_240718();
     assert_eq!(
-        tok.encode_with_control_tokens("<s>[INST]Hello[/INST]").unwrap(),
+        tok.encode_with_control_tokens("<s>[INST]Hello[/INST]")
+            .unwrap(),
         [1, 3, 22177, 4]
     );
     assert_eq!(tok.control_token("[INST]"), Some(3));
@@ -419,9 +449,18 @@ fn detokenizer_replaces_invalid_bytes_like_decode() {
 /// (BPE, Digits + ByteLevel pre-tokenizer, special added tokens), from the GGUF's vocabulary.
 fn smollm2_tokenizer_json() -> Vec<u8> {
     let file = read_gguf("smollm2-135m-instruct-q4_1.gguf");
-    let tokens = file.get_str_array("tokenizer.ggml.tokens").unwrap().unwrap();
-    let types = file.get_array("tokenizer.ggml.token_type").unwrap().unwrap();
-    let merges = file.get_str_array("tokenizer.ggml.merges").unwrap().unwrap();
+    let tokens = file
+        .get_str_array("tokenizer.ggml.tokens")
+        .unwrap()
+        .unwrap();
+    let types = file
+        .get_array("tokenizer.ggml.token_type")
+        .unwrap()
+        .unwrap();
+    let merges = file
+        .get_str_array("tokenizer.ggml.merges")
+        .unwrap()
+        .unwrap();
     let vocab: serde_json::Map<String, serde_json::Value> = tokens
         .iter()
         .enumerate()
@@ -462,7 +501,11 @@ fn tokenizer_json_matches_gguf() {
     assert_eq!(tok.vocab_size(), 49_152);
     assert_encodes(&tok, SMOLLM2_EXPECTED, "SmolLM2 tokenizer.json");
     for text in control_texts(&tok) {
-        assert!(tok.encode(&text).unwrap().iter().all(|&id| !tok.is_control(id)));
+        assert!(tok
+            .encode(&text)
+            .unwrap()
+            .iter()
+            .all(|&id| !tok.is_control(id)));
     }
     assert!(tok.is_control(1));
     assert_eq!(tok.eos_ids(), &[2, 0]); // <|im_end|>, <|endoftext|>
@@ -486,13 +529,16 @@ fn sentencepiece_vocabularies_are_a_clear_error() {
     ]);
     let err = Tokenizer::from_gguf(&file).unwrap_err().to_string();
     assert!(err.contains("SentencePiece"), "{err}");
-    let err = Tokenizer::from_gguf(&metadata_only(&[])).unwrap_err().to_string();
+    let err = Tokenizer::from_gguf(&metadata_only(&[]))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("tokenizer.ggml.model"), "{err}");
 }
 
 #[test]
 fn bad_vocabularies_are_errors_not_panics() {
-    let strings = |items: &[&str]| Value::Array(items.iter().map(|s| Value::String(s.to_string())).collect());
+    let strings =
+        |items: &[&str]| Value::Array(items.iter().map(|s| Value::String(s.to_string())).collect());
     let base = |extra: Vec<(&'static str, Value)>| {
         let mut pairs = vec![
             ("tokenizer.ggml.model", Value::String("gpt2".into())),
@@ -504,9 +550,15 @@ fn bad_vocabularies_are_errors_not_panics() {
         metadata_only(&pairs)
     };
     // A minimal vocabulary works (unknown pre name: GPT-2's pattern).
-    let tok = Tokenizer::from_gguf(&base(vec![("tokenizer.ggml.pre", Value::String("no-such-pre".into()))])).unwrap();
+    let tok = Tokenizer::from_gguf(&base(vec![(
+        "tokenizer.ggml.pre",
+        Value::String("no-such-pre".into()),
+    )]))
+    .unwrap();
     assert_eq!(tok.encode("ab").unwrap(), [2]);
-    assert!(Tokenizer::from_gguf(&base(vec![("tokenizer.ggml.bos_token_id", Value::U32(7))])).is_err());
+    assert!(
+        Tokenizer::from_gguf(&base(vec![("tokenizer.ggml.bos_token_id", Value::U32(7))])).is_err()
+    );
     assert!(Tokenizer::from_gguf(&base(vec![(
         "tokenizer.ggml.token_type",
         Value::Array(vec![Value::I32(1)])

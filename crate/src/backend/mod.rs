@@ -3,9 +3,52 @@
 //! `model::llama` is the same for all of them.
 
 pub mod cpu;
+#[cfg(feature = "webgpu")]
+pub mod webgpu;
 
-use crate::error::Result;
-use crate::gguf::TensorInfo;
+use crate::error::{Error, Result};
+use crate::gguf::{ByteSource, GgufFile, TensorInfo};
+use crate::model::LanguageModel;
+
+/// Which backend runs a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// candle-core's quantized kernels and ours, on the CPU (SIMD; wasm simd128 in the browser).
+    #[default]
+    Cpu,
+    /// wgpu with our WGSL kernels: Vulkan/Metal/DX12 natively, WebGPU in the browser.
+    WebGpu,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(BackendKind::Cpu),
+            "webgpu" | "gpu" => Ok(BackendKind::WebGpu),
+            other => Err(Error::Backend(format!(
+                "unknown backend {other:?}: use cpu or webgpu"
+            ))),
+        }
+    }
+}
+
+/// Loads a model's weights onto the chosen backend.
+pub fn load_model(
+    kind: BackendKind,
+    file: &GgufFile,
+    source: &dyn ByteSource,
+) -> Result<Box<dyn LanguageModel>> {
+    match kind {
+        BackendKind::Cpu => cpu::load_model(file, source),
+        #[cfg(feature = "webgpu")]
+        BackendKind::WebGpu => webgpu::load_model(file, source),
+        #[cfg(not(feature = "webgpu"))]
+        BackendKind::WebGpu => Err(Error::Backend(
+            "this build has no WebGPU backend (feature `webgpu`)".into(),
+        )),
+    }
+}
 
 /// Attention shape and position parameters for one layer call.
 #[derive(Debug, Clone, Copy)]
@@ -58,9 +101,19 @@ pub trait Backend: Send + Sized {
         ws.iter().map(|w| self.matmul(x, w)).collect()
     }
     /// Tables for `rows` tokens at `params.start_pos..`; `inv_freq` has `head_dim / 2` entries.
-    fn positions(&self, params: &AttentionParams, rows: usize, inv_freq: &[f32]) -> Result<Self::Positions>;
+    fn positions(
+        &self,
+        params: &AttentionParams,
+        rows: usize,
+        inv_freq: &[f32],
+    ) -> Result<Self::Positions>;
     /// Rotary embedding on interleaved pairs `(x[2i], x[2i+1])` of each head (GGUF `llama` layout).
-    fn rope(&self, x: &Self::Tensor, n_heads: usize, positions: &Self::Positions) -> Result<Self::Tensor>;
+    fn rope(
+        &self,
+        x: &Self::Tensor,
+        n_heads: usize,
+        positions: &Self::Positions,
+    ) -> Result<Self::Tensor>;
     /// `silu(gate) * up`.
     fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor>;
     fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
@@ -68,7 +121,12 @@ pub trait Backend: Send + Sized {
     fn last_row(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
     fn to_vec(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
 
-    fn new_kv_cache(&self, head_count_kv: usize, head_dim: usize, max_len: usize) -> Result<Self::KvCache>;
+    fn new_kv_cache(
+        &self,
+        head_count_kv: usize,
+        head_dim: usize,
+        max_len: usize,
+    ) -> Result<Self::KvCache>;
     fn kv_cache_len(&self, cache: &Self::KvCache) -> usize;
     fn truncate_kv_cache(&self, cache: &mut Self::KvCache, len: usize);
     /// Appends `k`, `v` (already rotated) at `params.start_pos` and returns causal attention of `q`

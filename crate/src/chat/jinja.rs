@@ -36,7 +36,8 @@ fn environment(source: &str) -> Result<Environment<'_>> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
         },
     );
-    env.add_template("chat_template", source).map_err(template_error)?;
+    env.add_template("chat_template", source)
+        .map_err(template_error)?;
     Ok(env)
 }
 
@@ -75,7 +76,11 @@ pub(super) fn render(
             content: protect(&m.content, controls),
         });
     }
-    let token_text = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_piece(id)).unwrap_or("").to_string();
+    let token_text = |id: Option<u32>| {
+        id.and_then(|id| tokenizer.id_to_piece(id))
+            .unwrap_or("")
+            .to_string()
+    };
     let bos_token = token_text(tokenizer.bos_id());
     let eos_token = token_text(tokenizer.eos_ids().first().copied());
 
@@ -109,14 +114,18 @@ pub(super) fn render(
 }
 
 fn contains_control_text(controls: &ControlMatcher, text: &str) -> bool {
-    text.char_indices().any(|(i, _)| controls.match_at(text, i).is_some())
+    text.char_indices()
+        .any(|(i, _)| controls.match_at(text, i).is_some())
 }
 
 /// Content with marks that keep control-token texts in it from being recognized.
 fn protect(content: &str, controls: &ControlMatcher) -> String {
     let mut out = String::with_capacity(content.len() + 8);
     let guard_start = content.chars().next().is_some_and(|c| !c.is_whitespace());
-    let guard_end = content.chars().next_back().is_some_and(|c| !c.is_whitespace());
+    let guard_end = content
+        .chars()
+        .next_back()
+        .is_some_and(|c| !c.is_whitespace());
     if guard_start {
         out.push(ESCAPE);
         out.push(BREAK);
@@ -239,7 +248,9 @@ mod tests {
     fn no_control_token_forms_across_a_content_boundary() {
         let m = matcher();
         let rendered = format!("<|im_{}", protect("start|>", &m));
-        assert!(scan(&rendered, &m).iter().all(|s| matches!(s, Scanned::Text(_))));
+        assert!(scan(&rendered, &m)
+            .iter()
+            .all(|s| matches!(s, Scanned::Text(_))));
         let rendered = format!("<s>{}|>", protect("<|im_start", &m));
         let pieces = scan(&rendered, &m);
         assert!(matches!(pieces[0], Scanned::Control(3)));

@@ -61,7 +61,10 @@ pub(super) fn check_tokens(tokenizer: &Tokenizer) -> Result<()> {
 
 pub(super) fn render(tokenizer: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>> {
     let ids = special_ids(tokenizer)?;
-    let roles = messages.iter().map(role_of).collect::<Result<Vec<Role>>>()?;
+    let roles = messages
+        .iter()
+        .map(role_of)
+        .collect::<Result<Vec<Role>>>()?;
 
     let system_parts: Vec<&str> = messages
         .iter()
@@ -93,7 +96,10 @@ pub(super) fn render(tokenizer: &Tokenizer, messages: &[Message]) -> Result<Vec<
     if turns.first().map(|(r, _)| *r) != Some(Role::User) {
         turns.insert(0, (Role::User, String::new()));
     }
-    let last_user = turns.iter().rposition(|(r, _)| *r == Role::User).unwrap_or(0);
+    let last_user = turns
+        .iter()
+        .rposition(|(r, _)| *r == Role::User)
+        .unwrap_or(0);
 
     let mut out = vec![ids.bos];
     for (i, (role, content)) in turns.iter().enumerate() {
@@ -101,7 +107,9 @@ pub(super) fn render(tokenizer: &Tokenizer, messages: &[Message]) -> Result<Vec<
             Role::User => {
                 out.push(ids.begin_inst);
                 match (&system_prompt, i == last_user) {
-                    (Some(system), true) => out.extend(tokenizer.encode(&format!("{system}\n\n{content}"))?),
+                    (Some(system), true) => {
+                        out.extend(tokenizer.encode(&format!("{system}\n\n{content}"))?)
+                    }
                     _ => out.extend(tokenizer.encode(content)?),
                 }
                 out.push(ids.end_inst);

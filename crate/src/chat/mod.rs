@@ -59,7 +59,9 @@ impl ChatTemplate {
     /// (`tokenizer.ggml.pre = "tekken"`, which must have the `[INST]`/`[/INST]` control tokens),
     /// otherwise the GGUF's `tokenizer.chat_template`. A model with neither is an error.
     pub fn from_gguf(file: &GgufFile, tokenizer: &Tokenizer) -> Result<Self> {
-        let pre = file.get_str("tokenizer.ggml.pre")?.unwrap_or(tokenizer.pre());
+        let pre = file
+            .get_str("tokenizer.ggml.pre")?
+            .unwrap_or(tokenizer.pre());
         if pre == "tekken" {
             mistral::check_tokens(tokenizer)?;
             return Ok(Self::MistralV3Tekken);
@@ -94,10 +96,17 @@ impl ChatTemplate {
     /// `add_generation_prompt` appends the assistant header for Jinja templates. Mistral V3 has
     /// no header (the assistant answer follows `[/INST]` directly), so it changes nothing there;
     /// every assistant message is closed with `</s>`, as mistral-common does.
-    pub fn render(&self, tokenizer: &Tokenizer, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>> {
+    pub fn render(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
         match self {
             Self::MistralV3Tekken => mistral::render(tokenizer, messages),
-            Self::Jinja { source } => jinja::render(source, tokenizer, messages, add_generation_prompt),
+            Self::Jinja { source } => {
+                jinja::render(source, tokenizer, messages, add_generation_prompt)
+            }
         }
     }
 }

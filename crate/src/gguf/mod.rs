@@ -10,9 +10,9 @@ mod writer;
 
 pub use error::GgufError;
 pub use reader::{GgufFile, TensorInfo};
-pub use source::{ByteSource, MemorySource};
 #[cfg(unix)]
 pub use source::FileSource;
+pub use source::{ByteSource, MemorySource};
 pub use types::{GgmlType, Value, ValueType};
 pub use writer::{GgufWriteError, GgufWriter, PlannedTensor, GGUF_WRITE_VERSION};
 

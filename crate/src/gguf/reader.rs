@@ -133,7 +133,10 @@ impl GgufFile {
                     why: "rows do not fill whole quantization blocks",
                 });
             };
-            if dims.first().is_some_and(|&cols| cols % dtype.block_len() as u64 != 0) {
+            if dims
+                .first()
+                .is_some_and(|&cols| cols % dtype.block_len() as u64 != 0)
+            {
                 return Err(GgufError::BadTensorShape {
                     name,
                     dims,
@@ -141,7 +144,11 @@ impl GgufFile {
                 });
             }
             if rel_offset % alignment != 0 {
-                return Err(GgufError::MisalignedTensor { name, offset: rel_offset, alignment });
+                return Err(GgufError::MisalignedTensor {
+                    name,
+                    offset: rel_offset,
+                    alignment,
+                });
             }
             let start = data_offset.checked_add(rel_offset);
             let end = start.and_then(|s| s.checked_add(n_bytes));
@@ -164,7 +171,14 @@ impl GgufFile {
             }
         }
 
-        Ok(Self { version, metadata, tensors, alignment, data_offset, file_len })
+        Ok(Self {
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+            file_len,
+        })
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
@@ -172,11 +186,16 @@ impl GgufFile {
     }
 
     pub fn require_tensor(&self, name: &str) -> Result<&TensorInfo, GgufError> {
-        self.tensor(name).ok_or_else(|| GgufError::MissingTensor(name.to_string()))
+        self.tensor(name)
+            .ok_or_else(|| GgufError::MissingTensor(name.to_string()))
     }
 
     /// Reads one tensor's bytes from the source (its size was bounded by the file length at parse).
-    pub fn tensor_bytes(&self, source: &dyn ByteSource, info: &TensorInfo) -> Result<Vec<u8>, GgufError> {
+    pub fn tensor_bytes(
+        &self,
+        source: &dyn ByteSource,
+        info: &TensorInfo,
+    ) -> Result<Vec<u8>, GgufError> {
         let mut bytes = vec![0u8; info.n_bytes as usize];
         source.read_at(info.offset, &mut bytes)?;
         Ok(bytes)
@@ -187,36 +206,49 @@ impl GgufFile {
     }
 
     pub fn require(&self, key: &str) -> Result<&Value, GgufError> {
-        self.get(key).ok_or_else(|| GgufError::MissingKey(key.to_string()))
+        self.get(key)
+            .ok_or_else(|| GgufError::MissingKey(key.to_string()))
     }
 
     pub fn get_u64(&self, key: &str) -> Result<Option<u64>, GgufError> {
-        self.get(key).map(|v| v.as_u64().ok_or_else(|| wrong(key, v, "unsigned integer"))).transpose()
+        self.get(key)
+            .map(|v| v.as_u64().ok_or_else(|| wrong(key, v, "unsigned integer")))
+            .transpose()
     }
 
     pub fn require_u64(&self, key: &str) -> Result<u64, GgufError> {
-        self.get_u64(key)?.ok_or_else(|| GgufError::MissingKey(key.to_string()))
+        self.get_u64(key)?
+            .ok_or_else(|| GgufError::MissingKey(key.to_string()))
     }
 
     pub fn get_f64(&self, key: &str) -> Result<Option<f64>, GgufError> {
-        self.get(key).map(|v| v.as_f64().ok_or_else(|| wrong(key, v, "number"))).transpose()
+        self.get(key)
+            .map(|v| v.as_f64().ok_or_else(|| wrong(key, v, "number")))
+            .transpose()
     }
 
     pub fn get_str(&self, key: &str) -> Result<Option<&str>, GgufError> {
-        self.get(key).map(|v| v.as_str().ok_or_else(|| wrong(key, v, "string"))).transpose()
+        self.get(key)
+            .map(|v| v.as_str().ok_or_else(|| wrong(key, v, "string")))
+            .transpose()
     }
 
     pub fn require_str(&self, key: &str) -> Result<&str, GgufError> {
-        self.get_str(key)?.ok_or_else(|| GgufError::MissingKey(key.to_string()))
+        self.get_str(key)?
+            .ok_or_else(|| GgufError::MissingKey(key.to_string()))
     }
 
     pub fn get_array(&self, key: &str) -> Result<Option<&[Value]>, GgufError> {
-        self.get(key).map(|v| v.as_array().ok_or_else(|| wrong(key, v, "array"))).transpose()
+        self.get(key)
+            .map(|v| v.as_array().ok_or_else(|| wrong(key, v, "array")))
+            .transpose()
     }
 
     /// An array of strings (a vocabulary, merges).
     pub fn get_str_array(&self, key: &str) -> Result<Option<Vec<&str>>, GgufError> {
-        let Some(values) = self.get_array(key)? else { return Ok(None) };
+        let Some(values) = self.get_array(key)? else {
+            return Ok(None);
+        };
         values
             .iter()
             .map(|v| v.as_str().ok_or_else(|| wrong(key, v, "array of strings")))
@@ -231,7 +263,11 @@ impl GgufFile {
 }
 
 fn wrong(key: &str, v: &Value, expected: &'static str) -> GgufError {
-    GgufError::WrongValueType { key: key.to_string(), found: v.value_type(), expected }
+    GgufError::WrongValueType {
+        key: key.to_string(),
+        found: v.value_type(),
+        expected,
+    }
 }
 
 fn tensor_elements(name: &str, dims: &[u64]) -> Result<u64, GgufError> {
@@ -242,11 +278,13 @@ fn tensor_elements(name: &str, dims: &[u64]) -> Result<u64, GgufError> {
             why: "a dimension is zero",
         });
     }
-    dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(|| GgufError::BadTensorShape {
-        name: name.to_string(),
-        dims: dims.to_vec(),
-        why: "element count overflows",
-    })
+    dims.iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| GgufError::BadTensorShape {
+            name: name.to_string(),
+            dims: dims.to_vec(),
+            why: "element count overflows",
+        })
 }
 
 /// Sequential reads over a `ByteSource`, through a small buffer.
@@ -264,7 +302,14 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn new(source: &'a dyn ByteSource) -> Self {
-        Self { source, len: source.len(), pos: 0, buf: Vec::new(), buf_start: 0, array_items: 0 }
+        Self {
+            source,
+            len: source.len(),
+            pos: 0,
+            buf: Vec::new(),
+            buf_start: 0,
+            array_items: 0,
+        }
     }
 
     fn remaining(&self) -> u64 {
@@ -280,7 +325,11 @@ impl<'a> Cursor<'a> {
     }
 
     fn truncated(&self, needed: u64) -> GgufError {
-        GgufError::TruncatedHeader { offset: self.pos, needed, file_len: self.len }
+        GgufError::TruncatedHeader {
+            offset: self.pos,
+            needed,
+            file_len: self.len,
+        }
     }
 
     /// Copies `out.len()` bytes from the current position.

@@ -30,9 +30,17 @@ pub enum GgufWriteError {
     #[error("general.alignment must be a power of two stored as an unsigned integer")]
     BadAlignment,
     #[error("metadata array `{key}` mixes value types {first:?} and {other:?}")]
-    MixedArray { key: String, first: ValueType, other: ValueType },
+    MixedArray {
+        key: String,
+        first: ValueType,
+        other: ValueType,
+    },
     #[error("tensor `{name}` has a bad shape {dims:?}: {why}")]
-    BadTensorShape { name: String, dims: Vec<u64>, why: &'static str },
+    BadTensorShape {
+        name: String,
+        dims: Vec<u64>,
+        why: &'static str,
+    },
     #[error("{0}")]
     Order(String),
 }
@@ -97,13 +105,17 @@ impl GgufWriter {
         }
         let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
             Some((_, value)) => match value {
-                Value::U8(_) | Value::U16(_) | Value::U32(_) | Value::U64(_) => {
-                    value.as_u64().filter(|a| *a > 0 && a.is_power_of_two()).ok_or(GgufWriteError::BadAlignment)?
-                }
+                Value::U8(_) | Value::U16(_) | Value::U32(_) | Value::U64(_) => value
+                    .as_u64()
+                    .filter(|a| *a > 0 && a.is_power_of_two())
+                    .ok_or(GgufWriteError::BadAlignment)?,
                 _ => return Err(GgufWriteError::BadAlignment),
             },
             None => {
-                metadata.push(("general.alignment".to_string(), Value::U32(DEFAULT_ALIGNMENT as u32)));
+                metadata.push((
+                    "general.alignment".to_string(),
+                    Value::U32(DEFAULT_ALIGNMENT as u32),
+                ));
                 DEFAULT_ALIGNMENT
             }
         };
@@ -116,10 +128,22 @@ impl GgufWriter {
                 return Err(GgufWriteError::DuplicateTensor(name));
             }
             let n_bytes = tensor_bytes(&name, &dims, dtype)?;
-            planned.push(PlannedTensor { name, dims, dtype, offset, n_bytes });
+            planned.push(PlannedTensor {
+                name,
+                dims,
+                dtype,
+                offset,
+                n_bytes,
+            });
             offset = align(offset + n_bytes, alignment);
         }
-        Ok(Self { metadata, tensors: planned, alignment, stage: Stage::Header, position: 0 })
+        Ok(Self {
+            metadata,
+            tensors: planned,
+            alignment,
+            stage: Stage::Header,
+            position: 0,
+        })
     }
 
     pub fn tensors(&self) -> &[PlannedTensor] {
@@ -133,7 +157,9 @@ impl GgufWriter {
     /// Writes magic, version, metadata and tensor infos, padded to the alignment.
     pub fn write_header(&mut self, w: &mut impl Write) -> Result<(), GgufWriteError> {
         if self.stage != Stage::Header {
-            return Err(GgufWriteError::Order("the header was already written".into()));
+            return Err(GgufWriteError::Order(
+                "the header was already written".into(),
+            ));
         }
         let mut header = Vec::with_capacity(1 << 16);
         header.extend_from_slice(&GGUF_MAGIC.to_le_bytes());
@@ -164,7 +190,12 @@ impl GgufWriter {
     }
 
     /// Writes all of tensor `name`'s bytes; it must be the next tensor in the declared order.
-    pub fn write_tensor_data(&mut self, w: &mut impl Write, name: &str, bytes: &[u8]) -> Result<(), GgufWriteError> {
+    pub fn write_tensor_data(
+        &mut self,
+        w: &mut impl Write,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(), GgufWriteError> {
         let (index, written) = self.current(name)?;
         let expected = self.tensors[index].n_bytes;
         if written != 0 || bytes.len() as u64 != expected {
@@ -177,7 +208,12 @@ impl GgufWriter {
     }
 
     /// Writes the next piece of tensor `name`. When its last byte is out, the padding follows.
-    pub fn write_tensor_part(&mut self, w: &mut impl Write, name: &str, bytes: &[u8]) -> Result<(), GgufWriteError> {
+    pub fn write_tensor_part(
+        &mut self,
+        w: &mut impl Write,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(), GgufWriteError> {
         let (index, written) = self.current(name)?;
         let expected = self.tensors[index].n_bytes;
         let total = written + bytes.len() as u64;
@@ -192,7 +228,10 @@ impl GgufWriter {
             self.pad(w)?;
             self.stage = self.next_tensor_stage(index + 1);
         } else {
-            self.stage = Stage::Data { index, written: total };
+            self.stage = Stage::Data {
+                index,
+                written: total,
+            };
         }
         Ok(())
     }
@@ -204,7 +243,9 @@ impl GgufWriter {
                 w.flush()?;
                 Ok(self.position)
             }
-            Stage::Header => Err(GgufWriteError::Order("finish before the header was written".into())),
+            Stage::Header => Err(GgufWriteError::Order(
+                "finish before the header was written".into(),
+            )),
             Stage::Data { index, written } => Err(GgufWriteError::Order(format!(
                 "finish with tensor `{}` at {written} of {} bytes",
                 self.tensors[index].name, self.tensors[index].n_bytes
@@ -223,15 +264,19 @@ impl GgufWriter {
     /// The tensor now being written, checked against `name`.
     fn current(&self, name: &str) -> Result<(usize, u64), GgufWriteError> {
         match self.stage {
-            Stage::Data { index, written } if self.tensors[index].name == name => Ok((index, written)),
+            Stage::Data { index, written } if self.tensors[index].name == name => {
+                Ok((index, written))
+            }
             Stage::Data { index, .. } => Err(GgufWriteError::Order(format!(
                 "tensor `{name}` written out of order: `{}` comes next",
                 self.tensors[index].name
             ))),
-            Stage::Header => Err(GgufWriteError::Order(format!("tensor `{name}` written before the header"))),
-            Stage::Finished => {
-                Err(GgufWriteError::Order(format!("tensor `{name}` written after every declared tensor")))
-            }
+            Stage::Header => Err(GgufWriteError::Order(format!(
+                "tensor `{name}` written before the header"
+            ))),
+            Stage::Finished => Err(GgufWriteError::Order(format!(
+                "tensor `{name}` written after every declared tensor"
+            ))),
         }
     }
 
@@ -254,7 +299,11 @@ fn align(offset: u64, alignment: u64) -> u64 {
 }
 
 fn tensor_bytes(name: &str, dims: &[u64], dtype: GgmlType) -> Result<u64, GgufWriteError> {
-    let bad = |why| GgufWriteError::BadTensorShape { name: name.to_string(), dims: dims.to_vec(), why };
+    let bad = |why| GgufWriteError::BadTensorShape {
+        name: name.to_string(),
+        dims: dims.to_vec(),
+        why,
+    };
     if dims.is_empty() || dims.len() > 4 {
         return Err(bad("a tensor has 1 to 4 dimensions"));
     }
@@ -264,8 +313,13 @@ fn tensor_bytes(name: &str, dims: &[u64], dtype: GgmlType) -> Result<u64, GgufWr
     if dims[0] % dtype.block_len() as u64 != 0 {
         return Err(bad("rows do not fill whole quantization blocks"));
     }
-    let n_elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or(bad("element count overflows"))?;
-    dtype.bytes_for(n_elements).ok_or(bad("rows do not fill whole quantization blocks"))
+    let n_elements = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .ok_or(bad("element count overflows"))?;
+    dtype
+        .bytes_for(n_elements)
+        .ok_or(bad("rows do not fill whole quantization blocks"))
 }
 
 /// Arrays hold one value type; nested arrays are checked too.
@@ -294,7 +348,11 @@ fn put_string(buf: &mut Vec<u8>, s: &str) {
 }
 
 /// Large header pieces go out as they fill, to keep the staging buffer small.
-fn flush_if_large(buf: &mut Vec<u8>, w: &mut impl Write, position: &mut u64) -> std::io::Result<()> {
+fn flush_if_large(
+    buf: &mut Vec<u8>,
+    w: &mut impl Write,
+    position: &mut u64,
+) -> std::io::Result<()> {
     if buf.len() >= 1 << 20 {
         w.write_all(buf)?;
         *position += buf.len() as u64;
@@ -304,7 +362,12 @@ fn flush_if_large(buf: &mut Vec<u8>, w: &mut impl Write, position: &mut u64) -> 
 }
 
 /// Appends a value's payload (its type id is written by the caller).
-fn put_value(buf: &mut Vec<u8>, value: &Value, w: &mut impl Write, position: &mut u64) -> std::io::Result<()> {
+fn put_value(
+    buf: &mut Vec<u8>,
+    value: &Value,
+    w: &mut impl Write,
+    position: &mut u64,
+) -> std::io::Result<()> {
     match value {
         Value::U8(v) => buf.push(*v),
         Value::I8(v) => buf.push(*v as u8),
@@ -351,10 +414,22 @@ mod tests {
             ("t.u64".into(), Value::U64(u64::MAX - 1)),
             ("t.i64".into(), Value::I64(i64::MIN + 1)),
             ("t.f64".into(), Value::F64(-1e100)),
-            ("t.strings".into(), Value::Array(vec![Value::String("a".into()), Value::String("".into())])),
-            ("t.ints".into(), Value::Array(vec![Value::I32(-1), Value::I32(7)])),
-            ("t.floats".into(), Value::Array(vec![Value::F32(0.25), Value::F32(-3.0)])),
-            ("t.nested".into(), Value::Array(vec![Value::Array(vec![Value::U8(1)]), Value::Array(vec![])])),
+            (
+                "t.strings".into(),
+                Value::Array(vec![Value::String("a".into()), Value::String("".into())]),
+            ),
+            (
+                "t.ints".into(),
+                Value::Array(vec![Value::I32(-1), Value::I32(7)]),
+            ),
+            (
+                "t.floats".into(),
+                Value::Array(vec![Value::F32(0.25), Value::F32(-3.0)]),
+            ),
+            (
+                "t.nested".into(),
+                Value::Array(vec![Value::Array(vec![Value::U8(1)]), Value::Array(vec![])]),
+            ),
             ("t.empty".into(), Value::Array(vec![])),
         ]
     }
@@ -372,7 +447,9 @@ mod tests {
         writer.write_tensor_data(&mut out, "a", &[1u8; 12]).unwrap();
         writer.write_tensor_part(&mut out, "b", &[2u8; 30]).unwrap();
         writer.write_tensor_part(&mut out, "b", &[3u8; 38]).unwrap();
-        writer.write_tensor_data(&mut out, "c", &[4u8; 144]).unwrap();
+        writer
+            .write_tensor_data(&mut out, "c", &[4u8; 144])
+            .unwrap();
         let len = writer.finish(&mut out).unwrap();
         assert_eq!(len, out.len() as u64);
 
@@ -394,26 +471,47 @@ mod tests {
     #[test]
     fn rejects_misuse() {
         assert!(matches!(
-            GgufWriter::new(vec![("k".into(), Value::U8(1)), ("k".into(), Value::U8(2))], vec![]),
+            GgufWriter::new(
+                vec![("k".into(), Value::U8(1)), ("k".into(), Value::U8(2))],
+                vec![]
+            ),
             Err(GgufWriteError::DuplicateKey(_))
         ));
         assert!(matches!(
-            GgufWriter::new(vec![("k".into(), Value::Array(vec![Value::U8(1), Value::I8(2)]))], vec![]),
+            GgufWriter::new(
+                vec![("k".into(), Value::Array(vec![Value::U8(1), Value::I8(2)]))],
+                vec![]
+            ),
             Err(GgufWriteError::MixedArray { .. })
         ));
         assert!(matches!(
             GgufWriter::new(vec![], vec![("q".into(), vec![100, 2], GgmlType::Q4K)]),
             Err(GgufWriteError::BadTensorShape { .. })
         ));
-        let tensors = vec![("a".to_string(), vec![4u64], GgmlType::F32), ("b".to_string(), vec![4], GgmlType::F32)];
+        let tensors = vec![
+            ("a".to_string(), vec![4u64], GgmlType::F32),
+            ("b".to_string(), vec![4], GgmlType::F32),
+        ];
         let mut writer = GgufWriter::new(vec![], tensors).unwrap();
         let mut out = Vec::new();
-        assert!(writer.write_tensor_data(&mut out, "a", &[0; 16]).is_err(), "before the header");
+        assert!(
+            writer.write_tensor_data(&mut out, "a", &[0; 16]).is_err(),
+            "before the header"
+        );
         writer.write_header(&mut out).unwrap();
-        assert!(writer.write_tensor_data(&mut out, "b", &[0; 16]).is_err(), "out of order");
-        assert!(writer.write_tensor_data(&mut out, "a", &[0; 15]).is_err(), "wrong size");
+        assert!(
+            writer.write_tensor_data(&mut out, "b", &[0; 16]).is_err(),
+            "out of order"
+        );
+        assert!(
+            writer.write_tensor_data(&mut out, "a", &[0; 15]).is_err(),
+            "wrong size"
+        );
         writer.write_tensor_data(&mut out, "a", &[0; 16]).unwrap();
-        assert!(writer.write_tensor_part(&mut out, "b", &[0; 17]).is_err(), "too long");
+        assert!(
+            writer.write_tensor_part(&mut out, "b", &[0; 17]).is_err(),
+            "too long"
+        );
         writer.write_tensor_part(&mut out, "b", &[0; 8]).unwrap();
         assert!(writer.finish(&mut out).is_err(), "unfinished tensor");
     }

@@ -36,7 +36,9 @@ impl LlamaConfig {
         let bounded = |name: &str, max: u64| -> Result<usize> {
             let v = file.require_u64(&key(name))?;
             if v == 0 || v > max {
-                return Err(Error::Model(format!("llama.{name} = {v} is out of range (1..={max})")));
+                return Err(Error::Model(format!(
+                    "llama.{name} = {v} is out of range (1..={max})"
+                )));
             }
             Ok(v as usize)
         };
@@ -55,13 +57,17 @@ impl LlamaConfig {
             Some(_) => bounded("attention.key_length", MAX_DIM)?,
             None => {
                 if embedding_length % head_count != 0 {
-                    return Err(Error::Model("embedding_length is not a multiple of head_count".into()));
+                    return Err(Error::Model(
+                        "embedding_length is not a multiple of head_count".into(),
+                    ));
                 }
                 embedding_length / head_count
             }
         };
         if head_dim % 2 != 0 {
-            return Err(Error::Model(format!("head dimension {head_dim} is odd; RoPE needs pairs")));
+            return Err(Error::Model(format!(
+                "head dimension {head_dim} is odd; RoPE needs pairs"
+            )));
         }
         let rope_dim = match file.get_u64(&key("rope.dimension_count"))? {
             Some(_) => bounded("rope.dimension_count", head_dim as u64)?,
@@ -69,16 +75,22 @@ impl LlamaConfig {
         };
         for (what, heads) in [("head_count", head_count), ("head_count_kv", head_count_kv)] {
             if (heads as u64) * (head_dim as u64) > MAX_DIM {
-                return Err(Error::Model(format!("{what} × head dim {head_dim} is out of range")));
+                return Err(Error::Model(format!(
+                    "{what} × head dim {head_dim} is out of range"
+                )));
             }
         }
         let vocab_size = match file.get_u64(&key("vocab_size"))? {
             Some(_) => bounded("vocab_size", MAX_DIM * 4)?,
             None => {
                 let tokens = file.require("tokenizer.ggml.tokens")?;
-                tokens.as_array().map(|a| a.len()).filter(|&n| n > 0).ok_or_else(|| {
-                    Error::Model("tokenizer.ggml.tokens is not a non-empty array".into())
-                })?
+                tokens
+                    .as_array()
+                    .map(|a| a.len())
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| {
+                        Error::Model("tokenizer.ggml.tokens is not a non-empty array".into())
+                    })?
             }
         };
         let sliding_window = match file.get_u64(&key("attention.sliding_window"))? {
@@ -89,13 +101,19 @@ impl LlamaConfig {
             if value.is_finite() && value > 0.0 {
                 Ok(value as f32)
             } else {
-                Err(Error::Model(format!("llama.{name} = {value} must be a positive number")))
+                Err(Error::Model(format!(
+                    "llama.{name} = {value} must be a positive number"
+                )))
             }
         };
-        let rope_freq_base = positive("rope.freq_base", file.get_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0))?;
+        let rope_freq_base = positive(
+            "rope.freq_base",
+            file.get_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0),
+        )?;
         let rms_norm_eps = positive(
             "attention.layer_norm_rms_epsilon",
-            file.get_f64(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
+            file.get_f64(&key("attention.layer_norm_rms_epsilon"))?
+                .unwrap_or(1e-5),
         )?;
         Ok(Self {
             vocab_size,

@@ -83,7 +83,12 @@ impl<B: Backend> Llama<B> {
         let ffn = config.feed_forward_length;
         let vocab = config.vocab_size;
 
-        let mut loader = Loader { backend: &backend, file, source, bytes_per_token: 0 };
+        let mut loader = Loader {
+            backend: &backend,
+            file,
+            source,
+            bytes_per_token: 0,
+        };
         let embd_info = loader.info("token_embd.weight", &[embd as u64, vocab as u64])?;
         let token_embd = backend.load_embedding(embd_info, &loader.bytes(embd_info)?)?;
         // One row of the table is read per token.
@@ -106,13 +111,19 @@ impl<B: Backend> Llama<B> {
         }
         let output_norm = loader.vector("output_norm.weight", embd)?;
         // Tied embeddings: models without `output.weight` reuse the embedding table as the head.
-        let output_name = if file.tensor("output.weight").is_some() { "output.weight" } else { "token_embd.weight" };
+        let output_name = if file.tensor("output.weight").is_some() {
+            "output.weight"
+        } else {
+            "token_embd.weight"
+        };
         let output = loader.matrix(output_name, embd, vocab)?;
 
         let inv_freq = rope_inverse_frequencies(&config, &loader)?;
         let weight_bytes_per_token = loader.bytes_per_token;
         let kv_caches = (0..config.block_count)
-            .map(|_| backend.new_kv_cache(config.head_count_kv, config.head_dim, config.context_length))
+            .map(|_| {
+                backend.new_kv_cache(config.head_count_kv, config.head_dim, config.context_length)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             backend,
@@ -132,13 +143,22 @@ impl<B: Backend> Llama<B> {
         if tokens.is_empty() {
             return Err(Error::Model("forward needs at least one token".into()));
         }
-        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= self.config.vocab_size) {
-            return Err(Error::TokenOutOfRange { id, vocab_size: self.config.vocab_size });
+        if let Some(&id) = tokens
+            .iter()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab_size: self.config.vocab_size,
+            });
         }
         let start_pos = self.cache_len();
         let needed = start_pos + tokens.len();
         if needed > self.config.context_length {
-            return Err(Error::ContextLength { needed, limit: self.config.context_length });
+            return Err(Error::ContextLength {
+                needed,
+                limit: self.config.context_length,
+            });
         }
         let result = B::run_forward(|| self.run_layers(tokens, start_pos, all_rows));
         if result.is_err() {
@@ -182,22 +202,35 @@ impl<B: Backend> Llama<B> {
 }
 
 /// The products of one input with a fixed-size group of matrices.
-fn matmul_group<B: Backend, const N: usize>(b: &B, x: &B::Tensor, ws: [&B::Matrix; N]) -> Result<[B::Tensor; N]> {
-    b.matmul_many(x, &ws)?
-        .try_into()
-        .map_err(|_| Error::Backend(format!("matmul_many returned the wrong number of products (expected {N})")))
+fn matmul_group<B: Backend, const N: usize>(
+    b: &B,
+    x: &B::Tensor,
+    ws: [&B::Matrix; N],
+) -> Result<[B::Tensor; N]> {
+    b.matmul_many(x, &ws)?.try_into().map_err(|_| {
+        Error::Backend(format!(
+            "matmul_many returned the wrong number of products (expected {N})"
+        ))
+    })
 }
 
 /// `base^(-2i/d)` per pair, divided by the per-pair factors of a `rope_freqs.weight` tensor
 /// when the file has one (Llama 3.1-style long-context scaling).
-fn rope_inverse_frequencies<B: Backend>(config: &LlamaConfig, loader: &Loader<'_, B>) -> Result<Vec<f32>> {
+fn rope_inverse_frequencies<B: Backend>(
+    config: &LlamaConfig,
+    loader: &Loader<'_, B>,
+) -> Result<Vec<f32>> {
     let half = config.head_dim / 2;
     let base = config.rope_freq_base as f64;
-    let mut inv_freq: Vec<f32> =
-        (0..half).map(|i| base.powf(-2.0 * i as f64 / config.head_dim as f64) as f32).collect();
+    let mut inv_freq: Vec<f32> = (0..half)
+        .map(|i| base.powf(-2.0 * i as f64 / config.head_dim as f64) as f32)
+        .collect();
     if let Some(info) = loader.file.tensor("rope_freqs.weight") {
         if info.dtype != GgmlType::F32 {
-            return Err(Error::Model(format!("rope_freqs.weight is {}, expected F32", info.dtype.name())));
+            return Err(Error::Model(format!(
+                "rope_freqs.weight is {}, expected F32",
+                info.dtype.name()
+            )));
         }
         if info.dims != [half as u64] {
             return Err(Error::TensorShape {
@@ -228,7 +261,9 @@ impl<B: Backend> LanguageModel for Llama<B> {
     }
 
     fn cache_len(&self) -> usize {
-        self.kv_caches.first().map_or(0, |c| self.backend.kv_cache_len(c))
+        self.kv_caches
+            .first()
+            .map_or(0, |c| self.backend.kv_cache_len(c))
     }
 
     fn truncate_cache(&mut self, len: usize) {

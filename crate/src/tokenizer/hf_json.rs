@@ -44,7 +44,8 @@ pub(crate) fn parse(json: &[u8]) -> Result<VocabParts> {
             "byte-fallback BPE (SentencePiece style) is not supported, only byte-level BPE",
         ));
     }
-    if !mentions_byte_level(root.get("pre_tokenizer")) && !mentions_byte_level(root.get("decoder")) {
+    if !mentions_byte_level(root.get("pre_tokenizer")) && !mentions_byte_level(root.get("decoder"))
+    {
         return Err(err(
             "not a byte-level BPE tokenizer (no ByteLevel pre-tokenizer or decoder)",
         ));
@@ -62,7 +63,10 @@ pub(crate) fn parse(json: &[u8]) -> Result<VocabParts> {
     // Size of the id space.
     let mut max_id: u64 = 0;
     for v in vocab.values() {
-        max_id = max_id.max(v.as_u64().ok_or_else(|| err("a vocab id is not an unsigned integer"))?);
+        max_id = max_id.max(
+            v.as_u64()
+                .ok_or_else(|| err("a vocab id is not an unsigned integer"))?,
+        );
     }
     for t in added {
         max_id = max_id.max(
@@ -104,11 +108,15 @@ pub(crate) fn parse(json: &[u8]) -> Result<VocabParts> {
     let mut merges = Vec::with_capacity(merges_json.len());
     for m in merges_json {
         let pair = match m {
-            Json::String(line) => super::vocab::split_merge(line).map(|(a, b)| (a.to_string(), b.to_string())),
-            Json::Array(parts) if parts.len() == 2 => match (parts[0].as_str(), parts[1].as_str()) {
-                (Some(a), Some(b)) => Some((a.to_string(), b.to_string())),
-                _ => None,
-            },
+            Json::String(line) => {
+                super::vocab::split_merge(line).map(|(a, b)| (a.to_string(), b.to_string()))
+            }
+            Json::Array(parts) if parts.len() == 2 => {
+                match (parts[0].as_str(), parts[1].as_str()) {
+                    (Some(a), Some(b)) => Some((a.to_string(), b.to_string())),
+                    _ => None,
+                }
+            }
             _ => None,
         };
         merges.push(pair.ok_or_else(|| err("a merge is neither \"a b\" nor [a, b]"))?);
@@ -116,13 +124,20 @@ pub(crate) fn parse(json: &[u8]) -> Result<VocabParts> {
 
     let normalizer: Option<NormalizerWrapper> = match root.get("normalizer") {
         None | Some(Json::Null) => None,
-        Some(v) => Some(serde_json::from_value(v.clone()).map_err(|e| err(format!("normalizer: {e}")))?),
+        Some(v) => {
+            Some(serde_json::from_value(v.clone()).map_err(|e| err(format!("normalizer: {e}")))?)
+        }
     };
     let pre_tokenizer: Option<PreTokenizerWrapper> = match root.get("pre_tokenizer") {
         None | Some(Json::Null) => None,
-        Some(v) => Some(serde_json::from_value(v.clone()).map_err(|e| err(format!("pre_tokenizer: {e}")))?),
+        Some(v) => Some(
+            serde_json::from_value(v.clone()).map_err(|e| err(format!("pre_tokenizer: {e}")))?,
+        ),
     };
-    let ignore_merges = model.get("ignore_merges").and_then(Json::as_bool).unwrap_or(false);
+    let ignore_merges = model
+        .get("ignore_merges")
+        .and_then(Json::as_bool)
+        .unwrap_or(false);
 
     let control_id = |text: &str| -> Option<u32> {
         (0..n)
@@ -130,11 +145,15 @@ pub(crate) fn parse(json: &[u8]) -> Result<VocabParts> {
             .map(|i| i as u32)
     };
     // A post-processor that starts every sequence with a special token adds that token as BOS.
-    let (bos_id, add_bos) = match template_first_special(root.get("post_processor")).and_then(|t| control_id(&t)) {
-        Some(id) => (Some(id), true),
-        None => (BOS_TEXTS.iter().find_map(|t| control_id(t)), false),
-    };
-    let eos_ids: Vec<u32> = END_OF_GENERATION_TEXTS.iter().filter_map(|t| control_id(t)).collect();
+    let (bos_id, add_bos) =
+        match template_first_special(root.get("post_processor")).and_then(|t| control_id(&t)) {
+            Some(id) => (Some(id), true),
+            None => (BOS_TEXTS.iter().find_map(|t| control_id(t)), false),
+        };
+    let eos_ids: Vec<u32> = END_OF_GENERATION_TEXTS
+        .iter()
+        .filter_map(|t| control_id(t))
+        .collect();
 
     Ok(VocabParts {
         pieces,

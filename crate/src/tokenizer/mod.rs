@@ -130,14 +130,20 @@ impl Tokenizer {
         } = parts;
         let n = pieces.len();
         if n == 0 || kinds.len() != n || n > u32::MAX as usize {
-            return Err(Error::Tokenizer("the vocabulary is empty or inconsistent".into()));
+            return Err(Error::Tokenizer(
+                "the vocabulary is empty or inconsistent".into(),
+            ));
         }
 
         // The BPE model sees normal, byte and user-defined tokens only. A later duplicate text
         // wins, as in llama.cpp.
         let mut bpe_vocab = BpeVocab::default();
         for (id, (piece, kind)) in pieces.iter().zip(&kinds).enumerate() {
-            if matches!(kind, TokenKind::Normal | TokenKind::Byte | TokenKind::UserDefined) && !piece.is_empty() {
+            if matches!(
+                kind,
+                TokenKind::Normal | TokenKind::Byte | TokenKind::UserDefined
+            ) && !piece.is_empty()
+            {
                 bpe_vocab.insert(piece.clone(), id as u32);
             }
         }
@@ -146,7 +152,9 @@ impl Tokenizer {
         let merges: Vec<(String, String)> = merges
             .into_iter()
             .filter(|(a, b)| {
-                bpe_vocab.contains_key(a) && bpe_vocab.contains_key(b) && bpe_vocab.contains_key(&format!("{a}{b}"))
+                bpe_vocab.contains_key(a)
+                    && bpe_vocab.contains_key(b)
+                    && bpe_vocab.contains_key(&format!("{a}{b}"))
             })
             .collect();
         let bpe = BPE::builder()
@@ -440,7 +448,9 @@ impl<'t> Detokenizer<'t> {
     /// vocabulary add nothing.
     pub fn push(&mut self, id: u32) -> String {
         match self.tokenizer.kind(id) {
-            Some(kind) if !kind.is_silent() => self.pending.extend_from_slice(self.tokenizer.bytes_of(id)),
+            Some(kind) if !kind.is_silent() => {
+                self.pending.extend_from_slice(self.tokenizer.bytes_of(id))
+            }
             _ => return String::new(),
         }
         let mut out = String::new();

@@ -14,7 +14,10 @@ impl ControlMatcher {
         let mut by_first_byte: HashMap<u8, Vec<(String, u32)>> = HashMap::new();
         for (text, id) in tokens {
             if let Some(&first) = text.as_bytes().first() {
-                by_first_byte.entry(first).or_default().push((text.to_string(), id));
+                by_first_byte
+                    .entry(first)
+                    .or_default()
+                    .push((text.to_string(), id));
             }
         }
         for list in by_first_byte.values_mut() {

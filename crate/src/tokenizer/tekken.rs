@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::{byte_level, MAX_VOCAB};
 use super::vocab::{GgufVocab, TEKKEN_PATTERN};
+use super::{byte_level, MAX_VOCAB};
 use crate::{Error, Result};
 
 /// Special tokens of tekken files that carry no `special_tokens` list (mistral-common's
@@ -71,11 +71,13 @@ struct TekkenSpecialToken {
 /// Converts a tekken.json to the GGUF `gpt2` vocabulary form (see the module docs). Only the first
 /// `config.default_vocab_size` ids are kept, as mistral-common does.
 pub fn tekken_gguf_vocab(json: &[u8]) -> Result<GgufVocab> {
-    let file: TekkenFile = serde_json::from_slice(json).map_err(|e| Error::Tokenizer(format!("tekken.json: {e}")))?;
+    let file: TekkenFile =
+        serde_json::from_slice(json).map_err(|e| Error::Tokenizer(format!("tekken.json: {e}")))?;
     let config = &file.config;
     if config.pattern != TEKKEN_PATTERN {
         return Err(Error::Tokenizer(
-            "tekken.json: its split pattern differs from the tekken pattern this engine implements".into(),
+            "tekken.json: its split pattern differs from the tekken pattern this engine implements"
+                .into(),
         ));
     }
     let n_special = config.default_num_special_tokens;
@@ -118,7 +120,12 @@ pub fn tekken_gguf_vocab(json: &[u8]) -> Result<GgufVocab> {
                 tokens.push(t.token_str.clone());
             }
         }
-        None => tokens.extend(DEFAULT_SPECIAL_TOKENS.iter().take(n_special).map(|s| s.to_string())),
+        None => tokens.extend(
+            DEFAULT_SPECIAL_TOKENS
+                .iter()
+                .take(n_special)
+                .map(|s| s.to_string()),
+        ),
     }
     for i in tokens.len()..n_special {
         tokens.push(format!("<SPECIAL_{i}>"));
@@ -137,7 +144,9 @@ pub fn tekken_gguf_vocab(json: &[u8]) -> Result<GgufVocab> {
             .decode(&t.token_bytes)
             .map_err(|e| Error::Tokenizer(format!("tekken.json: rank {i}: bad base64: {e}")))?;
         if bytes.is_empty() || (i < 256 && bytes != [i as u8]) {
-            return Err(Error::Tokenizer(format!("tekken.json: rank {i} has unexpected bytes")));
+            return Err(Error::Tokenizer(format!(
+                "tekken.json: rank {i} has unexpected bytes"
+            )));
         }
         rank_bytes.push(bytes);
     }

@@ -75,7 +75,10 @@ impl TokenKind {
 
     /// Tokens that produce no text when decoded.
     pub(crate) fn is_silent(self) -> bool {
-        matches!(self, TokenKind::Control | TokenKind::Unknown | TokenKind::Unused)
+        matches!(
+            self,
+            TokenKind::Control | TokenKind::Unknown | TokenKind::Unused
+        )
     }
 }
 
@@ -107,16 +110,16 @@ impl PreTokenizerKind {
         match pre {
             "tekken" => Self::Tekken,
             "llama-bpe" | "llama3" | "llama-v3" | "dbrx" | "smaug-bpe" => Self::Llama3,
-            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
-                Self::DigitsThenGpt2
-            }
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
+            | "minerva-7b" => Self::DigitsThenGpt2,
             _ => Self::Gpt2,
         }
     }
 
     pub(crate) fn pre_tokenizer(self) -> Result<PreTokenizerWrapper> {
         // The byte-level step only maps bytes to the alphabet when a regex split came before it.
-        let byte_level_only = || PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false));
+        let byte_level_only =
+            || PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false));
         let split = |pattern: &str| -> Result<PreTokenizerWrapper> {
             let split = Split::new(
                 SplitPattern::Regex(pattern.to_string()),
@@ -127,12 +130,14 @@ impl PreTokenizerKind {
             Ok(PreTokenizerWrapper::Split(split))
         };
         Ok(match self {
-            Self::Tekken => {
-                PreTokenizerWrapper::Sequence(Sequence::new(vec![split(TEKKEN_PATTERN)?, byte_level_only()]))
-            }
-            Self::Llama3 => {
-                PreTokenizerWrapper::Sequence(Sequence::new(vec![split(LLAMA3_PATTERN)?, byte_level_only()]))
-            }
+            Self::Tekken => PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                split(TEKKEN_PATTERN)?,
+                byte_level_only(),
+            ])),
+            Self::Llama3 => PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                split(LLAMA3_PATTERN)?,
+                byte_level_only(),
+            ])),
             Self::DigitsThenGpt2 => PreTokenizerWrapper::Sequence(Sequence::new(vec![
                 PreTokenizerWrapper::Digits(Digits::new(true)),
                 PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, true)),
@@ -163,9 +168,9 @@ pub(crate) struct GgufTokenizerKeys {
 
 impl GgufTokenizerKeys {
     pub(crate) fn read(file: &GgufFile) -> Result<Self> {
-        let model = file
-            .get_str("tokenizer.ggml.model")?
-            .ok_or_else(|| Error::Tokenizer("the model has no vocabulary (tokenizer.ggml.model is missing)".into()))?;
+        let model = file.get_str("tokenizer.ggml.model")?.ok_or_else(|| {
+            Error::Tokenizer("the model has no vocabulary (tokenizer.ggml.model is missing)".into())
+        })?;
         match model {
             "gpt2" => {}
             "llama" => {
@@ -181,7 +186,10 @@ impl GgufTokenizerKeys {
                 )))
             }
         }
-        let pre = file.get_str("tokenizer.ggml.pre")?.unwrap_or("default").to_string();
+        let pre = file
+            .get_str("tokenizer.ggml.pre")?
+            .unwrap_or("default")
+            .to_string();
         let tokens: Vec<String> = file
             .get_str_array("tokenizer.ggml.tokens")?
             .ok_or_else(|| Error::Tokenizer("tokenizer.ggml.tokens is missing".into()))?
@@ -205,7 +213,11 @@ impl GgufTokenizerKeys {
                     .map(|v| {
                         v.as_i64()
                             .and_then(|t| i32::try_from(t).ok())
-                            .ok_or_else(|| Error::Tokenizer("tokenizer.ggml.token_type holds a non-integer".into()))
+                            .ok_or_else(|| {
+                                Error::Tokenizer(
+                                    "tokenizer.ggml.token_type holds a non-integer".into(),
+                                )
+                            })
                     })
                     .collect::<Result<Vec<i32>>>()?
             }
@@ -213,7 +225,11 @@ impl GgufTokenizerKeys {
         };
         let merges: Vec<String> = file
             .get_str_array("tokenizer.ggml.merges")?
-            .ok_or_else(|| Error::Tokenizer("tokenizer.ggml.merges is missing (a gpt2 vocabulary needs it)".into()))?
+            .ok_or_else(|| {
+                Error::Tokenizer(
+                    "tokenizer.ggml.merges is missing (a gpt2 vocabulary needs it)".into(),
+                )
+            })?
             .into_iter()
             .map(str::to_string)
             .collect();
@@ -248,9 +264,9 @@ impl GgufTokenizerKeys {
         }
         let kind = PreTokenizerKind::from_name(&pre);
         let add_bos = match file.get("tokenizer.ggml.add_bos_token") {
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| Error::Tokenizer("tokenizer.ggml.add_bos_token is not a bool".into()))?,
+            Some(v) => v.as_bool().ok_or_else(|| {
+                Error::Tokenizer("tokenizer.ggml.add_bos_token is not a bool".into())
+            })?,
             None => kind.default_add_bos(),
         };
         let vocab = GgufVocab {
@@ -266,7 +282,9 @@ impl GgufTokenizerKeys {
             add_bos,
         };
         if eos.is_none() {
-            return Err(Error::Tokenizer("tokenizer.ggml.eos_token_id is missing".into()));
+            return Err(Error::Tokenizer(
+                "tokenizer.ggml.eos_token_id is missing".into(),
+            ));
         }
         Ok(Self {
             vocab,

@@ -16,7 +16,11 @@ pub fn repo_root() -> PathBuf {
 /// A test model under `models/`; fails with the command that creates it when it is missing.
 pub fn model_path(name: &str) -> PathBuf {
     let path = repo_root().join("models").join(name);
-    assert!(path.exists(), "test model {} is missing: run scripts/models", path.display());
+    assert!(
+        path.exists(),
+        "test model {} is missing: run scripts/models",
+        path.display()
+    );
     path
 }
 
@@ -27,7 +31,9 @@ pub fn find_in_models_or_venv(name: &str) -> PathBuf {
     Some(root.join("models").join(name))
         .filter(|p| p.exists())
         .or_else(|| find_under(&root.join(".venv-models"), name))
-        .unwrap_or_else(|| panic!("{name} not found under models/ or .venv-models/: run scripts/models"))
+        .unwrap_or_else(|| {
+            panic!("{name} not found under models/ or .venv-models/: run scripts/models")
+        })
 }
 
 /// The first file called `name` in the tree under `dir`.
@@ -60,7 +66,10 @@ pub fn read_gguf(name: &str) -> GgufFile {
 pub fn metadata_only(pairs: &[(&str, Value)]) -> GgufFile {
     GgufFile {
         version: 3,
-        metadata: pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        metadata: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
         tensors: Vec::new(),
         alignment: 32,
         data_offset: 0,

@@ -234,10 +234,20 @@ fn probes(file: &GgufFile, source: &dyn ByteSource) -> edgechat::Result<Vec<Prob
         })
         .collect();
     // Positions far into the context, where sin/cos of large angles are the hard case.
-    let far = AttentionParams { head_count: heads, head_count_kv: kv_heads, head_dim, start_pos: 3000, sliding_window: None };
+    let far = AttentionParams {
+        head_count: heads,
+        head_count_kv: kv_heads,
+        head_dim,
+        start_pos: 3000,
+        sliding_window: None,
+    };
     probe(
         "rope".into(),
-        &b.rope(&input(7, heads * head_dim, 12, 1.0)?, heads, &b.positions(&far, 7, &inv_freq)?)?,
+        &b.rope(
+            &input(7, heads * head_dim, 12, 1.0)?,
+            heads,
+            &b.positions(&far, 7, &inv_freq)?,
+        )?,
     )?;
 
     let (gate, up) = (input(7, 64, 13, 8.0)?, input(7, 64, 14, 1.0)?);
@@ -259,7 +269,14 @@ fn probes(file: &GgufFile, source: &dyn ByteSource) -> edgechat::Result<Vec<Prob
         let v = input(rows, kv_heads * head_dim, seed + 2, 1.0)?;
         probe(
             format!("attention at {start_pos}"),
-            &b.attention(&q, &k, &v, &mut cache, &params, &b.positions(&params, rows, &inv_freq)?)?,
+            &b.attention(
+                &q,
+                &k,
+                &v,
+                &mut cache,
+                &params,
+                &b.positions(&params, rows, &inv_freq)?,
+            )?,
         )?;
     }
     Ok(probes)

@@ -26,11 +26,18 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     pub fn new() -> Self {
-        Self { device: Device::Cpu }
+        Self {
+            device: Device::Cpu,
+        }
     }
 
     fn qtensor(&self, info: &TensorInfo, bytes: &[u8]) -> Result<QTensor> {
-        Ok(qtensor_from_ggml(candle_dtype(info.dtype), bytes, info.shape(), &self.device)?)
+        Ok(qtensor_from_ggml(
+            candle_dtype(info.dtype),
+            bytes,
+            info.shape(),
+            &self.device,
+        )?)
     }
 }
 
@@ -38,6 +45,14 @@ impl Default for CpuBackend {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A tensor's values as f32 (norm scales for the GPU backend, references in tests).
+pub(crate) fn dequantize(info: &TensorInfo, bytes: &[u8]) -> Result<Vec<f32>> {
+    let q = qtensor_from_ggml(candle_dtype(info.dtype), bytes, info.shape(), &Device::Cpu)?;
+    Ok(q.dequantize(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
 }
 
 pub(crate) fn candle_dtype(t: GgmlType) -> GgmlDType {
@@ -81,7 +96,10 @@ impl CpuKvCache {
             return Ok(());
         }
         if needed > self.max_len {
-            return Err(Error::ContextLength { needed, limit: self.max_len });
+            return Err(Error::ContextLength {
+                needed,
+                limit: self.max_len,
+            });
         }
         // needed <= max_len here, so the result is at least `needed`.
         let capacity = needed.max(self.capacity() * 2).max(256).min(self.max_len);
@@ -114,7 +132,9 @@ pub struct CpuPositions {
 /// `[rows, heads * head_dim]` → `[heads, rows, head_dim]`.
 fn split_heads(x: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
     let rows = x.dims()[0];
-    Ok(x.reshape((rows, heads, head_dim))?.transpose(0, 1)?.contiguous()?)
+    Ok(x.reshape((rows, heads, head_dim))?
+        .transpose(0, 1)?
+        .contiguous()?)
 }
 
 /// Q4_1 prompts of at least this many tokens go through f32 tiles of dequantized weights: a
@@ -126,14 +146,22 @@ const DEQUANTIZED_PREFILL_MIN_TOKENS: usize = 32;
 const PREFILL_TILE_ROWS: usize = 512;
 
 impl CpuBackend {
-    fn dequantized_tiles_matmul(&self, x: &Tensor, dtype: GgmlDType, bytes: &[u8], rows: usize, cols: usize) -> Result<Tensor> {
+    fn dequantized_tiles_matmul(
+        &self,
+        x: &Tensor,
+        dtype: GgmlDType,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Tensor> {
         let row_bytes = bytes.len() / rows;
         let x = x.contiguous()?;
         let mut parts = Vec::with_capacity(rows.div_ceil(PREFILL_TILE_ROWS));
         for start in (0..rows).step_by(PREFILL_TILE_ROWS) {
             let n = PREFILL_TILE_ROWS.min(rows - start);
             let tile = &bytes[start * row_bytes..(start + n) * row_bytes];
-            let tile = qtensor_from_ggml(dtype, tile, vec![n, cols], &self.device)?.dequantize(&self.device)?;
+            let tile = qtensor_from_ggml(dtype, tile, vec![n, cols], &self.device)?
+                .dequantize(&self.device)?;
             parts.push(x.matmul(&tile.t()?)?);
         }
         Ok(Tensor::cat(&parts, 1)?)
@@ -165,7 +193,9 @@ impl Backend for CpuBackend {
             let (cols, rows) = (info.dims[0] as usize, info.dims[1] as usize);
             return Ok(CpuMatrix::Q4_1(Q4_1Matrix::new(bytes, rows, cols)?));
         }
-        Ok(CpuMatrix::Candle(QMatMul::from_qtensor(self.qtensor(info, &bytes)?)?))
+        Ok(CpuMatrix::Candle(QMatMul::from_qtensor(
+            self.qtensor(info, &bytes)?,
+        )?))
     }
 
     fn load_vector(&self, info: &TensorInfo, bytes: &[u8]) -> Result<Tensor> {
@@ -191,7 +221,13 @@ impl Backend for CpuBackend {
             CpuMatrix::Q4_1(w) => {
                 let rows = x.dims()[0];
                 if rows >= DEQUANTIZED_PREFILL_MIN_TOKENS {
-                    return self.dequantized_tiles_matmul(x, GgmlDType::Q4_1, w.bytes(), w.rows(), w.cols());
+                    return self.dequantized_tiles_matmul(
+                        x,
+                        GgmlDType::Q4_1,
+                        w.bytes(),
+                        w.rows(),
+                        w.cols(),
+                    );
                 }
                 let input = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                 let out = w.matmul(&input, rows);
@@ -200,7 +236,12 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn positions(&self, p: &AttentionParams, rows: usize, inv_freq: &[f32]) -> Result<CpuPositions> {
+    fn positions(
+        &self,
+        p: &AttentionParams,
+        rows: usize,
+        inv_freq: &[f32],
+    ) -> Result<CpuPositions> {
         let half = inv_freq.len();
         let mut cos = Vec::with_capacity(rows * half);
         let mut sin = Vec::with_capacity(rows * half);
@@ -224,7 +265,8 @@ impl Backend for CpuBackend {
                 let pos = p.start_pos + t;
                 for j in 0..n_keys {
                     let key_pos = first_key + j;
-                    let visible = key_pos <= pos && p.sliding_window.is_none_or(|w| pos - key_pos < w);
+                    let visible =
+                        key_pos <= pos && p.sliding_window.is_none_or(|w| pos - key_pos < w);
                     mask.push(if visible { 0f32 } else { f32::NEG_INFINITY });
                 }
             }
@@ -245,16 +287,28 @@ impl Backend for CpuBackend {
         let head_dim = half * 2;
         let heads = split_heads(x, n_heads, head_dim)?.unsqueeze(0)?;
         let rotated = candle_nn::rotary_emb::rope_i(&heads, &positions.cos, &positions.sin)?;
-        Ok(rotated.squeeze(0)?.transpose(0, 1)?.reshape((rows, n_heads * head_dim))?)
+        Ok(rotated
+            .squeeze(0)?
+            .transpose(0, 1)?
+            .reshape((rows, n_heads * head_dim))?)
     }
 
     fn matmul_many(&self, x: &Tensor, ws: &[&CpuMatrix]) -> Result<Vec<Tensor>> {
         let tokens = x.dims()[0];
-        let q4_1: Option<Vec<&Q4_1Matrix>> =
-            ws.iter().map(|w| if let CpuMatrix::Q4_1(m) = w { Some(m) } else { None }).collect();
+        let q4_1: Option<Vec<&Q4_1Matrix>> = ws
+            .iter()
+            .map(|w| {
+                if let CpuMatrix::Q4_1(m) = w {
+                    Some(m)
+                } else {
+                    None
+                }
+            })
+            .collect();
         match q4_1 {
             Some(group)
-                if tokens < DEQUANTIZED_PREFILL_MIN_TOKENS && group.iter().all(|w| w.cols() == group[0].cols()) =>
+                if tokens < DEQUANTIZED_PREFILL_MIN_TOKENS
+                    && group.iter().all(|w| w.cols() == group[0].cols()) =>
             {
                 let input = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                 q4_1::matmul_many(&group, &input, tokens)
@@ -284,8 +338,20 @@ impl Backend for CpuBackend {
         Ok(x.flatten_all()?.to_vec1::<f32>()?)
     }
 
-    fn new_kv_cache(&self, head_count_kv: usize, head_dim: usize, max_len: usize) -> Result<CpuKvCache> {
-        Ok(CpuKvCache { keys: None, values: None, len: 0, head_count_kv, head_dim, max_len })
+    fn new_kv_cache(
+        &self,
+        head_count_kv: usize,
+        head_dim: usize,
+        max_len: usize,
+    ) -> Result<CpuKvCache> {
+        Ok(CpuKvCache {
+            keys: None,
+            values: None,
+            len: 0,
+            head_count_kv,
+            head_dim,
+            max_len,
+        })
     }
 
     fn kv_cache_len(&self, cache: &CpuKvCache) -> usize {
@@ -325,12 +391,21 @@ impl Backend for CpuBackend {
         // views, but then sums in an order that depends on the cache capacity, and a prompt split
         // in two would no longer give the logits of the whole prompt in one call.
         let n_keys = total - positions.first_key;
-        let keys_t = keys.narrow(1, positions.first_key, n_keys)?.t()?.contiguous()?;
-        let values = values.narrow(1, positions.first_key, n_keys)?.contiguous()?;
+        let keys_t = keys
+            .narrow(1, positions.first_key, n_keys)?
+            .t()?
+            .contiguous()?;
+        let values = values
+            .narrow(1, positions.first_key, n_keys)?
+            .contiguous()?;
 
         // Group the query heads that share a KV head: [kv_heads, group * rows, head_dim].
         let group = p.head_count / p.head_count_kv;
-        let q = split_heads(q, p.head_count, p.head_dim)?.reshape((p.head_count_kv, group * rows, p.head_dim))?;
+        let q = split_heads(q, p.head_count, p.head_dim)?.reshape((
+            p.head_count_kv,
+            group * rows,
+            p.head_dim,
+        ))?;
         let scale = 1.0 / (p.head_dim as f64).sqrt();
         let mut scores = (q.matmul(&keys_t)? * scale)?;
         if let Some(mask) = &positions.mask {
@@ -353,17 +428,30 @@ mod tests {
     use super::*;
 
     /// Causal attention written out per query over the keys it may see, in f64.
-    fn reference_attention(q: &[f32], k: &[f32], v: &[f32], p: &AttentionParams, rows: usize) -> Vec<f32> {
+    fn reference_attention(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        p: &AttentionParams,
+        rows: usize,
+    ) -> Vec<f32> {
         let (h, kvh, hd) = (p.head_count, p.head_count_kv, p.head_dim);
         let mut out = vec![0f32; rows * h * hd];
         for t in 0..rows {
             for head in 0..h {
                 let kv = head / (h / kvh);
-                let visible: Vec<usize> = (0..=t).filter(|&j| p.sliding_window.is_none_or(|w| t - j < w)).collect();
+                let visible: Vec<usize> = (0..=t)
+                    .filter(|&j| p.sliding_window.is_none_or(|w| t - j < w))
+                    .collect();
                 let scores: Vec<f64> = visible
                     .iter()
                     .map(|&j| {
-                        (0..hd).map(|i| q[t * h * hd + head * hd + i] as f64 * k[j * kvh * hd + kv * hd + i] as f64).sum::<f64>()
+                        (0..hd)
+                            .map(|i| {
+                                q[t * h * hd + head * hd + i] as f64
+                                    * k[j * kvh * hd + kv * hd + i] as f64
+                            })
+                            .sum::<f64>()
                             / (hd as f64).sqrt()
                     })
                     .collect();
@@ -372,7 +460,8 @@ mod tests {
                 let total: f64 = weights.iter().sum();
                 for (w, &j) in weights.iter().zip(&visible) {
                     for i in 0..hd {
-                        out[t * h * hd + head * hd + i] += (w / total * v[j * kvh * hd + kv * hd + i] as f64) as f32;
+                        out[t * h * hd + head * hd + i] +=
+                            (w / total * v[j * kvh * hd + kv * hd + i] as f64) as f32;
                     }
                 }
             }
@@ -387,14 +476,31 @@ mod tests {
         let backend = CpuBackend::new();
         let (rows, h, kvh, hd) = (7, 4, 2, 8);
         let values = |n: usize, seed: usize| -> Vec<f32> {
-            (0..n).map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0) - 1.0).collect()
+            (0..n)
+                .map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0) - 1.0)
+                .collect()
         };
-        let (q, k, v) = (values(rows * h * hd, 1), values(rows * kvh * hd, 2), values(rows * kvh * hd, 3));
+        let (q, k, v) = (
+            values(rows * h * hd, 1),
+            values(rows * kvh * hd, 2),
+            values(rows * kvh * hd, 3),
+        );
         let tensor = |data: &[f32], cols: usize, from: usize, n: usize| {
-            Tensor::from_vec(data[from * cols..(from + n) * cols].to_vec(), (n, cols), &Device::Cpu).unwrap()
+            Tensor::from_vec(
+                data[from * cols..(from + n) * cols].to_vec(),
+                (n, cols),
+                &Device::Cpu,
+            )
+            .unwrap()
         };
         for window in [None, Some(3)] {
-            let params = |start_pos| AttentionParams { head_count: h, head_count_kv: kvh, head_dim: hd, start_pos, sliding_window: window };
+            let params = |start_pos| AttentionParams {
+                head_count: h,
+                head_count_kv: kvh,
+                head_dim: hd,
+                start_pos,
+                sliding_window: window,
+            };
             let inv_freq = vec![1.0f32; hd / 2];
             let expected = reference_attention(&q, &k, &v, &params(0), rows);
 
@@ -427,7 +533,11 @@ mod tests {
                 stepwise.extend(backend.to_vec(&out).unwrap());
             }
             for (name, got) in [("batched", &batched), ("stepwise", &stepwise)] {
-                let diff = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                let diff = got
+                    .iter()
+                    .zip(&expected)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
                 assert!(diff < 1e-5, "{name} window {window:?}: differs by {diff}");
             }
         }
@@ -437,10 +547,27 @@ mod tests {
     fn kv_cache_refuses_to_grow_past_the_context() {
         let backend = CpuBackend::new();
         let mut cache = backend.new_kv_cache(1, 2, 4).unwrap();
-        let params = AttentionParams { head_count: 1, head_count_kv: 1, head_dim: 2, start_pos: 0, sliding_window: None };
+        let params = AttentionParams {
+            head_count: 1,
+            head_count_kv: 1,
+            head_dim: 2,
+            start_pos: 0,
+            sliding_window: None,
+        };
         let x = Tensor::zeros((5, 2), DType::F32, &Device::Cpu).unwrap();
         let positions = backend.positions(&params, 5, &[1.0]).unwrap();
-        let err = backend.attention(&x, &x, &x, &mut cache, &params, &positions).unwrap_err();
-        assert!(matches!(err, Error::ContextLength { needed: 5, limit: 4 }), "{err}");
+        let err = backend
+            .attention(&x, &x, &x, &mut cache, &params, &positions)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::ContextLength {
+                    needed: 5,
+                    limit: 4
+                }
+            ),
+            "{err}"
+        );
     }
 }

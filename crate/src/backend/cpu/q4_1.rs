@@ -31,7 +31,10 @@ pub struct Q4_1Matrix {
 impl Q4_1Matrix {
     pub fn new(bytes: Vec<u8>, rows: usize, cols: usize) -> Result<Self> {
         if cols % BLOCK != 0 || bytes.len() != rows * cols / BLOCK * BLOCK_BYTES {
-            return Err(Error::Backend(format!("Q4_1 matrix {rows}x{cols} has {} bytes", bytes.len())));
+            return Err(Error::Backend(format!(
+                "Q4_1 matrix {rows}x{cols} has {} bytes",
+                bytes.len()
+            )));
         }
         Ok(Self { bytes, rows, cols })
     }
@@ -59,15 +62,23 @@ impl Q4_1Matrix {
 /// are quantized once and all rows are shared out in one parallel pass, so a decode step wakes
 /// the worker threads once per group instead of once per matrix.
 pub fn matmul_many(matrices: &[&Q4_1Matrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
-    let Some(first) = matrices.first() else { return Vec::new() };
+    let Some(first) = matrices.first() else {
+        return Vec::new();
+    };
     let cols = first.cols;
-    assert!(matrices.iter().all(|w| w.cols == cols), "matrices of one group share their column count");
+    assert!(
+        matrices.iter().all(|w| w.cols == cols),
+        "matrices of one group share their column count"
+    );
     let blocks_per_row = cols / BLOCK;
     let row_bytes = blocks_per_row * BLOCK_BYTES;
     let activations: Vec<BlockQ8_1> = x.chunks_exact(BLOCK).map(quantize_block).collect();
     let act_row = |i: usize| &activations[i * blocks_per_row..(i + 1) * blocks_per_row];
     // Rows of all matrices, one after another.
-    let starts: Vec<usize> = matrices.iter().scan(0, |next, w| Some(std::mem::replace(next, *next + w.rows))).collect();
+    let starts: Vec<usize> = matrices
+        .iter()
+        .scan(0, |next, w| Some(std::mem::replace(next, *next + w.rows)))
+        .collect();
     let total_rows: usize = matrices.iter().map(|w| w.rows).sum();
     let weight_row = |row: usize| {
         let i = starts.partition_point(|&s| s <= row) - 1;
@@ -80,15 +91,18 @@ pub fn matmul_many(matrices: &[&Q4_1Matrix], x: &[f32], m: usize) -> Vec<Vec<f32
 
     // Weight row outer, activation rows inner: each weight row is read once per call.
     let mut by_row = vec![0f32; total_rows * m];
-    by_row.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(chunk, dst)| {
-        let first = chunk * rows_per_task;
-        for (r, dst_row) in dst.chunks_exact_mut(m).enumerate() {
-            let w = weight_row(first + r);
-            for (i, d) in dst_row.iter_mut().enumerate() {
-                *d = dot(w, act_row(i));
+    by_row
+        .par_chunks_mut(rows_per_task * m)
+        .enumerate()
+        .for_each(|(chunk, dst)| {
+            let first = chunk * rows_per_task;
+            for (r, dst_row) in dst.chunks_exact_mut(m).enumerate() {
+                let w = weight_row(first + r);
+                for (i, d) in dst_row.iter_mut().enumerate() {
+                    *d = dot(w, act_row(i));
+                }
             }
-        }
-    });
+        });
     // Back to one `m × rows` output per matrix.
     matrices
         .iter()
@@ -119,7 +133,11 @@ fn quantize_block(x: &[f32]) -> BlockQ8_1 {
         *q = (v * inv).round() as i8;
         sum += *q as i32;
     }
-    BlockQ8_1 { qs, d, s: d * sum as f32 }
+    BlockQ8_1 {
+        qs,
+        d,
+        s: d * sum as f32,
+    }
 }
 
 fn scale_and_min(block: &[u8]) -> (f32, f32) {
@@ -130,7 +148,11 @@ fn scale_and_min(block: &[u8]) -> (f32, f32) {
 
 /// Dot product of one Q4_1 weight row with one Q8_1 activation row.
 fn dot(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
     {
         // SAFETY: the target features are enabled at compile time; slices are bounds-checked.
         unsafe { dot_avx2(weights, act) }
@@ -140,7 +162,11 @@ fn dot(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
         dot_simd128(weights, act)
     }
     #[cfg(not(any(
-        all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"),
+        all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ),
         all(target_arch = "wasm32", target_feature = "simd128")
     )))]
     {
@@ -164,7 +190,11 @@ fn dot_scalar(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
     total
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_avx2(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
     use std::arch::x86_64::*;
@@ -177,7 +207,10 @@ unsafe fn dot_avx2(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
         mins += m * a.s;
         let packed = _mm_loadu_si128(block.as_ptr().add(4) as *const __m128i);
         // Low nibbles are elements 0–15, high nibbles 16–31.
-        let nibbles = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low_mask);
+        let nibbles = _mm256_and_si256(
+            _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed),
+            low_mask,
+        );
         let q8 = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
         let pairs = _mm256_maddubs_epi16(nibbles, q8);
         let sums = _mm256_madd_epi16(pairs, ones);
@@ -218,9 +251,14 @@ fn dot_simd128(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
                 i32x4_dot_i16x8(u16x8_extend_high_u8x16(hi), i16x8_extend_high_i8x16(q_hi)),
             ),
         );
-        acc = f32x4_add(acc, f32x4_mul(f32x4_splat(d * a.d), f32x4_convert_i32x4(sum)));
+        acc = f32x4_add(
+            acc,
+            f32x4_mul(f32x4_splat(d * a.d), f32x4_convert_i32x4(sum)),
+        );
     }
-    f32x4_extract_lane::<0>(acc) + f32x4_extract_lane::<1>(acc) + f32x4_extract_lane::<2>(acc)
+    f32x4_extract_lane::<0>(acc)
+        + f32x4_extract_lane::<1>(acc)
+        + f32x4_extract_lane::<2>(acc)
         + f32x4_extract_lane::<3>(acc)
         + mins
 }
@@ -264,22 +302,33 @@ mod tests {
         for (rows, cols, m) in [(7, 32, 1), (33, 64, 1), (64, 576, 3), (17, 96, 5)] {
             let bytes = random_q4_1(rows, cols, rows as u32 * 31 + cols as u32);
             let w = dequantize(&bytes);
-            let x: Vec<f32> = (0..m * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-            let got = Q4_1Matrix::new(bytes.clone(), rows, cols).unwrap().matmul(&x, m);
+            let x: Vec<f32> = (0..m * cols)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                .collect();
+            let got = Q4_1Matrix::new(bytes.clone(), rows, cols)
+                .unwrap()
+                .matmul(&x, m);
             for i in 0..m {
                 for j in 0..rows {
                     let terms = (0..cols).map(|c| w[j * cols + c] as f64 * x[i * cols + c] as f64);
                     let exact: f64 = terms.clone().sum();
                     let magnitude: f64 = terms.map(f64::abs).sum();
                     let err = (got[i * rows + j] as f64 - exact).abs();
-                    assert!(err <= 0.01 * magnitude + 1e-4, "{rows}x{cols} m={m} [{i},{j}]: {} vs {exact}", got[i * rows + j]);
+                    assert!(
+                        err <= 0.01 * magnitude + 1e-4,
+                        "{rows}x{cols} m={m} [{i},{j}]: {} vs {exact}",
+                        got[i * rows + j]
+                    );
                 }
             }
             // The SIMD path and the portable one agree to float rounding.
             let act: Vec<BlockQ8_1> = x[..cols].chunks_exact(BLOCK).map(quantize_block).collect();
             let row = &bytes[..cols / BLOCK * BLOCK_BYTES];
             let (simd, scalar) = (dot(row, &act), dot_scalar(row, &act));
-            assert!((simd - scalar).abs() <= 1e-4 * scalar.abs().max(1.0), "{simd} vs {scalar}");
+            assert!(
+                (simd - scalar).abs() <= 1e-4 * scalar.abs().max(1.0),
+                "{simd} vs {scalar}"
+            );
         }
     }
 
@@ -287,13 +336,19 @@ mod tests {
     #[test]
     fn batched_rows_equal_single_rows() {
         for (rows, cols, m) in [(300, 576, 7), (576, 1536, 6), (1536, 576, 2), (192, 576, 6)] {
-        let matrix = Q4_1Matrix::new(random_q4_1(rows, cols, 7), rows, cols).unwrap();
-        let x: Vec<f32> = (0..m * cols).map(|i| ((i * 53 % 97) as f32 - 48.0) / 17.0).collect();
-        let batched = matrix.matmul(&x, m);
-        for i in 0..m {
-            let single = matrix.matmul(&x[i * cols..(i + 1) * cols], 1);
-            assert_eq!(&batched[i * rows..(i + 1) * rows], &single[..], "{rows}x{cols} row {i}");
-        }
+            let matrix = Q4_1Matrix::new(random_q4_1(rows, cols, 7), rows, cols).unwrap();
+            let x: Vec<f32> = (0..m * cols)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 17.0)
+                .collect();
+            let batched = matrix.matmul(&x, m);
+            for i in 0..m {
+                let single = matrix.matmul(&x[i * cols..(i + 1) * cols], 1);
+                assert_eq!(
+                    &batched[i * rows..(i + 1) * rows],
+                    &single[..],
+                    "{rows}x{cols} row {i}"
+                );
+            }
         }
     }
 
@@ -302,11 +357,15 @@ mod tests {
         let cols = 64;
         let parts: Vec<Q4_1Matrix> = [(40, 1), (24, 2), (9, 3)]
             .iter()
-            .map(|&(rows, seed)| Q4_1Matrix::new(random_q4_1(rows, cols, seed), rows, cols).unwrap())
+            .map(|&(rows, seed)| {
+                Q4_1Matrix::new(random_q4_1(rows, cols, seed), rows, cols).unwrap()
+            })
             .collect();
         let refs: Vec<&Q4_1Matrix> = parts.iter().collect();
         for m in [1, 3] {
-            let x: Vec<f32> = (0..m * cols).map(|i| ((i * 29 % 83) as f32 - 41.0) / 13.0).collect();
+            let x: Vec<f32> = (0..m * cols)
+                .map(|i| ((i * 29 % 83) as f32 - 41.0) / 13.0)
+                .collect();
             let grouped = matmul_many(&refs, &x, m);
             for (w, got) in parts.iter().zip(&grouped) {
                 assert_eq!(got, &w.matmul(&x, m));

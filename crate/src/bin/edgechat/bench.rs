@@ -11,13 +11,15 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::common::{load_model_and_tokenizer, CliError, CliResult};
+use crate::common::{load_model_and_tokenizer, BackendArg, CliError, CliResult};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// GGUF model file
     #[arg(long, short)]
     model: PathBuf,
+    #[command(flatten)]
+    backend: BackendArg,
     /// Prompt length for the prefill measurement
     #[arg(long, default_value_t = 512)]
     prompt_tokens: usize,
@@ -46,22 +48,31 @@ pub fn main(args: Args) -> CliResult {
         std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
     }
     if args.prompt_tokens == 0 || args.gen_tokens == 0 || args.repetitions == 0 {
-        return Err(CliError::Usage("--prompt-tokens, --gen-tokens and --repetitions must be at least 1".into()));
+        return Err(CliError::Usage(
+            "--prompt-tokens, --gen-tokens and --repetitions must be at least 1".into(),
+        ));
     }
     // candle's default is the number of physical cores.
-    let threads = args.threads.unwrap_or_else(candle_core::utils::get_num_threads);
+    let threads = args
+        .threads
+        .unwrap_or_else(candle_core::utils::get_num_threads);
 
     let load_started = Instant::now();
-    let mut loaded = load_model_and_tokenizer(&args.model)?;
+    let mut loaded = load_model_and_tokenizer(&args.model, args.backend.backend)?;
     let load_seconds = load_started.elapsed().as_secs_f64();
     let config = loaded.model.config().clone();
     let needed = args.prompt_tokens + args.gen_tokens;
     if needed > config.context_length {
-        return Err(edgechat::Error::ContextLength { needed, limit: config.context_length }.into());
+        return Err(edgechat::Error::ContextLength {
+            needed,
+            limit: config.context_length,
+        }
+        .into());
     }
     let vocab = config.vocab_size as u64;
     // A fixed pseudo-random token sequence (a linear congruential walk over the vocabulary).
-    let token_at = |i: usize| ((i as u64).wrapping_mul(2_654_435_761).wrapping_add(12_345) % vocab) as u32;
+    let token_at =
+        |i: usize| ((i as u64).wrapping_mul(2_654_435_761).wrapping_add(12_345) % vocab) as u32;
     let prompt: Vec<u32> = (0..args.prompt_tokens).map(token_at).collect();
 
     let mut prefill_rates = Vec::new();

@@ -12,13 +12,15 @@ use std::sync::{Arc, Mutex};
 use edgechat::chat::Message;
 use edgechat::session::{CancelToken, FinishReason};
 
-use crate::common::{load_engine, stats_line, CliError, CliResult, SamplingArgs};
+use crate::common::{load_engine, stats_line, BackendArg, CliError, CliResult, SamplingArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// GGUF model file
     #[arg(long, short)]
     model: PathBuf,
+    #[command(flatten)]
+    backend: BackendArg,
     /// System message at the start of the conversation
     #[arg(long)]
     system: Option<String>,
@@ -31,13 +33,16 @@ pub struct Args {
 
 pub fn main(args: Args) -> CliResult {
     let params = args.sampling.params()?;
-    let mut engine = load_engine(&args.model)?;
+    let mut engine = load_engine(&args.model, args.backend.backend)?;
 
     // The answer being generated, if any: Ctrl-C cancels it, or leaves when there is none.
     let answering: Arc<Mutex<Option<CancelToken>>> = Arc::new(Mutex::new(None));
     let handler_state = Arc::clone(&answering);
     ctrlc::set_handler(move || {
-        let current = handler_state.lock().map(|guard| guard.clone()).unwrap_or(None);
+        let current = handler_state
+            .lock()
+            .map(|guard| guard.clone())
+            .unwrap_or(None);
         match current {
             Some(token) => token.cancel(),
             None => {
@@ -48,7 +53,12 @@ pub fn main(args: Args) -> CliResult {
     })
     .map_err(|e| CliError::Usage(format!("cannot install the Ctrl-C handler: {e}")))?;
 
-    let new_history = || -> Vec<Message> { args.system.iter().map(|s| Message::system(s.clone())).collect() };
+    let new_history = || -> Vec<Message> {
+        args.system
+            .iter()
+            .map(|s| Message::system(s.clone()))
+            .collect()
+    };
     let mut history = new_history();
     eprintln!(
         "chatting with {} — /reset starts over, /exit or Ctrl-D leaves, Ctrl-C stops an answer",

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use edgechat::backend::BackendKind;
 use edgechat::gguf::{FileSource, GgufError, GgufFile};
 use edgechat::model::LanguageModel;
 use edgechat::sampling::SamplingParams;
@@ -14,11 +15,17 @@ pub enum CliError {
     #[error(transparent)]
     Engine(#[from] edgechat::Error),
     #[error("cannot open model `{path}`: {source}")]
-    OpenModel { path: PathBuf, source: std::io::Error },
+    OpenModel {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("`{path}` is not a usable GGUF model: {source}")]
     BadModel { path: PathBuf, source: GgufError },
     #[error("cannot read `{path}`: {source}")]
-    ReadFile { path: PathBuf, source: std::io::Error },
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("JSON: {0}")]
@@ -37,26 +44,51 @@ pub struct OpenedModel {
 }
 
 pub fn open_model(path: &Path) -> CliResult<OpenedModel> {
-    let source = FileSource::open(path).map_err(|source| CliError::OpenModel { path: path.to_owned(), source })?;
-    let file = GgufFile::read(&source).map_err(|source| CliError::BadModel { path: path.to_owned(), source })?;
-    Ok(OpenedModel { path: path.to_owned(), source, file })
+    let source = FileSource::open(path).map_err(|source| CliError::OpenModel {
+        path: path.to_owned(),
+        source,
+    })?;
+    let file = GgufFile::read(&source).map_err(|source| CliError::BadModel {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(OpenedModel {
+        path: path.to_owned(),
+        source,
+        file,
+    })
 }
 
 pub fn read_text_file(path: &Path) -> CliResult<String> {
-    std::fs::read_to_string(path).map_err(|source| CliError::ReadFile { path: path.to_owned(), source })
+    std::fs::read_to_string(path).map_err(|source| CliError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })
 }
 
-/// A model ready to run on the CPU, with its tokenizer, for subcommands that drive the model
-/// directly rather than through an [`Engine`].
+/// Which backend runs the model (`--backend cpu|webgpu`).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct BackendArg {
+    /// Where the model runs: cpu, or webgpu (the GPU through wgpu: Vulkan, Metal or DX12)
+    #[arg(long, default_value = "cpu", value_parser = parse_backend)]
+    pub backend: BackendKind,
+}
+
+fn parse_backend(s: &str) -> Result<BackendKind, String> {
+    s.parse().map_err(|e: edgechat::Error| e.to_string())
+}
+
+/// A model ready to run, with its tokenizer, for subcommands that drive the model directly
+/// rather than through an [`Engine`].
 pub struct LoadedModel {
     pub model: Box<dyn LanguageModel>,
     pub tokenizer: Tokenizer,
 }
 
-pub fn load_model_and_tokenizer(path: &Path) -> CliResult<LoadedModel> {
+pub fn load_model_and_tokenizer(path: &Path, backend: BackendKind) -> CliResult<LoadedModel> {
     let opened = open_model(path)?;
     let tokenizer = Tokenizer::from_gguf(&opened.file)?;
-    let model = edgechat::backend::cpu::load_model(&opened.file, &opened.source)?;
+    let model = edgechat::backend::load_model(backend, &opened.file, &opened.source)?;
     Ok(LoadedModel { model, tokenizer })
 }
 
@@ -121,9 +153,9 @@ impl SamplingArgs {
 
 /// Loads a model into an [`Engine`] (tokenizer and chat template included), with a clear error
 /// for a path that cannot be opened.
-pub fn load_engine(path: &Path) -> CliResult<Engine> {
+pub fn load_engine(path: &Path, backend: BackendKind) -> CliResult<Engine> {
     let opened = open_model(path)?;
-    Ok(Engine::from_gguf(&opened.file, &opened.source)?)
+    Ok(Engine::from_gguf_on(backend, &opened.file, &opened.source)?)
 }
 
 /// One line of figures for stderr.

@@ -25,9 +25,15 @@ pub struct Args {
 }
 
 pub fn main(args: Args) -> CliResult {
-    let tekken_json =
-        std::fs::read(&args.tekken).map_err(|source| CliError::ReadFile { path: args.tekken.clone(), source })?;
-    let options = GenerateOptions { preset: args.preset, seed: args.seed, tekken_json };
+    let tekken_json = std::fs::read(&args.tekken).map_err(|source| CliError::ReadFile {
+        path: args.tekken.clone(),
+        source,
+    })?;
+    let options = GenerateOptions {
+        preset: args.preset,
+        seed: args.seed,
+        tekken_json,
+    };
     let started = Instant::now();
     let bytes = generate_model_file(&options, &args.out)?;
     eprintln!(

@@ -57,7 +57,13 @@ pub fn main(args: Args) -> CliResult {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print_text(&mut std::io::stdout().lock(), &opened.path, file, &config, args.array_items)?;
+        print_text(
+            &mut std::io::stdout().lock(),
+            &opened.path,
+            file,
+            &config,
+            args.array_items,
+        )?;
     }
     Ok(())
 }
@@ -82,11 +88,28 @@ fn print_text(
     }
     writeln!(out)?;
     writeln!(out, "tensors ({}):", file.tensors.len())?;
-    let name_width = file.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-    writeln!(out, "  {:<name_width$}  {:<5}  {:<24}  {:>12}", "name", "type", "shape", "bytes")?;
+    let name_width = file
+        .tensors
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    writeln!(
+        out,
+        "  {:<name_width$}  {:<5}  {:<24}  {:>12}",
+        "name", "type", "shape", "bytes"
+    )?;
     for t in &file.tensors {
         let shape = format!("{:?}", t.shape());
-        writeln!(out, "  {:<name_width$}  {:<5}  {:<24}  {:>12}", t.name, t.dtype.name(), shape, t.n_bytes)?;
+        writeln!(
+            out,
+            "  {:<name_width$}  {:<5}  {:<24}  {:>12}",
+            t.name,
+            t.dtype.name(),
+            shape,
+            t.n_bytes
+        )?;
     }
     let total_bytes: u64 = file.tensors.iter().map(|t| t.n_bytes).sum();
     let parameters: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
@@ -171,7 +194,11 @@ fn value_text(v: &Value, array_items: usize) -> String {
             }
         }
         Value::Array(items) => {
-            let first: Vec<String> = items.iter().take(array_items).map(|i| value_text(i, array_items)).collect();
+            let first: Vec<String> = items
+                .iter()
+                .take(array_items)
+                .map(|i| value_text(i, array_items))
+                .collect();
             if items.len() > array_items {
                 format!("[{}, …] ({} items)", first.join(", "), items.len())
             } else {

@@ -4,13 +4,15 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::common::{load_model_and_tokenizer, CliError, CliResult};
+use crate::common::{load_model_and_tokenizer, BackendArg, CliError, CliResult};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// GGUF model file
     #[arg(long, short)]
     model: PathBuf,
+    #[command(flatten)]
+    backend: BackendArg,
     /// Raw prompt (BOS first when the tokenizer adds one; no chat template)
     #[arg(long, short)]
     prompt: String,
@@ -20,17 +22,27 @@ pub struct Args {
 }
 
 pub fn main(args: Args) -> CliResult {
-    let mut loaded = load_model_and_tokenizer(&args.model)?;
+    let mut loaded = load_model_and_tokenizer(&args.model, args.backend.backend)?;
     let tokens = loaded.tokenizer.encode_prompt(&args.prompt)?;
     if tokens.is_empty() {
-        return Err(CliError::Usage("the prompt is empty (and the model adds no BOS)".into()));
+        return Err(CliError::Usage(
+            "the prompt is empty (and the model adds no BOS)".into(),
+        ));
     }
     let context_length = loaded.model.config().context_length;
     if tokens.len() > context_length {
-        return Err(edgechat::Error::ContextLength { needed: tokens.len(), limit: context_length }.into());
+        return Err(edgechat::Error::ContextLength {
+            needed: tokens.len(),
+            limit: context_length,
+        }
+        .into());
     }
     let logits = loaded.model.forward(&tokens)?;
-    let mut ranked: Vec<(u32, f32)> = logits.iter().enumerate().map(|(id, &l)| (id as u32, l)).collect();
+    let mut ranked: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(id, &l)| (id as u32, l))
+        .collect();
     // Descending by logit (NaN last), ascending id on ties: the same order every run.
     ranked.sort_unstable_by(|a, b| nan_low(b.1).total_cmp(&nan_low(a.1)).then(a.0.cmp(&b.0)));
     ranked.truncate(args.top);

@@ -13,13 +13,15 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::common::{load_model_and_tokenizer, read_text_file, CliError, CliResult};
+use crate::common::{load_model_and_tokenizer, read_text_file, BackendArg, CliError, CliResult};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// GGUF model file
     #[arg(long, short)]
     model: PathBuf,
+    #[command(flatten)]
+    backend: BackendArg,
     /// Text file to score
     #[arg(long, short)]
     file: PathBuf,
@@ -33,13 +35,16 @@ pub struct Args {
 
 pub fn main(args: Args) -> CliResult {
     let text = read_text_file(&args.file)?;
-    let mut loaded = load_model_and_tokenizer(&args.model)?;
+    let mut loaded = load_model_and_tokenizer(&args.model, args.backend.backend)?;
     let context_length = loaded.model.config().context_length;
     if args.ctx < 4 {
         return Err(CliError::Usage("--ctx must be at least 4".into()));
     }
     if args.ctx > context_length {
-        return Err(CliError::Usage(format!("--ctx {} exceeds the model's context of {context_length}", args.ctx)));
+        return Err(CliError::Usage(format!(
+            "--ctx {} exceeds the model's context of {context_length}",
+            args.ctx
+        )));
     }
     let mut tokens = loaded.tokenizer.encode_prompt(&text)?;
     let available = tokens.len() / args.ctx;
@@ -52,7 +57,10 @@ pub fn main(args: Args) -> CliResult {
             args.ctx
         )));
     }
-    let bos = loaded.tokenizer.bos_id().filter(|_| loaded.tokenizer.add_bos());
+    let bos = loaded
+        .tokenizer
+        .bos_id()
+        .filter(|_| loaded.tokenizer.add_bos());
     let vocab = loaded.model.config().vocab_size;
     let first = args.ctx / 2;
     eprintln!(
@@ -94,17 +102,27 @@ pub fn main(args: Args) -> CliResult {
             let row = &logits[row_index * vocab..(row_index + 1) * vocab];
             let target = chunk_tokens[position + 1] as usize;
             let nll = negative_log_likelihood(row, target).ok_or_else(|| {
-                CliError::Usage(format!("token id {target} is outside the model's vocabulary of {vocab}"))
+                CliError::Usage(format!(
+                    "token id {target} is outside the model's vocabulary of {vocab}"
+                ))
             })?;
             nll_sum += nll;
             nll_sq_sum += nll * nll;
             count += 1;
         }
-        write!(stdout, "[{}]{:.4},", chunk + 1, (nll_sum / count as f64).exp())?;
+        write!(
+            stdout,
+            "[{}]{:.4},",
+            chunk + 1,
+            (nll_sum / count as f64).exp()
+        )?;
         stdout.flush()?;
         if chunk == 0 {
             let per_chunk = started.elapsed().as_secs_f64();
-            eprintln!("(first chunk took {per_chunk:.2} s, about {:.1} s in all)", per_chunk * n_chunks as f64);
+            eprintln!(
+                "(first chunk took {per_chunk:.2} s, about {:.1} s in all)",
+                per_chunk * n_chunks as f64
+            );
         }
     }
     writeln!(stdout)?;
@@ -117,7 +135,10 @@ pub fn main(args: Args) -> CliResult {
     } else {
         writeln!(stdout, "Final estimate: PPL = {ppl:.4}")?;
     }
-    eprintln!("{count} tokens scored in {:.2} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "{count} tokens scored in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -6,13 +6,15 @@ use std::path::PathBuf;
 use edgechat::chat::Message;
 use edgechat::session::CancelToken;
 
-use crate::common::{load_engine, stats_line, CliError, CliResult, SamplingArgs};
+use crate::common::{load_engine, stats_line, BackendArg, CliError, CliResult, SamplingArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// GGUF model file
     #[arg(long, short)]
     model: PathBuf,
+    #[command(flatten)]
+    backend: BackendArg,
     /// The prompt: raw text (BOS first when the tokenizer adds one), or with --chat one user message
     #[arg(long, short)]
     prompt: String,
@@ -28,19 +30,23 @@ pub struct Args {
 
 pub fn main(args: Args) -> CliResult {
     let params = args.sampling.params()?;
-    let mut engine = load_engine(&args.model)?;
+    let mut engine = load_engine(&args.model, args.backend.backend)?;
     let prompt = if args.chat {
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
             messages.push(Message::system(system.clone()));
         }
         messages.push(Message::user(args.prompt.clone()));
-        engine.template().render(engine.tokenizer(), &messages, true)?
+        engine
+            .template()
+            .render(engine.tokenizer(), &messages, true)?
     } else {
         engine.encode_prompt(&args.prompt)?
     };
     if prompt.is_empty() {
-        return Err(CliError::Usage("the prompt is empty (and the model adds no BOS)".into()));
+        return Err(CliError::Usage(
+            "the prompt is empty (and the model adds no BOS)".into(),
+        ));
     }
 
     let cancel = CancelToken::new();
@@ -48,7 +54,10 @@ pub fn main(args: Args) -> CliResult {
     let mut write_error = None;
     let completion = engine.generate(&prompt, &params, &cancel, &mut |text| {
         // A closed stdout (`| head`) ends the generation; the error is reported after.
-        if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+        if let Err(e) = stdout
+            .write_all(text.as_bytes())
+            .and_then(|_| stdout.flush())
+        {
             write_error.get_or_insert(e);
             cancel.cancel();
         }
@@ -57,6 +66,10 @@ pub fn main(args: Args) -> CliResult {
         return Err(e.into());
     }
     writeln!(stdout)?;
-    eprintln!("[{}; finish: {}]", stats_line(&completion.stats), completion.finish_reason.as_str());
+    eprintln!(
+        "[{}; finish: {}]",
+        stats_line(&completion.stats),
+        completion.finish_reason.as_str()
+    );
     Ok(())
 }

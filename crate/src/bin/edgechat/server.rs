@@ -37,7 +37,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::common::{CliError, CliResult};
+use crate::common::{BackendArg, CliError, CliResult};
 use edgechat::chat::Message;
 use edgechat::sampling::SamplingParams;
 use edgechat::session::{CancelToken, Engine, FinishReason};
@@ -57,6 +57,8 @@ pub struct Args {
     /// GGUF model file
     #[arg(long, short)]
     model: PathBuf,
+    #[command(flatten)]
+    backend: BackendArg,
     /// Address to listen on
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -70,16 +72,29 @@ pub struct Args {
 
 pub fn main(args: Args) -> CliResult {
     let model_name = args.model_name.clone().unwrap_or_else(|| {
-        args.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "edgechat".into())
+        args.model
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "edgechat".into())
     });
-    let (jobs, context_length) = start_engine_thread(args.model.clone())?;
-    let state = AppState { jobs, model_name, created: unix_time(), context_length };
+    let (jobs, context_length) = start_engine_thread(args.model.clone(), args.backend.backend)?;
+    let state = AppState {
+        jobs,
+        model_name,
+        created: unix_time(),
+        context_length,
+    };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
             .await
-            .map_err(|e| CliError::Usage(format!("cannot listen on {}:{}: {e}", args.host, args.port)))?;
+            .map_err(|e| {
+                CliError::Usage(format!("cannot listen on {}:{}: {e}", args.host, args.port))
+            })?;
         let address: SocketAddr = listener.local_addr()?;
         println!("listening on http://{address}");
         // Tests and scripts read this line from a pipe: make sure it leaves now.
@@ -173,8 +188,12 @@ impl ApiError {
     /// What an engine error means to the client.
     fn from_engine(e: edgechat::Error) -> Self {
         match e {
-            edgechat::Error::ContextLength { needed, limit } => Self::context_length_exceeded(needed, limit),
-            edgechat::Error::Template(m) => Self::invalid_request(format!("chat template: {m}"), Some("messages")),
+            edgechat::Error::ContextLength { needed, limit } => {
+                Self::context_length_exceeded(needed, limit)
+            }
+            edgechat::Error::Template(m) => {
+                Self::invalid_request(format!("chat template: {m}"), Some("messages"))
+            }
             other => Self::server(other.to_string()),
         }
     }
@@ -189,7 +208,9 @@ impl IntoResponse for ApiError {
 async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
-        message: "Unknown endpoint. Available: POST /v1/chat/completions, GET /v1/models, GET /health".into(),
+        message:
+            "Unknown endpoint. Available: POST /v1/chat/completions, GET /v1/models, GET /health"
+                .into(),
         kind: "invalid_request_error",
         param: None,
         code: Some("not_found"),
@@ -237,7 +258,10 @@ async fn list_models(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "object": "list", "data": [model_object(&state)] }))
 }
 
-async fn get_model(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     if id == state.model_name {
         Ok(Json(model_object(&state)))
     } else {
@@ -315,19 +339,29 @@ struct ValidRequest {
 }
 
 fn parse_request(body: &[u8], context_length: usize) -> Result<ValidRequest, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid_request(format!("The request body is not valid JSON: {e}"), None))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid_request(format!("The request body is not valid JSON: {e}"), None)
+    })?;
     if !value.is_object() {
-        return Err(ApiError::invalid_request("The request body must be a JSON object", None));
+        return Err(ApiError::invalid_request(
+            "The request body must be a JSON object",
+            None,
+        ));
     }
-    let request: ChatRequest =
-        serde_json::from_value(value).map_err(|e| ApiError::invalid_request(format!("Invalid request: {e}"), None))?;
+    let request: ChatRequest = serde_json::from_value(value)
+        .map_err(|e| ApiError::invalid_request(format!("Invalid request: {e}"), None))?;
 
     let Some(raw_messages) = request.messages else {
-        return Err(ApiError::invalid_request("Missing required parameter: 'messages'.", Some("messages")));
+        return Err(ApiError::invalid_request(
+            "Missing required parameter: 'messages'.",
+            Some("messages"),
+        ));
     };
     if raw_messages.is_empty() {
-        return Err(ApiError::invalid_request("'messages' must contain at least one message.", Some("messages")));
+        return Err(ApiError::invalid_request(
+            "'messages' must contain at least one message.",
+            Some("messages"),
+        ));
     }
     let mut messages = Vec::with_capacity(raw_messages.len());
     for (i, m) in raw_messages.into_iter().enumerate() {
@@ -343,33 +377,56 @@ fn parse_request(body: &[u8], context_length: usize) -> Result<ValidRequest, Api
             }
         };
         let content = message_text(i, m.content)?;
-        messages.push(Message { role: role.to_string(), content });
+        messages.push(Message {
+            role: role.to_string(),
+            content,
+        });
     }
     let continue_last = messages.last().is_some_and(|m| m.role == "assistant");
 
     let max_tokens = match request.max_completion_tokens.or(request.max_tokens) {
-        Some(0) => return Err(ApiError::invalid_request("max_tokens must be at least 1", Some("max_tokens"))),
+        Some(0) => {
+            return Err(ApiError::invalid_request(
+                "max_tokens must be at least 1",
+                Some("max_tokens"),
+            ))
+        }
         Some(n) => n.min(context_length as u64) as usize,
         // No limit asked for: the answer may fill the context.
         None => context_length,
     };
     let temperature = request.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::invalid_request("temperature must be between 0 and 2", Some("temperature")));
+        return Err(ApiError::invalid_request(
+            "temperature must be between 0 and 2",
+            Some("temperature"),
+        ));
     }
     let top_p = request.top_p.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::invalid_request("top_p must be in (0, 1]", Some("top_p")));
+        return Err(ApiError::invalid_request(
+            "top_p must be in (0, 1]",
+            Some("top_p"),
+        ));
     }
     let frequency_penalty = request.frequency_penalty.unwrap_or(0.0);
     let presence_penalty = request.presence_penalty.unwrap_or(0.0);
-    for (name, v) in [("frequency_penalty", frequency_penalty), ("presence_penalty", presence_penalty)] {
+    for (name, v) in [
+        ("frequency_penalty", frequency_penalty),
+        ("presence_penalty", presence_penalty),
+    ] {
         if !(-2.0..=2.0).contains(&v) {
-            return Err(ApiError::invalid_request(format!("{name} must be between -2 and 2"), None));
+            return Err(ApiError::invalid_request(
+                format!("{name} must be between -2 and 2"),
+                None,
+            ));
         }
     }
     if request.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::invalid_request("Only n = 1 is supported", Some("n")));
+        return Err(ApiError::invalid_request(
+            "Only n = 1 is supported",
+            Some("n"),
+        ));
     }
     let stop = match request.stop {
         None => Vec::new(),
@@ -377,7 +434,10 @@ fn parse_request(body: &[u8], context_length: usize) -> Result<ValidRequest, Api
         Some(StopField::Many(v)) => v,
     };
     if stop.len() > 4 {
-        return Err(ApiError::invalid_request("At most 4 stop sequences are allowed", Some("stop")));
+        return Err(ApiError::invalid_request(
+            "At most 4 stop sequences are allowed",
+            Some("stop"),
+        ));
     }
     let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
 
@@ -395,26 +455,45 @@ fn parse_request(body: &[u8], context_length: usize) -> Result<ValidRequest, Api
         stop,
     };
     let stream = request.stream.unwrap_or(false);
-    let include_usage = stream && request.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
-    Ok(ValidRequest { messages, continue_last, params, stream, include_usage })
+    let include_usage = stream
+        && request
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
+    Ok(ValidRequest {
+        messages,
+        continue_last,
+        params,
+        stream,
+        include_usage,
+    })
 }
 
 /// The text of a message's `content`: a string, or the concatenated `text` of an array of
 /// `{type: "text", text}` parts (other part types, such as images, are refused). Null is empty
 /// (an assistant message that only called tools).
 fn message_text(index: usize, content: Value) -> Result<String, ApiError> {
-    let invalid = |why: &str| ApiError::invalid_request(format!("messages[{index}].content {why}"), Some("messages"));
+    let invalid = |why: &str| {
+        ApiError::invalid_request(format!("messages[{index}].content {why}"), Some("messages"))
+    };
     match content {
         Value::Null => Ok(String::new()),
         Value::String(text) => Ok(text),
         Value::Array(parts) => {
             let mut text = String::new();
             for part in parts {
-                match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
+                match (
+                    part.get("type").and_then(Value::as_str),
+                    part.get("text").and_then(Value::as_str),
+                ) {
                     (Some("text"), Some(t)) => text.push_str(t),
-                    (Some("text"), None) => return Err(invalid("has a text part without a `text` string")),
+                    (Some("text"), None) => {
+                        return Err(invalid("has a text part without a `text` string"))
+                    }
                     (Some(kind), _) => {
-                        return Err(invalid(&format!("has a part of type `{kind}`; only text is supported")))
+                        return Err(invalid(&format!(
+                            "has a part of type `{kind}`; only text is supported"
+                        )))
                     }
                     (None, _) => return Err(invalid("has a part without a `type`")),
                 }
@@ -451,31 +530,39 @@ enum JobEvent {
 
 /// Loads the model on a new thread that then serves jobs forever. Returns once loading is done,
 /// with the job queue and the model's context length.
-fn start_engine_thread(model: PathBuf) -> CliResult<(std_mpsc::SyncSender<ChatJob>, usize)> {
+fn start_engine_thread(
+    model: PathBuf,
+    backend: edgechat::backend::BackendKind,
+) -> CliResult<(std_mpsc::SyncSender<ChatJob>, usize)> {
     let (jobs_tx, jobs_rx) = std_mpsc::sync_channel::<ChatJob>(MAX_QUEUED_JOBS);
     let (ready_tx, ready_rx) = std_mpsc::channel::<CliResult<usize>>();
-    std::thread::Builder::new().name("engine".into()).spawn(move || {
-        eprintln!("loading {}", model.display());
-        let mut engine = match crate::common::load_engine(&model) {
-            Ok(engine) => engine,
-            Err(e) => {
-                let _ = ready_tx.send(Err(e));
-                return;
+    std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || {
+            eprintln!("loading {}", model.display());
+            let mut engine = match crate::common::load_engine(&model, backend) {
+                Ok(engine) => engine,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(engine.config().context_length));
+            // The queue: one job at a time, in order. Ends when the server drops its sender.
+            while let Ok(job) = jobs_rx.recv() {
+                // A bug that panics inside the engine fails this request (its channel closes, the
+                // client gets a 500), not the server; the cache may be inconsistent, so drop it.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_job(&mut engine, job)
+                }));
+                if outcome.is_err() {
+                    engine.reset();
+                }
             }
-        };
-        let _ = ready_tx.send(Ok(engine.config().context_length));
-        // The queue: one job at a time, in order. Ends when the server drops its sender.
-        while let Ok(job) = jobs_rx.recv() {
-            // A bug that panics inside the engine fails this request (its channel closes, the
-            // client gets a 500), not the server; the cache may be inconsistent, so drop it.
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&mut engine, job)));
-            if outcome.is_err() {
-                engine.reset();
-            }
-        }
-    })?;
-    let context_length =
-        ready_rx.recv().map_err(|_| CliError::Usage("the engine thread stopped while loading the model".into()))??;
+        })?;
+    let context_length = ready_rx.recv().map_err(|_| {
+        CliError::Usage("the engine thread stopped while loading the model".into())
+    })??;
     Ok((jobs_tx, context_length))
 }
 
@@ -530,18 +617,33 @@ fn run_job(engine: &mut Engine, job: ChatJob) {
 /// least one new token). With `continue_last`, the last (assistant) message is not rendered as a
 /// finished turn: the conversation before it gets the generation prompt and the assistant text
 /// follows as plain text, so the model continues it.
-fn job_prompt(engine: &Engine, messages: &[Message], continue_last: bool) -> Result<Vec<u32>, ApiError> {
+fn job_prompt(
+    engine: &Engine,
+    messages: &[Message],
+    continue_last: bool,
+) -> Result<Vec<u32>, ApiError> {
     let template = engine.template();
     let tokenizer = engine.tokenizer();
     let prompt = if continue_last {
         let (prefill, before) = messages.split_last().ok_or_else(|| {
-            ApiError::invalid_request("'messages' must contain at least one message.", Some("messages"))
+            ApiError::invalid_request(
+                "'messages' must contain at least one message.",
+                Some("messages"),
+            )
         })?;
-        let mut prompt = template.render(tokenizer, before, true).map_err(ApiError::from_engine)?;
-        prompt.extend(tokenizer.encode(&prefill.content).map_err(ApiError::from_engine)?);
+        let mut prompt = template
+            .render(tokenizer, before, true)
+            .map_err(ApiError::from_engine)?;
+        prompt.extend(
+            tokenizer
+                .encode(&prefill.content)
+                .map_err(ApiError::from_engine)?,
+        );
         prompt
     } else {
-        template.render(tokenizer, messages, true).map_err(ApiError::from_engine)?
+        template
+            .render(tokenizer, messages, true)
+            .map_err(ApiError::from_engine)?
     };
     // The checks `generate` makes, answered in the API's terms (`check_prompt` fails with
     // ContextLength for a prompt that is too long, otherwise only for an empty one).
@@ -550,7 +652,10 @@ fn job_prompt(engine: &Engine, messages: &[Message], continue_last: bool) -> Res
         Err(edgechat::Error::ContextLength { limit, .. }) => {
             Err(ApiError::context_length_exceeded(prompt.len(), limit))
         }
-        Err(_) => Err(ApiError::invalid_request("The conversation renders to an empty prompt", Some("messages"))),
+        Err(_) => Err(ApiError::invalid_request(
+            "The conversation renders to an empty prompt",
+            Some("messages"),
+        )),
     }
 }
 
@@ -598,8 +703,11 @@ impl Drop for CancelOnDrop {
 async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
     // A declared length over the limit is refused before a byte of the body is read (an
     // undeclared one is cut off at the limit by `DefaultBodyLimit` while reading).
-    let declared_length =
-        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared_length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared_length.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return body_too_large().into_response();
     }
@@ -611,8 +719,14 @@ async fn chat_completions(State(state): State<AppState>, request: Request) -> Re
         Err(rejection) => {
             let status = rejection.status();
             let message = rejection.body_text();
-            return ApiError { status, message, kind: "invalid_request_error", param: None, code: None }
-                .into_response();
+            return ApiError {
+                status,
+                message,
+                kind: "invalid_request_error",
+                param: None,
+                code: None,
+            }
+            .into_response();
         }
     };
     let request = match parse_request(&body, state.context_length) {
@@ -622,7 +736,10 @@ async fn chat_completions(State(state): State<AppState>, request: Request) -> Re
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let cancel = CancelToken::new();
-    let mut guard = CancelOnDrop { token: cancel.clone(), armed: true };
+    let mut guard = CancelOnDrop {
+        token: cancel.clone(),
+        armed: true,
+    };
     let job = ChatJob {
         messages: request.messages,
         continue_last: request.continue_last,
@@ -657,7 +774,11 @@ async fn chat_completions(State(state): State<AppState>, request: Request) -> Re
         loop {
             match events.recv().await {
                 Some(JobEvent::Text(t)) => content.push_str(&t),
-                Some(JobEvent::Finished { finish_reason, prompt_tokens, completion_tokens }) => {
+                Some(JobEvent::Finished {
+                    finish_reason,
+                    prompt_tokens,
+                    completion_tokens,
+                }) => {
                     guard.armed = false;
                     return Json(json!({
                         "id": id,
@@ -687,9 +808,19 @@ async fn chat_completions(State(state): State<AppState>, request: Request) -> Re
         }
     }
 
-    let chunk = ChunkWriter { id, created, model, include_usage: request.include_usage };
+    let chunk = ChunkWriter {
+        id,
+        created,
+        model,
+        include_usage: request.include_usage,
+    };
     let first = chunk.delta(json!({ "role": "assistant", "content": "" }), None);
-    let stream_state = StreamState { events, guard, chunk, done: false };
+    let stream_state = StreamState {
+        events,
+        guard,
+        chunk,
+        done: false,
+    };
     let rest = futures::stream::unfold(stream_state, |mut s| async move {
         if s.done {
             return None;
@@ -697,7 +828,11 @@ async fn chat_completions(State(state): State<AppState>, request: Request) -> Re
         let out = match s.events.recv().await {
             Some(JobEvent::Text(t)) => vec![s.chunk.delta(json!({ "content": t }), None)],
             Some(JobEvent::Started) => Vec::new(),
-            Some(JobEvent::Finished { finish_reason, prompt_tokens, completion_tokens }) => {
+            Some(JobEvent::Finished {
+                finish_reason,
+                prompt_tokens,
+                completion_tokens,
+            }) => {
                 s.guard.armed = false;
                 s.done = true;
                 let mut out = vec![s.chunk.delta(json!({}), Some(finish_reason))];
@@ -718,7 +853,10 @@ async fn chat_completions(State(state): State<AppState>, request: Request) -> Re
                 vec![Event::default().data(e.body().to_string())]
             }
         };
-        Some((futures::stream::iter(out.into_iter().map(Ok::<_, Infallible>)), s))
+        Some((
+            futures::stream::iter(out.into_iter().map(Ok::<_, Infallible>)),
+            s,
+        ))
     })
     .flatten();
     let events = futures::stream::once(async move { Ok::<_, Infallible>(first) }).chain(rest);
@@ -777,7 +915,10 @@ fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
 }
 
 fn unix_time() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -800,9 +941,16 @@ mod tests {
         assert!(queue_job(&jobs, job()).is_ok());
         let refused = queue_job(&jobs, job()).expect_err("the queue holds one job");
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(refused.headers().get(header::RETRY_AFTER).unwrap(), RETRY_AFTER_SECONDS);
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let body = runtime.block_on(axum::body::to_bytes(refused.into_body(), usize::MAX)).unwrap();
+        assert_eq!(
+            refused.headers().get(header::RETRY_AFTER).unwrap(),
+            RETRY_AFTER_SECONDS
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let body = runtime
+            .block_on(axum::body::to_bytes(refused.into_body(), usize::MAX))
+            .unwrap();
         let body: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["error"]["type"], "server_error");
         assert_eq!(body["error"]["code"], "server_busy");

@@ -1,0 +1,208 @@
+//! The adapter, device, queue and compiled kernels.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
+
+/// What the adapter is, for `edgechat bench`/`info` and error messages.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub driver: String,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub max_buffer_size: u64,
+    pub max_storage_binding: u64,
+}
+
+pub(super) struct Kernels {
+    matmul: HashMap<GgmlType, wgpu::ComputePipeline>,
+    embed: HashMap<GgmlType, wgpu::ComputePipeline>,
+    pub rms_norm: wgpu::ComputePipeline,
+    pub rope: wgpu::ComputePipeline,
+    pub add: wgpu::ComputePipeline,
+    pub swiglu: wgpu::ComputePipeline,
+    pub attention: wgpu::ComputePipeline,
+}
+
+impl Kernels {
+    pub fn matmul(&self, ty: GgmlType) -> &wgpu::ComputePipeline {
+        &self.matmul[&ty]
+    }
+    pub fn embed(&self, ty: GgmlType) -> &wgpu::ComputePipeline {
+        &self.embed[&ty]
+    }
+}
+
+const QUANT: &str = include_str!("kernels/quant.wgsl");
+const MATMUL: &str = include_str!("kernels/matmul.wgsl");
+const EMBED: &str = include_str!("kernels/embed.wgsl");
+const NORM: &str = include_str!("kernels/norm.wgsl");
+const ROPE: &str = include_str!("kernels/rope.wgsl");
+const ELEMENTWISE: &str = include_str!("kernels/elementwise.wgsl");
+const ATTENTION: &str = include_str!("kernels/attention.wgsl");
+
+/// The name a type's decoding functions have in quant.wgsl.
+fn wgsl_type_name(ty: GgmlType) -> &'static str {
+    match ty {
+        GgmlType::F32 => "f32",
+        GgmlType::F16 => "f16",
+        GgmlType::Q4_0 => "q4_0",
+        GgmlType::Q4_1 => "q4_1",
+        GgmlType::Q8_0 => "q8_0",
+        GgmlType::Q4K => "q4_k",
+        GgmlType::Q6K => "q6_k",
+        other => unreachable!("{other:?} has no kernel (checked at load)"),
+    }
+}
+
+pub(super) struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub kernels: Kernels,
+    pub summary: AdapterSummary,
+    /// Largest storage buffer one binding may cover.
+    pub max_binding_bytes: usize,
+    pub max_groups_per_dim: u32,
+    /// The first validation, out-of-memory or device-lost error, reported at the next flush.
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl Gpu {
+    pub fn open() -> Result<Gpu> {
+        pollster::block_on(Self::open_async())
+    }
+
+    async fn open_async() -> Result<Gpu> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Backend(format!("no WebGPU adapter: {e}")))?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("edgechat"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Backend(format!("could not open the GPU device: {e}")))?;
+        let error = Arc::new(Mutex::new(None));
+        let sink = error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().expect("error slot");
+            slot.get_or_insert_with(|| e.to_string());
+        }));
+        let lost = error.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            let mut slot = lost.lock().expect("error slot");
+            slot.get_or_insert_with(|| format!("GPU device lost ({reason:?}): {message}"));
+        });
+        let summary = AdapterSummary {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            driver: format!("{} {}", info.driver, info.driver_info),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            max_buffer_size: limits.max_buffer_size,
+            max_storage_binding: limits.max_storage_buffer_binding_size,
+        };
+        let max_binding_bytes = (limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size) as usize)
+            & !3;
+        let kernels = Kernels::compile(&device);
+        let gpu = Gpu {
+            device,
+            queue,
+            kernels,
+            summary,
+            max_binding_bytes,
+            max_groups_per_dim: limits.max_compute_workgroups_per_dimension,
+            error,
+        };
+        gpu.check()?;
+        Ok(gpu)
+    }
+
+    /// The first GPU error since the device opened, if any.
+    pub fn check(&self) -> Result<()> {
+        match self.error.lock().expect("error slot").clone() {
+            Some(e) => Err(Error::Backend(format!("GPU error: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Maps a MAP_READ buffer whose copy was submitted, and returns its bytes.
+    pub fn map_read(&self, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        buffer.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Backend(format!("waiting for the GPU: {e}")))?;
+        rx.recv()
+            .map_err(|_| Error::Backend("the GPU never finished the readback".into()))?
+            .map_err(|e| Error::Backend(format!("reading GPU memory: {e}")))?;
+        self.check()?;
+        let data = buffer
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| Error::Backend(format!("reading GPU memory: {e}")))?
+            .to_vec();
+        buffer.unmap();
+        Ok(data)
+    }
+}
+
+impl Kernels {
+    fn compile(device: &wgpu::Device) -> Kernels {
+        let pipeline = |label: &str, source: String, entry: &str| {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(label),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let typed = |kernel: &str, name: &str| {
+            super::SUPPORTED_TYPES
+                .iter()
+                .map(|&ty| {
+                    let source = format!("{}\n{QUANT}", kernel.replace("TYPE", wgsl_type_name(ty)));
+                    (
+                        ty,
+                        pipeline(&format!("{name}_{}", wgsl_type_name(ty)), source, "main"),
+                    )
+                })
+                .collect()
+        };
+        Kernels {
+            matmul: typed(MATMUL, "matmul"),
+            embed: typed(EMBED, "embed"),
+            rms_norm: pipeline("rms_norm", NORM.into(), "main"),
+            rope: pipeline("rope", ROPE.into(), "main"),
+            add: pipeline("add", ELEMENTWISE.into(), "add"),
+            swiglu: pipeline("swiglu", ELEMENTWISE.into(), "swiglu"),
+            attention: pipeline("attention", ATTENTION.into(), "main"),
+        }
+    }
+}

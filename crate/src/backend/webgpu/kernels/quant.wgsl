@@ -1,0 +1,193 @@
+// GGUF block decoding, shared by the kernels that read quantized weights (matmul, embed).
+//
+// The including kernel declares `w: array<u32>` (the raw GGUF bytes of the weights, as stored in
+// the file) and `x: array<f32>` (activations). Every type is read in sub-blocks of 32 values, the
+// common granularity of Q4_0/Q4_1/Q8_0 (one block) and Q4_K/Q6_K (one eighth of a block):
+//   dot32_T(row, s, xo)  = Σ_{i<32} W[row][32·s + i] · x[xo + i]
+//   value_T(row, j)      = W[row][j]
+// where `row` is the byte offset of the weight row in `w`. All arithmetic is f32 (the f32 path
+// that every adapter supports); f16 values are read with unpack2x16float.
+
+fn wbyte(i: u32) -> u32 {
+    return (w[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu;
+}
+
+// A little-endian u16 at a 2-aligned byte offset.
+fn wu16(i: u32) -> u32 {
+    return (w[i >> 2u] >> ((i & 2u) * 8u)) & 0xffffu;
+}
+
+fn wf16(i: u32) -> f32 {
+    return unpack2x16float(wu16(i)).x;
+}
+
+fn signed8(b: u32) -> f32 {
+    return f32(bitcast<i32>(b << 24u) >> 24u);
+}
+
+// ---- F32 ----
+fn dot32_f32(row: u32, s: u32, xo: u32) -> f32 {
+    let base = (row >> 2u) + s * 32u;
+    var acc = 0.0;
+    for (var i = 0u; i < 32u; i++) {
+        acc += bitcast<f32>(w[base + i]) * x[xo + i];
+    }
+    return acc;
+}
+fn value_f32(row: u32, j: u32) -> f32 {
+    return bitcast<f32>(w[(row >> 2u) + j]);
+}
+
+// ---- F16 ----
+fn dot32_f16(row: u32, s: u32, xo: u32) -> f32 {
+    let base = (row >> 2u) + s * 16u;
+    var acc = 0.0;
+    for (var i = 0u; i < 16u; i++) {
+        let pair = unpack2x16float(w[base + i]);
+        acc += pair.x * x[xo + 2u * i] + pair.y * x[xo + 2u * i + 1u];
+    }
+    return acc;
+}
+fn value_f16(row: u32, j: u32) -> f32 {
+    return wf16(row + 2u * j);
+}
+
+// ---- Q4_0: 18 bytes per 32 values: d (f16), 16 bytes of nibbles (low: 0..16, high: 16..32) ----
+fn dot32_q4_0(row: u32, s: u32, xo: u32) -> f32 {
+    let base = row + s * 18u;
+    let d = wf16(base);
+    var acc = 0.0;
+    for (var i = 0u; i < 16u; i++) {
+        let b = wbyte(base + 2u + i);
+        acc += (f32(b & 15u) - 8.0) * x[xo + i] + (f32(b >> 4u) - 8.0) * x[xo + 16u + i];
+    }
+    return d * acc;
+}
+fn value_q4_0(row: u32, j: u32) -> f32 {
+    let base = row + (j / 32u) * 18u;
+    let i = j % 32u;
+    let b = wbyte(base + 2u + (i % 16u));
+    let q = select(b & 15u, b >> 4u, i >= 16u);
+    return wf16(base) * (f32(q) - 8.0);
+}
+
+// ---- Q4_1: 20 bytes per 32 values: d, m (f16), 16 bytes of nibbles; value = d·q + m ----
+fn dot32_q4_1(row: u32, s: u32, xo: u32) -> f32 {
+    let word = (row + s * 20u) >> 2u;
+    let dm = unpack2x16float(w[word]);
+    var acc = 0.0;
+    var sum_x = 0.0;
+    for (var k = 0u; k < 4u; k++) {
+        let q = w[word + 1u + k];
+        for (var b = 0u; b < 4u; b++) {
+            let i = 4u * k + b;
+            let byte = (q >> (8u * b)) & 0xffu;
+            let x_lo = x[xo + i];
+            let x_hi = x[xo + 16u + i];
+            acc += f32(byte & 15u) * x_lo + f32(byte >> 4u) * x_hi;
+            sum_x += x_lo + x_hi;
+        }
+    }
+    return dm.x * acc + dm.y * sum_x;
+}
+fn value_q4_1(row: u32, j: u32) -> f32 {
+    let base = row + (j / 32u) * 20u;
+    let dm = unpack2x16float(w[base >> 2u]);
+    let i = j % 32u;
+    let b = wbyte(base + 4u + (i % 16u));
+    let q = select(b & 15u, b >> 4u, i >= 16u);
+    return dm.x * f32(q) + dm.y;
+}
+
+// ---- Q8_0: 34 bytes per 32 values: d (f16), 32 signed bytes ----
+fn dot32_q8_0(row: u32, s: u32, xo: u32) -> f32 {
+    let base = row + s * 34u;
+    var acc = 0.0;
+    for (var i = 0u; i < 32u; i++) {
+        acc += signed8(wbyte(base + 2u + i)) * x[xo + i];
+    }
+    return wf16(base) * acc;
+}
+fn value_q8_0(row: u32, j: u32) -> f32 {
+    let base = row + (j / 32u) * 34u;
+    return wf16(base) * signed8(wbyte(base + 2u + j % 32u));
+}
+
+// ---- Q4_K: 144 bytes per 256 values: d, dmin (f16), 12 bytes of 6-bit scales and mins,
+// 128 bytes of nibbles. Sub-block `sub` (0..8) of 32 values: chunk sub/2 of 32 bytes, low nibbles
+// for even sub-blocks, high for odd; value = d·scale·q − dmin·min.
+fn q4_k_scale_min(base: u32, sub: u32) -> vec2<f32> {
+    let scales = base + 4u;
+    var sc: u32;
+    var m: u32;
+    if (sub < 4u) {
+        sc = wbyte(scales + sub) & 63u;
+        m = wbyte(scales + sub + 4u) & 63u;
+    } else {
+        sc = (wbyte(scales + sub + 4u) & 15u) | ((wbyte(scales + sub - 4u) >> 6u) << 4u);
+        m = (wbyte(scales + sub + 4u) >> 4u) | ((wbyte(scales + sub) >> 6u) << 4u);
+    }
+    let dm = unpack2x16float(w[base >> 2u]);
+    return vec2<f32>(dm.x * f32(sc), dm.y * f32(m));
+}
+fn dot32_q4_k(row: u32, s: u32, xo: u32) -> f32 {
+    let base = row + (s / 8u) * 144u;
+    let sub = s % 8u;
+    let scale_min = q4_k_scale_min(base, sub);
+    let qs = (base + 16u + (sub / 2u) * 32u) >> 2u;
+    let shift = (sub % 2u) * 4u;
+    var acc = 0.0;
+    var sum_x = 0.0;
+    for (var k = 0u; k < 8u; k++) {
+        let q = w[qs + k] >> shift;
+        for (var b = 0u; b < 4u; b++) {
+            let xv = x[xo + 4u * k + b];
+            acc += f32((q >> (8u * b)) & 15u) * xv;
+            sum_x += xv;
+        }
+    }
+    return scale_min.x * acc - scale_min.y * sum_x;
+}
+fn value_q4_k(row: u32, j: u32) -> f32 {
+    let base = row + (j / 256u) * 144u;
+    let sub = (j % 256u) / 32u;
+    let scale_min = q4_k_scale_min(base, sub);
+    let b = wbyte(base + 16u + (sub / 2u) * 32u + j % 32u);
+    let q = select(b & 15u, b >> 4u, (sub % 2u) == 1u);
+    return scale_min.x * f32(q) - scale_min.y;
+}
+
+// ---- Q6_K: 210 bytes per 256 values: ql[128] (low 4 bits), qh[64] (high 2 bits), 16 signed
+// 8-bit scales, d (f16). Half n (128 values) has ql[64n..], qh[32n..], scales[8n..]; its quarter
+// q (32 values) takes low nibbles of ql for q < 2 (high otherwise), ql offset 32·(q odd), qh bits
+// 2q..2q+2, and scale 8n + 2q + (l ≥ 16).
+fn q6_k_value(base: u32, sub: u32, l: u32) -> f32 {
+    let n = sub / 4u;
+    let quarter = sub % 4u;
+    let ql = wbyte(base + 64u * n + 32u * (quarter % 2u) + l);
+    let low = select(ql & 15u, ql >> 4u, quarter >= 2u);
+    let high = (wbyte(base + 128u + 32u * n + l) >> (2u * quarter)) & 3u;
+    return f32(i32(low | (high << 4u)) - 32);
+}
+fn q6_k_scale(base: u32, sub: u32, l: u32) -> f32 {
+    let n = sub / 4u;
+    let quarter = sub % 4u;
+    return wf16(base + 208u) * signed8(wbyte(base + 192u + 8u * n + 2u * quarter + l / 16u));
+}
+fn dot32_q6_k(row: u32, s: u32, xo: u32) -> f32 {
+    let base = row + (s / 8u) * 210u;
+    let sub = s % 8u;
+    var acc_lo = 0.0;
+    var acc_hi = 0.0;
+    for (var l = 0u; l < 16u; l++) {
+        acc_lo += q6_k_value(base, sub, l) * x[xo + l];
+        acc_hi += q6_k_value(base, sub, l + 16u) * x[xo + l + 16u];
+    }
+    return q6_k_scale(base, sub, 0u) * acc_lo + q6_k_scale(base, sub, 16u) * acc_hi;
+}
+fn value_q6_k(row: u32, j: u32) -> f32 {
+    let base = row + (j / 256u) * 210u;
+    let sub = (j % 256u) / 32u;
+    let l = j % 32u;
+    return q6_k_scale(base, sub, l) * q6_k_value(base, sub, l);
+}

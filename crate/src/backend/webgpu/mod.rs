@@ -1,0 +1,621 @@
+//! The GPU backend: wgpu (Vulkan/Metal/DX12 natively, WebGPU in the browser) running our WGSL
+//! kernels (`kernels/*.wgsl`, one family per file). It implements the same [`Backend`] as the CPU,
+//! so `model::Llama` is the one forward pass for both.
+//!
+//! A forward call records every dispatch into one command encoder; nothing is read back until the
+//! logits are (`to_vec`), so a token is one submission. Weights stay in their GGUF encoding on the
+//! GPU and are decoded inside the kernels (no re-quantization at load). Matrices larger than the
+//! adapter's storage-binding limit are split by rows across buffers.
+//!
+//! All kernels compute in f32, which every adapter supports (SwiftShader in Chromium has no
+//! `shader-f16`).
+
+mod context;
+
+use std::sync::{Arc, Mutex};
+
+use bytemuck::{Pod, Zeroable};
+use wgpu::util::DeviceExt;
+
+use super::{AttentionParams, Backend};
+use crate::error::{Error, Result};
+use crate::gguf::{ByteSource, GgmlType, GgufFile, TensorInfo};
+use crate::model::{LanguageModel, Llama};
+use context::Gpu;
+
+pub use context::AdapterSummary;
+
+/// Loads a model onto the default GPU adapter.
+pub fn load_model(file: &GgufFile, source: &dyn ByteSource) -> Result<Box<dyn LanguageModel>> {
+    Ok(Box::new(Llama::load(WebGpuBackend::new()?, file, source)?))
+}
+
+/// Activations on the GPU: `rows × cols` f32, row-major.
+pub struct GpuTensor {
+    buffer: Arc<wgpu::Buffer>,
+    rows: usize,
+    cols: usize,
+}
+
+/// Rows `[first_row, first_row + rows)` of a weight matrix, in one buffer.
+struct Chunk {
+    buffer: wgpu::Buffer,
+    first_row: usize,
+    rows: usize,
+}
+
+/// A weight matrix (or embedding table) `rows × cols` in its GGUF encoding.
+pub struct GpuMatrix {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    chunks: Vec<Chunk>,
+}
+
+pub struct GpuVector {
+    buffer: wgpu::Buffer,
+}
+
+pub struct GpuKvCache {
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    /// Positions held.
+    len: usize,
+    /// Positions the buffers can hold.
+    capacity: usize,
+    /// Largest capacity (the model's context length).
+    max_len: usize,
+    /// Floats per position: kv heads × head dim.
+    width: usize,
+}
+
+pub struct GpuPositions {
+    /// (cos, sin) per row and rotary pair.
+    table: wgpu::Buffer,
+    rows: usize,
+}
+
+pub struct WebGpuBackend {
+    gpu: Arc<Gpu>,
+    /// The command encoder of the forward call being recorded.
+    encoder: Mutex<Option<wgpu::CommandEncoder>>,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct MatmulParams {
+    k: u32,
+    n_rows: u32,
+    row_bytes: u32,
+    out_cols: u32,
+    out_offset: u32,
+    tokens: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct EmbedParams {
+    cols: u32,
+    row_bytes: u32,
+    first_row: u32,
+    n_rows: u32,
+    tokens: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct NormParams {
+    cols: u32,
+    eps: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RopeParams {
+    heads: u32,
+    head_dim: u32,
+    rows: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct LenParams {
+    len: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct AttentionKernelParams {
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    rows: u32,
+    start_pos: u32,
+    window: u32,
+    scale: f32,
+}
+
+/// Types the kernels decode.
+pub const SUPPORTED_TYPES: [GgmlType; 7] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q6K,
+];
+
+fn u32_of(n: usize, what: &str) -> Result<u32> {
+    u32::try_from(n)
+        .map_err(|_| Error::Backend(format!("{what} ({n}) is too large for the GPU kernels")))
+}
+
+impl WebGpuBackend {
+    /// Opens the default adapter (natively: Vulkan, Metal or DX12).
+    pub fn new() -> Result<Self> {
+        Ok(WebGpuBackend {
+            gpu: Arc::new(Gpu::open()?),
+            encoder: Mutex::new(None),
+        })
+    }
+
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.gpu.summary
+    }
+
+    fn device(&self) -> &wgpu::Device {
+        &self.gpu.device
+    }
+
+    fn storage(&self, floats: usize) -> Arc<wgpu::Buffer> {
+        Arc::new(self.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: (floats.max(1) * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    fn tensor(&self, rows: usize, cols: usize) -> GpuTensor {
+        GpuTensor {
+            buffer: self.storage(rows * cols),
+            rows,
+            cols,
+        }
+    }
+
+    fn upload(&self, bytes: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        // Buffers are sized in whole 4-byte words (the kernels read u32s).
+        let padded;
+        let contents = if bytes.len().is_multiple_of(4) && !bytes.is_empty() {
+            bytes
+        } else {
+            let mut words = bytes.to_vec();
+            words.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
+            padded = words;
+            &padded
+        };
+        self.device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents,
+                usage,
+            })
+    }
+
+    /// Runs `f` with the forward call's command encoder.
+    fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
+        let mut slot = self.encoder.lock().expect("encoder lock");
+        let encoder = slot.get_or_insert_with(|| {
+            self.device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("forward"),
+                })
+        });
+        f(encoder);
+    }
+
+    /// Records one dispatch of `pipeline` with `buffers` at bindings 0.. and `params` as the
+    /// uniform right after them.
+    fn dispatch<P: Pod>(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[&wgpu::Buffer],
+        params: &P,
+        groups: (u32, u32),
+    ) {
+        let uniform = self.upload(bytemuck::bytes_of(params), wgpu::BufferUsages::UNIFORM);
+        let mut entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        entries.push(wgpu::BindGroupEntry {
+            binding: buffers.len() as u32,
+            resource: uniform.as_entire_binding(),
+        });
+        let bind_group = self.device().create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        self.record(|encoder| {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(groups.0, groups.1, 1);
+        });
+    }
+
+    /// Workgroups for `n` elements at 256 per group, laid out in 2-D under the per-dimension limit.
+    fn elementwise_groups(&self, n: usize) -> (u32, u32) {
+        let groups = n.div_ceil(256).max(1);
+        let width = groups.min(self.gpu.max_groups_per_dim as usize);
+        (width as u32, groups.div_ceil(width) as u32)
+    }
+
+    fn elementwise(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        a: &GpuTensor,
+        b: &GpuTensor,
+    ) -> Result<GpuTensor> {
+        if (a.rows, a.cols) != (b.rows, b.cols) {
+            return Err(Error::Backend(format!(
+                "shape mismatch {}x{} vs {}x{}",
+                a.rows, a.cols, b.rows, b.cols
+            )));
+        }
+        let y = self.tensor(a.rows, a.cols);
+        let len = u32_of(a.rows * a.cols, "tensor size")?;
+        self.dispatch(
+            pipeline,
+            &[&a.buffer, &b.buffer, &y.buffer],
+            &LenParams { len },
+            self.elementwise_groups(a.rows * a.cols),
+        );
+        Ok(y)
+    }
+
+    /// Submits what was recorded and waits for it.
+    fn flush(&self) -> Result<()> {
+        let encoder = self.encoder.lock().expect("encoder lock").take();
+        if let Some(encoder) = encoder {
+            self.gpu.queue.submit([encoder.finish()]);
+        }
+        self.gpu.check()
+    }
+
+    fn load_rows(&self, info: &TensorInfo, bytes: &[u8]) -> Result<GpuMatrix> {
+        if !SUPPORTED_TYPES.contains(&info.dtype) {
+            return Err(Error::Backend(format!(
+                "tensor {}: type {:?} is not supported by the WebGPU backend (supported: {:?})",
+                info.name, info.dtype, SUPPORTED_TYPES
+            )));
+        }
+        let cols = info.dims[0] as usize;
+        let rows = info.dims.get(1).copied().unwrap_or(1) as usize;
+        if !cols.is_multiple_of(32) {
+            return Err(Error::Backend(format!(
+                "tensor {}: rows of {cols} values are not whole 32-value blocks",
+                info.name
+            )));
+        }
+        let row_bytes = bytes.len() / rows.max(1);
+        if row_bytes * rows != bytes.len() {
+            return Err(Error::Backend(format!(
+                "tensor {}: {} bytes are not {rows} equal rows",
+                info.name,
+                bytes.len()
+            )));
+        }
+        // Whole rows per buffer, each buffer within the binding limit (with room for padding).
+        let limit = self.gpu.max_binding_bytes - 4;
+        if row_bytes > limit {
+            return Err(Error::Backend(format!(
+                "tensor {}: one row is larger than the adapter's binding limit",
+                info.name
+            )));
+        }
+        let max_rows = (limit / row_bytes.max(1)).max(1);
+        let mut chunks = Vec::new();
+        let mut first_row = 0;
+        while first_row < rows {
+            let n = max_rows.min(rows - first_row);
+            let part = &bytes[first_row * row_bytes..(first_row + n) * row_bytes];
+            chunks.push(Chunk {
+                buffer: self.upload(part, wgpu::BufferUsages::STORAGE),
+                first_row,
+                rows: n,
+            });
+            first_row += n;
+        }
+        Ok(GpuMatrix {
+            ty: info.dtype,
+            rows,
+            cols,
+            row_bytes,
+            chunks,
+        })
+    }
+
+    /// Copies `x` from the GPU.
+    fn read(&self, x: &GpuTensor) -> Result<Vec<f32>> {
+        let size = (x.rows * x.cols * 4) as u64;
+        let staging = self.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: size.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.record(|encoder| {
+            encoder.copy_buffer_to_buffer(&x.buffer, 0, &staging, 0, size.max(4))
+        });
+        self.flush()?;
+        let data = self.gpu.map_read(&staging)?;
+        Ok(bytemuck::cast_slice(&data[..size as usize]).to_vec())
+    }
+}
+
+impl Backend for WebGpuBackend {
+    type Tensor = GpuTensor;
+    type Matrix = GpuMatrix;
+    type Vector = GpuVector;
+    type Embedding = GpuMatrix;
+    type KvCache = GpuKvCache;
+    type Positions = GpuPositions;
+
+    fn name(&self) -> &'static str {
+        "webgpu"
+    }
+
+    fn load_matrix(&self, info: &TensorInfo, bytes: Vec<u8>) -> Result<GpuMatrix> {
+        self.load_rows(info, &bytes)
+    }
+
+    fn load_vector(&self, info: &TensorInfo, bytes: &[u8]) -> Result<GpuVector> {
+        let values = super::cpu::dequantize(info, bytes)?;
+        Ok(GpuVector {
+            buffer: self.upload(bytemuck::cast_slice(&values), wgpu::BufferUsages::STORAGE),
+        })
+    }
+
+    fn load_embedding(&self, info: &TensorInfo, bytes: &[u8]) -> Result<GpuMatrix> {
+        self.load_rows(info, bytes)
+    }
+
+    fn embed(&self, table: &GpuMatrix, tokens: &[u32]) -> Result<GpuTensor> {
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= table.rows) {
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab_size: table.rows,
+            });
+        }
+        let ids = self.upload(bytemuck::cast_slice(tokens), wgpu::BufferUsages::STORAGE);
+        let y = self.tensor(tokens.len(), table.cols);
+        let pipeline = self.gpu.kernels.embed(table.ty);
+        for chunk in &table.chunks {
+            let params = EmbedParams {
+                cols: u32_of(table.cols, "embedding width")?,
+                row_bytes: u32_of(table.row_bytes, "row size")?,
+                first_row: u32_of(chunk.first_row, "row")?,
+                n_rows: u32_of(chunk.rows, "rows")?,
+                tokens: u32_of(tokens.len(), "tokens")?,
+            };
+            let groups = (table.cols.div_ceil(64) as u32, tokens.len() as u32);
+            self.dispatch(pipeline, &[&chunk.buffer, &ids, &y.buffer], &params, groups);
+        }
+        Ok(y)
+    }
+
+    fn rms_norm(&self, x: &GpuTensor, scale: &GpuVector, eps: f32) -> Result<GpuTensor> {
+        let y = self.tensor(x.rows, x.cols);
+        let params = NormParams {
+            cols: u32_of(x.cols, "row length")?,
+            eps,
+        };
+        self.dispatch(
+            &self.gpu.kernels.rms_norm,
+            &[&x.buffer, &scale.buffer, &y.buffer],
+            &params,
+            (x.rows as u32, 1),
+        );
+        Ok(y)
+    }
+
+    fn matmul(&self, x: &GpuTensor, w: &GpuMatrix) -> Result<GpuTensor> {
+        if x.cols != w.cols {
+            return Err(Error::Backend(format!(
+                "matmul: input has {} features, the matrix {}",
+                x.cols, w.cols
+            )));
+        }
+        let y = self.tensor(x.rows, w.rows);
+        let pipeline = self.gpu.kernels.matmul(w.ty);
+        for chunk in &w.chunks {
+            let params = MatmulParams {
+                k: u32_of(w.cols, "row length")?,
+                n_rows: u32_of(chunk.rows, "rows")?,
+                row_bytes: u32_of(w.row_bytes, "row size")?,
+                out_cols: u32_of(w.rows, "output width")?,
+                out_offset: u32_of(chunk.first_row, "row")?,
+                tokens: u32_of(x.rows, "tokens")?,
+            };
+            let groups = (
+                u32_of(chunk.rows.div_ceil(4), "row groups")?,
+                u32_of(x.rows, "tokens")?,
+            );
+            self.dispatch(
+                pipeline,
+                &[&chunk.buffer, &x.buffer, &y.buffer],
+                &params,
+                groups,
+            );
+        }
+        Ok(y)
+    }
+
+    fn positions(
+        &self,
+        p: &AttentionParams,
+        rows: usize,
+        inv_freq: &[f32],
+    ) -> Result<GpuPositions> {
+        let mut table = Vec::with_capacity(rows * inv_freq.len() * 2);
+        for t in 0..rows {
+            let pos = (p.start_pos + t) as f32;
+            for &f in inv_freq {
+                let angle = pos * f;
+                table.push(angle.cos());
+                table.push(angle.sin());
+            }
+        }
+        Ok(GpuPositions {
+            table: self.upload(bytemuck::cast_slice(&table), wgpu::BufferUsages::STORAGE),
+            rows,
+        })
+    }
+
+    fn rope(&self, x: &GpuTensor, n_heads: usize, positions: &GpuPositions) -> Result<GpuTensor> {
+        let head_dim = x.cols / n_heads;
+        let y = self.tensor(x.rows, x.cols);
+        let params = RopeParams {
+            heads: u32_of(n_heads, "heads")?,
+            head_dim: u32_of(head_dim, "head dim")?,
+            rows: u32_of(positions.rows, "rows")?,
+        };
+        let groups = ((n_heads * head_dim / 2).div_ceil(64) as u32, x.rows as u32);
+        self.dispatch(
+            &self.gpu.kernels.rope,
+            &[&x.buffer, &positions.table, &y.buffer],
+            &params,
+            groups,
+        );
+        Ok(y)
+    }
+
+    fn swiglu(&self, gate: &GpuTensor, up: &GpuTensor) -> Result<GpuTensor> {
+        self.elementwise(&self.gpu.kernels.swiglu, gate, up)
+    }
+
+    fn add(&self, a: &GpuTensor, b: &GpuTensor) -> Result<GpuTensor> {
+        self.elementwise(&self.gpu.kernels.add, a, b)
+    }
+
+    fn last_row(&self, x: &GpuTensor) -> Result<GpuTensor> {
+        let y = self.tensor(1, x.cols);
+        let offset = ((x.rows - 1) * x.cols * 4) as u64;
+        self.record(|encoder| {
+            encoder.copy_buffer_to_buffer(&x.buffer, offset, &y.buffer, 0, (x.cols * 4) as u64)
+        });
+        Ok(y)
+    }
+
+    fn to_vec(&self, x: &GpuTensor) -> Result<Vec<f32>> {
+        self.read(x)
+    }
+
+    fn new_kv_cache(
+        &self,
+        head_count_kv: usize,
+        head_dim: usize,
+        max_len: usize,
+    ) -> Result<GpuKvCache> {
+        let width = head_count_kv * head_dim;
+        let capacity = max_len.min(256);
+        let buffer = |cap: usize| Arc::try_unwrap(self.storage(cap * width)).expect("a new buffer");
+        Ok(GpuKvCache {
+            k: buffer(capacity),
+            v: buffer(capacity),
+            len: 0,
+            capacity,
+            max_len,
+            width,
+        })
+    }
+
+    fn kv_cache_len(&self, cache: &GpuKvCache) -> usize {
+        cache.len
+    }
+
+    fn truncate_kv_cache(&self, cache: &mut GpuKvCache, len: usize) {
+        cache.len = cache.len.min(len);
+    }
+
+    fn attention(
+        &self,
+        q: &GpuTensor,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        cache: &mut GpuKvCache,
+        params: &AttentionParams,
+        _positions: &GpuPositions,
+    ) -> Result<GpuTensor> {
+        let rows = q.rows;
+        let needed = params.start_pos + rows;
+        if needed > cache.max_len {
+            return Err(Error::ContextLength {
+                needed,
+                limit: cache.max_len,
+            });
+        }
+        if needed > cache.capacity {
+            // Grow by doubling; the positions held so far move to the new buffers.
+            let capacity = needed.next_power_of_two().min(cache.max_len);
+            let k_new =
+                Arc::try_unwrap(self.storage(capacity * cache.width)).expect("a new buffer");
+            let v_new =
+                Arc::try_unwrap(self.storage(capacity * cache.width)).expect("a new buffer");
+            let held = (cache.len * cache.width * 4) as u64;
+            if held > 0 {
+                self.record(|encoder| {
+                    encoder.copy_buffer_to_buffer(&cache.k, 0, &k_new, 0, held);
+                    encoder.copy_buffer_to_buffer(&cache.v, 0, &v_new, 0, held);
+                });
+            }
+            cache.k = k_new;
+            cache.v = v_new;
+            cache.capacity = capacity;
+        }
+        let offset = (params.start_pos * cache.width * 4) as u64;
+        let size = (rows * cache.width * 4) as u64;
+        self.record(|encoder| {
+            encoder.copy_buffer_to_buffer(&k.buffer, 0, &cache.k, offset, size);
+            encoder.copy_buffer_to_buffer(&v.buffer, 0, &cache.v, offset, size);
+        });
+        cache.len = needed;
+        let y = self.tensor(rows, params.head_count * params.head_dim);
+        let kernel_params = AttentionKernelParams {
+            heads: u32_of(params.head_count, "heads")?,
+            kv_heads: u32_of(params.head_count_kv, "kv heads")?,
+            head_dim: u32_of(params.head_dim, "head dim")?,
+            rows: u32_of(rows, "rows")?,
+            start_pos: u32_of(params.start_pos, "position")?,
+            window: u32_of(params.sliding_window.unwrap_or(0), "window")?,
+            scale: 1.0 / (params.head_dim as f32).sqrt(),
+        };
+        if params.head_dim > 256 {
+            return Err(Error::Backend(format!(
+                "head_dim {} is above the attention kernel's 256",
+                params.head_dim
+            )));
+        }
+        self.dispatch(
+            &self.gpu.kernels.attention,
+            &[&q.buffer, &cache.k, &cache.v, &y.buffer],
+            &kernel_params,
+            (kernel_params.heads, kernel_params.rows),
+        );
+        Ok(y)
+    }
+}

@@ -1,0 +1,384 @@
+//! The WebGPU backend natively (Vulkan; Mesa's lavapipe on CI machines): each kernel against an
+//! exact reference, then whole models against the CPU backend.
+#![cfg(feature = "webgpu")]
+
+mod common;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use edgechat::backend::webgpu::WebGpuBackend;
+use edgechat::backend::{AttentionParams, Backend};
+use edgechat::gguf::{GgmlType, TensorInfo};
+
+/// Deterministic values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn candle_type(t: GgmlType) -> GgmlDType {
+    match t {
+        GgmlType::F32 => GgmlDType::F32,
+        GgmlType::F16 => GgmlDType::F16,
+        GgmlType::Q4_0 => GgmlDType::Q4_0,
+        GgmlType::Q4_1 => GgmlDType::Q4_1,
+        GgmlType::Q8_0 => GgmlDType::Q8_0,
+        GgmlType::Q4K => GgmlDType::Q4K,
+        GgmlType::Q6K => GgmlDType::Q6K,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A `rows × cols` matrix encoded as `ty`, and its exact decoded values.
+fn encoded(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> (TensorInfo, Vec<u8>, Vec<f32>) {
+    let w = Tensor::from_vec(values(rows * cols, seed), (rows, cols), &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&w, candle_type(ty)).unwrap();
+    let bytes = q.data().unwrap().to_vec();
+    let decoded = q
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let info = TensorInfo {
+        name: format!("w_{ty:?}"),
+        dims: vec![cols as u64, rows as u64],
+        dtype: ty,
+        offset: 0,
+        n_bytes: bytes.len() as u64,
+    };
+    (info, bytes, decoded)
+}
+
+fn gpu() -> WebGpuBackend {
+    let backend = WebGpuBackend::new()
+        .expect("a Vulkan adapter (install mesa-vulkan-drivers: scripts/setup)");
+    eprintln!("adapter: {:?}", backend.adapter());
+    backend
+}
+
+/// Largest |a − b| relative to the largest |b|.
+fn relative_error(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y).abs())
+        .fold(0f64, f64::max)
+        / scale
+}
+
+const TYPES: [GgmlType; 7] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q6K,
+];
+
+/// Matmul and embedding lookup of every type, with row counts that are not multiples of the
+/// kernel's rows per workgroup and several tokens, against the decoded weights in f64.
+/// Tolerance 1e-4 of the largest output: the kernels decode exactly and accumulate in f32.
+#[test]
+fn matmul_and_embed_match_the_decoded_weights_for_every_type() {
+    let b = gpu();
+    for ty in TYPES {
+        let cols = if matches!(ty, GgmlType::Q4K | GgmlType::Q6K) {
+            512
+        } else {
+            96
+        };
+        for rows in [1, 37, 130] {
+            let (info, bytes, w) = encoded(ty, rows, cols, rows as u64);
+            let m = b.load_matrix(&info, bytes.clone()).unwrap();
+            for tokens in [1, 3] {
+                let xs = values(tokens * cols, 99);
+                let x = b
+                    .embed(
+                        &b.load_embedding(&input_info(tokens, cols), &f32_bytes(&xs))
+                            .unwrap(),
+                        &(0..tokens as u32).collect::<Vec<_>>(),
+                    )
+                    .unwrap();
+                let y = b.to_vec(&b.matmul(&x, &m).unwrap()).unwrap();
+                let expected: Vec<f64> = (0..tokens)
+                    .flat_map(|t| {
+                        let (w, xs) = (&w, &xs);
+                        (0..rows).map(move |r| {
+                            (0..cols)
+                                .map(|j| w[r * cols + j] as f64 * xs[t * cols + j] as f64)
+                                .sum()
+                        })
+                    })
+                    .collect();
+                let err = relative_error(&y, &expected);
+                assert!(
+                    err < 1e-4,
+                    "{ty:?} {rows}x{cols}, {tokens} tokens: relative error {err}"
+                );
+            }
+            let table = b.load_embedding(&info, &bytes).unwrap();
+            let ids: Vec<u32> = vec![(rows - 1) as u32, 0, (rows / 2) as u32];
+            let got = b.to_vec(&b.embed(&table, &ids).unwrap()).unwrap();
+            let expected: Vec<f64> = ids
+                .iter()
+                .flat_map(|&r| {
+                    w[r as usize * cols..(r as usize + 1) * cols]
+                        .iter()
+                        .map(|&v| v as f64)
+                })
+                .collect();
+            assert!(relative_error(&got, &expected) < 1e-6, "{ty:?} embedding");
+        }
+    }
+}
+
+fn input_info(rows: usize, cols: usize) -> TensorInfo {
+    TensorInfo {
+        name: "x".into(),
+        dims: vec![cols as u64, rows as u64],
+        dtype: GgmlType::F32,
+        offset: 0,
+        n_bytes: (rows * cols * 4) as u64,
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|f| f.to_le_bytes()).collect()
+}
+
+/// Puts f32 rows on the GPU (through an F32 embedding table).
+fn upload(
+    b: &WebGpuBackend,
+    rows: usize,
+    cols: usize,
+    data: &[f32],
+) -> <WebGpuBackend as Backend>::Tensor {
+    let table = b
+        .load_embedding(&input_info(rows, cols), &f32_bytes(data))
+        .unwrap();
+    b.embed(&table, &(0..rows as u32).collect::<Vec<_>>())
+        .unwrap()
+}
+
+#[test]
+fn norm_rope_swiglu_add_and_last_row_match_scalar_references() {
+    let b = gpu();
+    let (rows, cols) = (3, 160);
+    let x = values(rows * cols, 1);
+    let g = values(rows * cols, 2);
+    let xt = upload(&b, rows, cols, &x);
+    let gt = upload(&b, rows, cols, &g);
+    let scale_info = TensorInfo {
+        name: "s".into(),
+        dims: vec![cols as u64],
+        dtype: GgmlType::F32,
+        offset: 0,
+        n_bytes: (cols * 4) as u64,
+    };
+    let scale = values(cols, 3);
+    let s = b.load_vector(&scale_info, &f32_bytes(&scale)).unwrap();
+    let normed = b.to_vec(&b.rms_norm(&xt, &s, 1e-5).unwrap()).unwrap();
+    let expected: Vec<f64> = (0..rows)
+        .flat_map(|r| {
+            let row = &x[r * cols..(r + 1) * cols];
+            let inv = 1.0
+                / (row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64 + 1e-5)
+                    .sqrt();
+            let scale = &scale;
+            row.iter()
+                .enumerate()
+                .map(move |(j, &v)| v as f64 * inv * scale[j] as f64)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(relative_error(&normed, &expected) < 1e-5);
+
+    let sum = b.to_vec(&b.add(&xt, &gt).unwrap()).unwrap();
+    let expected: Vec<f64> = x
+        .iter()
+        .zip(&g)
+        .map(|(&a, &c)| a as f64 + c as f64)
+        .collect();
+    assert!(relative_error(&sum, &expected) < 1e-6);
+    let gated = b.to_vec(&b.swiglu(&xt, &gt).unwrap()).unwrap();
+    let expected: Vec<f64> = x
+        .iter()
+        .zip(&g)
+        .map(|(&a, &c)| a as f64 / (1.0 + (-a as f64).exp()) * c as f64)
+        .collect();
+    assert!(relative_error(&gated, &expected) < 1e-5);
+    let last = b.to_vec(&b.last_row(&xt).unwrap()).unwrap();
+    assert_eq!(last, x[(rows - 1) * cols..]);
+
+    // RoPE: 5 heads of 32, positions 7, 8, 9.
+    let (heads, head_dim) = (5, 32);
+    let inv_freq: Vec<f32> = (0..head_dim / 2)
+        .map(|i| 10000f32.powf(-2.0 * i as f32 / head_dim as f32))
+        .collect();
+    let params = AttentionParams {
+        head_count: heads,
+        head_count_kv: heads,
+        head_dim,
+        start_pos: 7,
+        sliding_window: None,
+    };
+    let positions = b.positions(&params, rows, &inv_freq).unwrap();
+    let rotated = b.to_vec(&b.rope(&xt, heads, &positions).unwrap()).unwrap();
+    let mut expected = vec![0f64; rows * cols];
+    for t in 0..rows {
+        for h in 0..heads {
+            for (i, &freq) in inv_freq.iter().enumerate() {
+                let at = t * cols + h * head_dim + 2 * i;
+                let angle = (7 + t) as f64 * freq as f64;
+                let (a, c) = (x[at] as f64, x[at + 1] as f64);
+                expected[at] = a * angle.cos() - c * angle.sin();
+                expected[at + 1] = a * angle.sin() + c * angle.cos();
+            }
+        }
+    }
+    assert!(relative_error(&rotated, &expected) < 1e-5);
+}
+
+/// Attention over a growing cache (prefill of 70 keys, more than one 64-key chunk, then decode
+/// steps), GQA 4:2, with and without a sliding window, against softmax in f64.
+#[test]
+fn attention_matches_softmax_over_the_cache() {
+    let b = gpu();
+    let (heads, kv_heads, head_dim) = (4, 2, 64);
+    for window in [None, Some(50)] {
+        let mut cache = b.new_kv_cache(kv_heads, head_dim, 512).unwrap();
+        let (mut all_k, mut all_v) = (Vec::new(), Vec::new());
+        let mut start = 0;
+        for (step, rows) in [70usize, 1, 1, 300].into_iter().enumerate() {
+            let q = values(rows * heads * head_dim, 10 + step as u64);
+            let k = values(rows * kv_heads * head_dim, 20 + step as u64);
+            let v = values(rows * kv_heads * head_dim, 30 + step as u64);
+            all_k.extend_from_slice(&k);
+            all_v.extend_from_slice(&v);
+            let params = AttentionParams {
+                head_count: heads,
+                head_count_kv: kv_heads,
+                head_dim,
+                start_pos: start,
+                sliding_window: window,
+            };
+            let positions = b
+                .positions(&params, rows, &vec![1.0; head_dim / 2])
+                .unwrap();
+            let (qt, kt, vt) = (
+                upload(&b, rows, heads * head_dim, &q),
+                upload(&b, rows, kv_heads * head_dim, &k),
+                upload(&b, rows, kv_heads * head_dim, &v),
+            );
+            let y = b
+                .to_vec(
+                    &b.attention(&qt, &kt, &vt, &mut cache, &params, &positions)
+                        .unwrap(),
+                )
+                .unwrap();
+            let mut expected = vec![0f64; rows * heads * head_dim];
+            let kv_width = kv_heads * head_dim;
+            for t in 0..rows {
+                let pos = start + t;
+                let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                for h in 0..heads {
+                    let kvh = h / (heads / kv_heads);
+                    let qv = &q[t * heads * head_dim + h * head_dim..][..head_dim];
+                    let scores: Vec<f64> = (first..=pos)
+                        .map(|p| {
+                            (0..head_dim)
+                                .map(|d| {
+                                    qv[d] as f64 * all_k[p * kv_width + kvh * head_dim + d] as f64
+                                })
+                                .sum::<f64>()
+                                / (head_dim as f64).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let total: f64 = weights.iter().sum();
+                    for d in 0..head_dim {
+                        expected[t * heads * head_dim + h * head_dim + d] = (first..=pos)
+                            .zip(&weights)
+                            .map(|(p, w)| w * all_v[p * kv_width + kvh * head_dim + d] as f64)
+                            .sum::<f64>()
+                            / total;
+                    }
+                }
+            }
+            let err = relative_error(&y, &expected);
+            assert!(
+                err < 1e-4,
+                "window {window:?}, step {step}: relative error {err}"
+            );
+            start += rows;
+        }
+        assert_eq!(b.kv_cache_len(&cache), start);
+    }
+}
+
+/// Whole models on the GPU against the CPU backend on the same file: the prompt's logits agree
+/// within 5 % of the largest |logit| (the CPU backend quantizes activations to 8 bits for its
+/// quantized matmuls, the GPU computes them in f32: the gap is the CPU's rounding). Then 32 greedy
+/// steps, both backends fed the CPU's tokens: SmolLM2 (real weights) picks the same token at every
+/// step; the random-weight tiny Mistral has near-flat logits, so a different pick is allowed only
+/// where the CPU's own top two are within 1 % of the largest |logit| of each other.
+#[test]
+fn whole_models_match_the_cpu_backend() {
+    use edgechat::gguf::{FileSource, GgufFile};
+    for (name, allow_near_ties) in [(common::SMOLLM2, false), (common::TINY_MISTRAL, true)] {
+        let path = common::model_path(name);
+        let source = FileSource::open(&path).unwrap();
+        let file = GgufFile::read(&source).unwrap();
+        let mut cpu = edgechat::backend::cpu::load_model(&file, &source).unwrap();
+        let mut gpu = edgechat::backend::webgpu::load_model(&file, &source).unwrap();
+        assert_eq!(gpu.backend_name(), "webgpu");
+        let prompt: Vec<u32> = (0..40u32)
+            .map(|i| (i * 7919 + 13) % cpu.config().vocab_size as u32)
+            .collect();
+        let mut expected = cpu.forward(&prompt).unwrap();
+        let mut got = gpu.forward(&prompt).unwrap();
+        let expected64: Vec<f64> = expected.iter().map(|&v| v as f64).collect();
+        let err = relative_error(&got, &expected64);
+        eprintln!("{name}: prompt logits relative error {err:.4}");
+        assert!(err < 0.05, "{name}: relative error {err}");
+        let argmax = |v: &[f32]| {
+            v.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0
+        };
+        let mut differences = 0;
+        for step in 0..32 {
+            let (cpu_pick, gpu_pick) = (argmax(&expected), argmax(&got));
+            if cpu_pick != gpu_pick {
+                let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let gap = (expected[cpu_pick] - expected[gpu_pick]) / scale;
+                assert!(
+                    allow_near_ties && gap < 0.01,
+                    "{name}, step {step}: GPU picked {gpu_pick}, CPU {cpu_pick} (gap {gap})"
+                );
+                differences += 1;
+            }
+            let token = cpu_pick as u32;
+            expected = cpu.forward(&[token]).unwrap();
+            got = gpu.forward(&[token]).unwrap();
+        }
+        eprintln!("{name}: {differences} of 32 greedy picks differ (near ties)");
+        assert_eq!(gpu.cache_len(), prompt.len() + 32);
+    }
+}
