@@ -93,7 +93,16 @@ const TYPES: [GgmlType; 7] = [
 /// Tolerance 1e-4 of the largest output: the kernels decode exactly and accumulate in f32.
 #[test]
 fn matmul_and_embed_match_the_decoded_weights_for_every_type() {
-    let b = gpu();
+    // Both matmul layouts (1 thread per row on CPU adapters such as lavapipe, 8 on GPUs), so
+    // both are checked wherever the test runs.
+    for threads_per_row in [1, 8] {
+        check_matmul_and_embed(
+            &WebGpuBackend::with_matmul_threads_per_row(threads_per_row).unwrap(),
+        );
+    }
+}
+
+fn check_matmul_and_embed(b: &WebGpuBackend) {
     for ty in TYPES {
         let cols = if matches!(ty, GgmlType::Q4K | GgmlType::Q6K) {
             512
@@ -105,13 +114,7 @@ fn matmul_and_embed_match_the_decoded_weights_for_every_type() {
             let m = b.load_matrix(&info, bytes.clone()).unwrap();
             for tokens in [1, 3] {
                 let xs = values(tokens * cols, 99);
-                let x = b
-                    .embed(
-                        &b.load_embedding(&input_info(tokens, cols), &f32_bytes(&xs))
-                            .unwrap(),
-                        &(0..tokens as u32).collect::<Vec<_>>(),
-                    )
-                    .unwrap();
+                let x = upload(b, tokens, cols, &xs);
                 let y = b.to_vec(&b.matmul(&x, &m).unwrap()).unwrap();
                 let expected: Vec<f64> = (0..tokens)
                     .flat_map(|t| {

@@ -67,16 +67,19 @@ pub(super) struct Gpu {
     /// Largest storage buffer one binding may cover.
     pub max_binding_bytes: usize,
     pub max_groups_per_dim: u32,
+    /// Weight rows per matmul workgroup (see kernels/matmul.wgsl).
+    pub matmul_rows_per_group: usize,
     /// The first validation, out-of-memory or device-lost error, reported at the next flush.
     error: Arc<Mutex<Option<String>>>,
 }
 
 impl Gpu {
-    pub fn open() -> Result<Gpu> {
-        pollster::block_on(Self::open_async())
+    /// Opens the default adapter; `threads_per_row` overrides the matmul layout (tests cover both).
+    pub fn open(threads_per_row: Option<u32>) -> Result<Gpu> {
+        pollster::block_on(Self::open_async(threads_per_row))
     }
 
-    async fn open_async() -> Result<Gpu> {
+    async fn open_async(threads_per_row: Option<u32>) -> Result<Gpu> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance
@@ -122,7 +125,14 @@ impl Gpu {
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size) as usize)
             & !3;
-        let kernels = Kernels::compile(&device);
+        // CPU implementations of WebGPU run a workgroup's threads as SIMD lanes: one row per lane.
+        let threads_per_row =
+            threads_per_row.unwrap_or(if info.device_type == wgpu::DeviceType::Cpu {
+                1
+            } else {
+                8
+            });
+        let kernels = Kernels::compile(&device, threads_per_row);
         let gpu = Gpu {
             device,
             queue,
@@ -130,6 +140,7 @@ impl Gpu {
             summary,
             max_binding_bytes,
             max_groups_per_dim: limits.max_compute_workgroups_per_dimension,
+            matmul_rows_per_group: 64 / threads_per_row as usize,
             error,
         };
         gpu.check()?;
@@ -168,7 +179,8 @@ impl Gpu {
 }
 
 impl Kernels {
-    fn compile(device: &wgpu::Device) -> Kernels {
+    fn compile(device: &wgpu::Device, threads_per_row: u32) -> Kernels {
+        let matmul_constants = [("THREADS_PER_ROW", f64::from(threads_per_row))];
         let pipeline = |label: &str, source: String, entry: &str| {
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(label),
@@ -179,7 +191,14 @@ impl Kernels {
                 layout: None,
                 module: &module,
                 entry_point: Some(entry),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: if label.starts_with("matmul") {
+                        &matmul_constants
+                    } else {
+                        &[]
+                    },
+                    ..Default::default()
+                },
                 cache: None,
             })
         };

@@ -156,7 +156,21 @@ impl WebGpuBackend {
     /// Opens the default adapter (natively: Vulkan, Metal or DX12).
     pub fn new() -> Result<Self> {
         Ok(WebGpuBackend {
-            gpu: Arc::new(Gpu::open()?),
+            gpu: Arc::new(Gpu::open(None)?),
+            encoder: Mutex::new(None),
+        })
+    }
+
+    /// Like [`new`](Self::new) with the matmul's threads per weight row forced (1, 2, 4, 8, 16,
+    /// 32 or 64) instead of chosen for the adapter: tests run both layouts on one adapter.
+    pub fn with_matmul_threads_per_row(threads: u32) -> Result<Self> {
+        if !threads.is_power_of_two() || threads > 64 {
+            return Err(Error::Backend(format!(
+                "threads per row must be a power of two up to 64, not {threads}"
+            )));
+        }
+        Ok(WebGpuBackend {
+            gpu: Arc::new(Gpu::open(Some(threads))?),
             encoder: Mutex::new(None),
         })
     }
@@ -452,7 +466,10 @@ impl Backend for WebGpuBackend {
                 tokens: u32_of(x.rows, "tokens")?,
             };
             let groups = (
-                u32_of(chunk.rows.div_ceil(4), "row groups")?,
+                u32_of(
+                    chunk.rows.div_ceil(self.gpu.matmul_rows_per_group),
+                    "row groups",
+                )?,
                 u32_of(x.rows, "tokens")?,
             );
             self.dispatch(

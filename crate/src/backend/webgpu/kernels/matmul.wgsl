@@ -2,8 +2,11 @@
 // name when the pipeline is built). W may be one chunk of a larger matrix (rows split across
 // buffers to respect the adapter's binding limit): its rows land at output column `out_offset`.
 //
-// One workgroup: ROWS weight rows for one token; 64 threads stride over the row's 32-value
-// sub-blocks, each sub-block of x read once for all ROWS rows, then a tree reduction.
+// One workgroup of 64 threads: 64 / THREADS_PER_ROW weight rows for one token; the threads of a row
+// stride over its 32-value sub-blocks, then add up. THREADS_PER_ROW is set per adapter when the
+// pipeline is built: 8 on GPUs (neighbouring threads read neighbouring blocks), 1 on CPU
+// implementations such as lavapipe and SwiftShader (each SIMD lane takes a row and x is read once
+// for all lanes).
 
 struct Params {
     k: u32,           // input features (row length)
@@ -15,45 +18,35 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> w: array<u32>;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 
-const ROWS: u32 = 4u;
-const THREADS: u32 = 64u;
-var<workgroup> partial: array<f32, 256>; // ROWS × THREADS
+override THREADS_PER_ROW: u32 = 8u;
+override ROWS: u32 = 64u / THREADS_PER_ROW;
+var<workgroup> partial: array<f32, 64>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    let first_row = wg.x * ROWS;
+    let row = wg.x * ROWS + tid / THREADS_PER_ROW;
+    let lane = tid % THREADS_PER_ROW;
     let token = wg.y;
     let subs = p.k / 32u;
     let xo = token * p.k;
-    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
-    for (var s = tid; s < subs; s += THREADS) {
-        for (var r = 0u; r < ROWS; r++) {
-            let row = first_row + r;
-            if (row < p.n_rows) {
-                acc[r] += dot32_TYPE(row * p.row_bytes, s, xo + s * 32u);
-            }
+    var acc = 0.0;
+    if (row < p.n_rows) {
+        let row_offset = row * p.row_bytes;
+        for (var s = lane; s < subs; s += THREADS_PER_ROW) {
+            acc += dot32_TYPE(row_offset, s, xo + s * 32u);
         }
     }
-    for (var r = 0u; r < ROWS; r++) {
-        partial[r * THREADS + tid] = acc[r];
-    }
+    partial[tid] = acc;
     workgroupBarrier();
-    for (var stride = THREADS / 2u; stride > 0u; stride /= 2u) {
-        if (tid < stride) {
-            for (var r = 0u; r < ROWS; r++) {
-                partial[r * THREADS + tid] += partial[r * THREADS + tid + stride];
-            }
+    if (lane == 0u && row < p.n_rows) {
+        var sum = 0.0;
+        for (var i = 0u; i < THREADS_PER_ROW; i++) {
+            sum += partial[tid + i];
         }
-        workgroupBarrier();
-    }
-    if (tid < ROWS) {
-        let row = first_row + tid;
-        if (row < p.n_rows) {
-            y[token * p.out_cols + p.out_offset + row] = partial[tid * THREADS];
-        }
+        y[token * p.out_cols + p.out_offset + row] = sum;
     }
 }

@@ -1,7 +1,7 @@
 // GGUF block decoding, shared by the kernels that read quantized weights (matmul, embed).
 //
 // The including kernel declares `w: array<u32>` (the raw GGUF bytes of the weights, as stored in
-// the file) and `x: array<f32>` (activations). Every type is read in sub-blocks of 32 values, the
+// the file) and `x: array<vec4<f32>>` (activations, read four at a time; offsets are multiples of 4). Every type is read in sub-blocks of 32 values, the
 // common granularity of Q4_0/Q4_1/Q8_0 (one block) and Q4_K/Q6_K (one eighth of a block):
 //   dot32_T(row, s, xo)  = Σ_{i<32} W[row][32·s + i] · x[xo + i]
 //   value_T(row, j)      = W[row][j]
@@ -25,12 +25,35 @@ fn signed8(b: u32) -> f32 {
     return f32(bitcast<i32>(b << 24u) >> 24u);
 }
 
+// The 4 bytes at a 2-aligned byte offset, as one little-endian word (blocks of 18, 34 and 210
+// bytes start on 2-byte boundaries; reading whole words beats byte-by-byte extraction).
+fn wword(i: u32) -> u32 {
+    let lo = w[i >> 2u];
+    let hi = w[(i >> 2u) + 1u];
+    // Branch-free: neighbouring invocations read blocks of both alignments.
+    return select(lo, (lo >> 16u) | (hi << 16u), (i & 2u) != 0u);
+}
+
+// Four signed bytes of a word as floats.
+fn signed4(word: u32) -> vec4<f32> {
+    return vec4<f32>(unpack4xI8(word));
+}
+
+fn unsigned4(word: u32) -> vec4<f32> {
+    return vec4<f32>(unpack4xU8(word));
+}
+
+fn x4(i: u32) -> vec4<f32> {
+    return x[i >> 2u];
+}
+
 // ---- F32 ----
 fn dot32_f32(row: u32, s: u32, xo: u32) -> f32 {
     let base = (row >> 2u) + s * 32u;
     var acc = 0.0;
-    for (var i = 0u; i < 32u; i++) {
-        acc += bitcast<f32>(w[base + i]) * x[xo + i];
+    for (var i = 0u; i < 32u; i += 4u) {
+        let wv = vec4<f32>(bitcast<f32>(w[base + i]), bitcast<f32>(w[base + i + 1u]), bitcast<f32>(w[base + i + 2u]), bitcast<f32>(w[base + i + 3u]));
+        acc += dot(wv, x4(xo + i));
     }
     return acc;
 }
@@ -42,9 +65,9 @@ fn value_f32(row: u32, j: u32) -> f32 {
 fn dot32_f16(row: u32, s: u32, xo: u32) -> f32 {
     let base = (row >> 2u) + s * 16u;
     var acc = 0.0;
-    for (var i = 0u; i < 16u; i++) {
-        let pair = unpack2x16float(w[base + i]);
-        acc += pair.x * x[xo + 2u * i] + pair.y * x[xo + 2u * i + 1u];
+    for (var i = 0u; i < 16u; i += 2u) {
+        let wv = vec4<f32>(unpack2x16float(w[base + i]), unpack2x16float(w[base + i + 1u]));
+        acc += dot(wv, x4(xo + 2u * i));
     }
     return acc;
 }
@@ -55,13 +78,13 @@ fn value_f16(row: u32, j: u32) -> f32 {
 // ---- Q4_0: 18 bytes per 32 values: d (f16), 16 bytes of nibbles (low: 0..16, high: 16..32) ----
 fn dot32_q4_0(row: u32, s: u32, xo: u32) -> f32 {
     let base = row + s * 18u;
-    let d = wf16(base);
     var acc = 0.0;
-    for (var i = 0u; i < 16u; i++) {
-        let b = wbyte(base + 2u + i);
-        acc += (f32(b & 15u) - 8.0) * x[xo + i] + (f32(b >> 4u) - 8.0) * x[xo + 16u + i];
+    for (var k = 0u; k < 4u; k++) {
+        let q = wword(base + 2u + 4u * k);
+        acc += dot(unsigned4(q & 0x0f0f0f0fu) - 8.0, x4(xo + 4u * k))
+            + dot(unsigned4((q >> 4u) & 0x0f0f0f0fu) - 8.0, x4(xo + 16u + 4u * k));
     }
-    return d * acc;
+    return wf16(base) * acc;
 }
 fn value_q4_0(row: u32, j: u32) -> f32 {
     let base = row + (j / 32u) * 18u;
@@ -79,14 +102,10 @@ fn dot32_q4_1(row: u32, s: u32, xo: u32) -> f32 {
     var sum_x = 0.0;
     for (var k = 0u; k < 4u; k++) {
         let q = w[word + 1u + k];
-        for (var b = 0u; b < 4u; b++) {
-            let i = 4u * k + b;
-            let byte = (q >> (8u * b)) & 0xffu;
-            let x_lo = x[xo + i];
-            let x_hi = x[xo + 16u + i];
-            acc += f32(byte & 15u) * x_lo + f32(byte >> 4u) * x_hi;
-            sum_x += x_lo + x_hi;
-        }
+        let x_lo = x4(xo + 4u * k);
+        let x_hi = x4(xo + 16u + 4u * k);
+        acc += dot(unsigned4(q & 0x0f0f0f0fu), x_lo) + dot(unsigned4((q >> 4u) & 0x0f0f0f0fu), x_hi);
+        sum_x += dot(x_lo + x_hi, vec4<f32>(1.0));
     }
     return dm.x * acc + dm.y * sum_x;
 }
@@ -103,8 +122,8 @@ fn value_q4_1(row: u32, j: u32) -> f32 {
 fn dot32_q8_0(row: u32, s: u32, xo: u32) -> f32 {
     let base = row + s * 34u;
     var acc = 0.0;
-    for (var i = 0u; i < 32u; i++) {
-        acc += signed8(wbyte(base + 2u + i)) * x[xo + i];
+    for (var k = 0u; k < 8u; k++) {
+        acc += dot(signed4(wword(base + 2u + 4u * k)), x4(xo + 4u * k));
     }
     return wf16(base) * acc;
 }
@@ -139,12 +158,9 @@ fn dot32_q4_k(row: u32, s: u32, xo: u32) -> f32 {
     var acc = 0.0;
     var sum_x = 0.0;
     for (var k = 0u; k < 8u; k++) {
-        let q = w[qs + k] >> shift;
-        for (var b = 0u; b < 4u; b++) {
-            let xv = x[xo + 4u * k + b];
-            acc += f32((q >> (8u * b)) & 15u) * xv;
-            sum_x += xv;
-        }
+        let xv = x4(xo + 4u * k);
+        acc += dot(unsigned4((w[qs + k] >> shift) & 0x0f0f0f0fu), xv);
+        sum_x += dot(xv, vec4<f32>(1.0));
     }
     return scale_min.x * acc - scale_min.y * sum_x;
 }
@@ -177,13 +193,25 @@ fn q6_k_scale(base: u32, sub: u32, l: u32) -> f32 {
 fn dot32_q6_k(row: u32, s: u32, xo: u32) -> f32 {
     let base = row + (s / 8u) * 210u;
     let sub = s % 8u;
-    var acc_lo = 0.0;
-    var acc_hi = 0.0;
-    for (var l = 0u; l < 16u; l++) {
-        acc_lo += q6_k_value(base, sub, l) * x[xo + l];
-        acc_hi += q6_k_value(base, sub, l + 16u) * x[xo + l + 16u];
+    let n = sub / 4u;
+    let quarter = sub % 4u;
+    let ql_at = base + 64u * n + 32u * (quarter % 2u);
+    let qh_at = base + 128u + 32u * n;
+    let nibble_shift = select(0u, 4u, quarter >= 2u);
+    let high_shift = 2u * quarter;
+    var acc = vec2<f32>(0.0, 0.0); // values 0..16 and 16..32 have their own scales
+    for (var k = 0u; k < 8u; k++) {
+        let low = (wword(ql_at + 4u * k) >> nibble_shift) & 0x0f0f0f0fu;
+        let high = ((wword(qh_at + 4u * k) >> high_shift) & 0x03030303u) << 4u;
+        let q = unsigned4(low | high) - 32.0;
+        let part = dot(q, x4(xo + 4u * k));
+        if (k < 4u) {
+            acc.x += part;
+        } else {
+            acc.y += part;
+        }
     }
-    return q6_k_scale(base, sub, 0u) * acc_lo + q6_k_scale(base, sub, 16u) * acc_hi;
+    return q6_k_scale(base, sub, 0u) * acc.x + q6_k_scale(base, sub, 16u) * acc.y;
 }
 fn value_q6_k(row: u32, j: u32) -> f32 {
     let base = row + (j / 256u) * 210u;
