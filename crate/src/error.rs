@@ -27,6 +27,16 @@ pub enum Error {
     Cancelled,
     #[error("backend: {0}")]
     Backend(String),
+    /// The model does not fit the GPU adapter's limits (the hybrid fallback goes elsewhere).
+    #[error("the GPU adapter cannot hold {what}: it needs {needed} bytes in one buffer, the adapter allows {limit}")]
+    GpuLimit {
+        what: String,
+        needed: u64,
+        limit: u64,
+    },
+    /// The GPU device was lost (driver reset, tab in the background, out of memory).
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use edgechat::backend::webgpu::WebGpuBackend;
+use edgechat::backend::webgpu::{GpuOptions, WebGpuBackend};
 use edgechat::backend::{AttentionParams, Backend};
 use edgechat::gguf::{GgmlType, TensorInfo};
 
@@ -96,9 +96,11 @@ fn matmul_and_embed_match_the_decoded_weights_for_every_type() {
     // Both matmul layouts (1 thread per row on CPU adapters such as lavapipe, 8 on GPUs), so
     // both are checked wherever the test runs.
     for threads_per_row in [1, 8] {
-        check_matmul_and_embed(
-            &WebGpuBackend::with_matmul_threads_per_row(threads_per_row).unwrap(),
-        );
+        let options = GpuOptions {
+            matmul_threads_per_row: Some(threads_per_row),
+            ..Default::default()
+        };
+        check_matmul_and_embed(&WebGpuBackend::with_options(options).unwrap());
     }
 }
 
@@ -383,5 +385,57 @@ fn whole_models_match_the_cpu_backend() {
         }
         eprintln!("{name}: {differences} of 32 greedy picks differ (near ties)");
         assert_eq!(gpu.cache_len(), prompt.len() + 32);
+    }
+}
+
+/// With a (forced) small binding limit, matrices are split by rows across buffers and still give
+/// the same products; a row larger than the limit and a KV cache that cannot hold one position
+/// get the typed `GpuLimit` error; the cache's context shrinks to what fits.
+#[test]
+fn adapter_limits_split_matrices_or_give_a_typed_error() {
+    let small = WebGpuBackend::with_options(GpuOptions {
+        max_binding_bytes: Some(4096),
+        ..Default::default()
+    })
+    .unwrap();
+    let (info, bytes, w) = encoded(GgmlType::Q8_0, 130, 96, 5); // 102 bytes per row: 4 buffers
+    let m = small.load_matrix(&info, bytes).unwrap();
+    let xs = values(96, 6);
+    let y = small
+        .to_vec(&small.matmul(&upload(&small, 1, 96, &xs), &m).unwrap())
+        .unwrap();
+    let expected: Vec<f64> = (0..130)
+        .map(|r| (0..96).map(|j| w[r * 96 + j] as f64 * xs[j] as f64).sum())
+        .collect();
+    assert!(relative_error(&y, &expected) < 1e-4);
+
+    let (info, bytes, _) = encoded(GgmlType::F32, 2, 2048, 7); // 8 KiB rows
+    match small.load_matrix(&info, bytes) {
+        Err(edgechat::Error::GpuLimit { needed, limit, .. }) => {
+            assert_eq!((needed, limit), (8192, 4092))
+        }
+        other => panic!("expected GpuLimit, got {:?}", other.err()),
+    }
+    assert!(matches!(
+        small.new_kv_cache(16, 128, 4096),
+        Err(edgechat::Error::GpuLimit { .. })
+    ));
+    // 2 heads × 64 × 4 bytes = 512 bytes per position: 8 positions fit in 4 KiB.
+    let mut cache = small.new_kv_cache(2, 64, 4096).unwrap();
+    let params = AttentionParams {
+        head_count: 2,
+        head_count_kv: 2,
+        head_dim: 64,
+        start_pos: 0,
+        sliding_window: None,
+    };
+    let positions = small.positions(&params, 9, &[1.0; 32]).unwrap();
+    let t = upload(&small, 9, 128, &values(9 * 128, 8));
+    match small.attention(&t, &t, &t, &mut cache, &params, &positions) {
+        Err(edgechat::Error::ContextLength {
+            needed: 9,
+            limit: 8,
+        }) => {}
+        other => panic!("expected ContextLength 9 > 8, got {:?}", other.err()),
     }
 }

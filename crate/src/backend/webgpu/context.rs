@@ -59,6 +59,22 @@ fn wgsl_type_name(ty: GgmlType) -> &'static str {
     }
 }
 
+/// What went wrong on the device, as reported by wgpu's callbacks.
+#[derive(Clone, Debug)]
+enum GpuFault {
+    Lost(String),
+    Error(String),
+}
+
+/// Settings that are normally chosen for the adapter; tests force them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GpuOptions {
+    /// Threads per weight row in the matmul (a power of two up to 64).
+    pub matmul_threads_per_row: Option<u32>,
+    /// A lower storage-binding limit than the adapter's (splits matrices into more buffers).
+    pub max_binding_bytes: Option<u64>,
+}
+
 pub(super) struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -70,16 +86,15 @@ pub(super) struct Gpu {
     /// Weight rows per matmul workgroup (see kernels/matmul.wgsl).
     pub matmul_rows_per_group: usize,
     /// The first validation, out-of-memory or device-lost error, reported at the next flush.
-    error: Arc<Mutex<Option<String>>>,
+    error: Arc<Mutex<Option<GpuFault>>>,
 }
 
 impl Gpu {
-    /// Opens the default adapter; `threads_per_row` overrides the matmul layout (tests cover both).
-    pub fn open(threads_per_row: Option<u32>) -> Result<Gpu> {
-        pollster::block_on(Self::open_async(threads_per_row))
+    pub fn open(options: GpuOptions) -> Result<Gpu> {
+        pollster::block_on(Self::open_async(options))
     }
 
-    async fn open_async(threads_per_row: Option<u32>) -> Result<Gpu> {
+    async fn open_async(options: GpuOptions) -> Result<Gpu> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance
@@ -105,12 +120,12 @@ impl Gpu {
         let sink = error.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             let mut slot = sink.lock().expect("error slot");
-            slot.get_or_insert_with(|| e.to_string());
+            slot.get_or_insert_with(|| GpuFault::Error(e.to_string()));
         }));
         let lost = error.clone();
         device.set_device_lost_callback(move |reason, message| {
             let mut slot = lost.lock().expect("error slot");
-            slot.get_or_insert_with(|| format!("GPU device lost ({reason:?}): {message}"));
+            slot.get_or_insert_with(|| GpuFault::Lost(format!("{reason:?}: {message}")));
         });
         let summary = AdapterSummary {
             name: info.name.clone(),
@@ -121,17 +136,21 @@ impl Gpu {
             max_buffer_size: limits.max_buffer_size,
             max_storage_binding: limits.max_storage_buffer_binding_size,
         };
-        let max_binding_bytes = (limits
+        let adapter_binding = limits
             .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size) as usize)
+            .min(limits.max_buffer_size);
+        let max_binding_bytes = (options
+            .max_binding_bytes
+            .map_or(adapter_binding, |m| m.min(adapter_binding))
+            as usize)
             & !3;
         // CPU implementations of WebGPU run a workgroup's threads as SIMD lanes: one row per lane.
-        let threads_per_row =
-            threads_per_row.unwrap_or(if info.device_type == wgpu::DeviceType::Cpu {
-                1
-            } else {
-                8
-            });
+        let default_threads = if info.device_type == wgpu::DeviceType::Cpu {
+            1
+        } else {
+            8
+        };
+        let threads_per_row = options.matmul_threads_per_row.unwrap_or(default_threads);
         let kernels = Kernels::compile(&device, threads_per_row);
         let gpu = Gpu {
             device,
@@ -150,7 +169,8 @@ impl Gpu {
     /// The first GPU error since the device opened, if any.
     pub fn check(&self) -> Result<()> {
         match self.error.lock().expect("error slot").clone() {
-            Some(e) => Err(Error::Backend(format!("GPU error: {e}"))),
+            Some(GpuFault::Lost(e)) => Err(Error::DeviceLost(e)),
+            Some(GpuFault::Error(e)) => Err(Error::Backend(format!("GPU error: {e}"))),
             None => Ok(()),
         }
     }

@@ -23,7 +23,7 @@ use crate::gguf::{ByteSource, GgmlType, GgufFile, TensorInfo};
 use crate::model::{LanguageModel, Llama};
 use context::Gpu;
 
-pub use context::AdapterSummary;
+pub use context::{AdapterSummary, GpuOptions};
 
 /// Loads a model onto the default GPU adapter.
 pub fn load_model(file: &GgufFile, source: &dyn ByteSource) -> Result<Box<dyn LanguageModel>> {
@@ -155,22 +155,20 @@ fn u32_of(n: usize, what: &str) -> Result<u32> {
 impl WebGpuBackend {
     /// Opens the default adapter (natively: Vulkan, Metal or DX12).
     pub fn new() -> Result<Self> {
-        Ok(WebGpuBackend {
-            gpu: Arc::new(Gpu::open(None)?),
-            encoder: Mutex::new(None),
-        })
+        Self::with_options(GpuOptions::default())
     }
 
-    /// Like [`new`](Self::new) with the matmul's threads per weight row forced (1, 2, 4, 8, 16,
-    /// 32 or 64) instead of chosen for the adapter: tests run both layouts on one adapter.
-    pub fn with_matmul_threads_per_row(threads: u32) -> Result<Self> {
-        if !threads.is_power_of_two() || threads > 64 {
-            return Err(Error::Backend(format!(
-                "threads per row must be a power of two up to 64, not {threads}"
-            )));
+    /// Like [`new`](Self::new), with settings forced instead of chosen for the adapter.
+    pub fn with_options(options: GpuOptions) -> Result<Self> {
+        if let Some(threads) = options.matmul_threads_per_row {
+            if !threads.is_power_of_two() || threads > 64 {
+                return Err(Error::Backend(format!(
+                    "threads per row must be a power of two up to 64, not {threads}"
+                )));
+            }
         }
         Ok(WebGpuBackend {
-            gpu: Arc::new(Gpu::open(Some(threads))?),
+            gpu: Arc::new(Gpu::open(options)?),
             encoder: Mutex::new(None),
         })
     }
@@ -336,10 +334,11 @@ impl WebGpuBackend {
         // Whole rows per buffer, each buffer within the binding limit (with room for padding).
         let limit = self.gpu.max_binding_bytes - 4;
         if row_bytes > limit {
-            return Err(Error::Backend(format!(
-                "tensor {}: one row is larger than the adapter's binding limit",
-                info.name
-            )));
+            return Err(Error::GpuLimit {
+                what: format!("a row of tensor {}", info.name),
+                needed: row_bytes as u64,
+                limit: limit as u64,
+            });
         }
         let max_rows = (limit / row_bytes.max(1)).max(1);
         let mut chunks = Vec::new();
@@ -549,6 +548,17 @@ impl Backend for WebGpuBackend {
         max_len: usize,
     ) -> Result<GpuKvCache> {
         let width = head_count_kv * head_dim;
+        // Each of K and V is one buffer: the context the adapter can hold may be shorter than the
+        // model's (then longer conversations get a ContextLength error, as on a smaller model).
+        let fits = self.gpu.max_binding_bytes / (width * 4).max(1);
+        if fits == 0 {
+            return Err(Error::GpuLimit {
+                what: "one position of the KV cache".into(),
+                needed: (width * 4) as u64,
+                limit: self.gpu.max_binding_bytes as u64,
+            });
+        }
+        let max_len = max_len.min(fits);
         let capacity = max_len.min(256);
         let buffer = |cap: usize| Arc::try_unwrap(self.storage(cap * width)).expect("a new buffer");
         Ok(GpuKvCache {
