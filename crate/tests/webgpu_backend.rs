@@ -114,7 +114,7 @@ fn check_matmul_and_embed(b: &WebGpuBackend) {
         for rows in [1, 37, 130] {
             let (info, bytes, w) = encoded(ty, rows, cols, rows as u64);
             let m = b.load_matrix(&info, bytes.clone()).unwrap();
-            for tokens in [1, 3] {
+            for tokens in [1, 3, 11] {
                 let xs = values(tokens * cols, 99);
                 let x = upload(b, tokens, cols, &xs);
                 let y = b.to_vec(&b.matmul(&x, &m).unwrap()).unwrap();

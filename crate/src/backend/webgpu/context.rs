@@ -20,6 +20,7 @@ pub struct AdapterSummary {
 
 pub(super) struct Kernels {
     matmul: HashMap<GgmlType, wgpu::ComputePipeline>,
+    matmul_tiled: HashMap<GgmlType, wgpu::ComputePipeline>,
     embed: HashMap<GgmlType, wgpu::ComputePipeline>,
     pub rms_norm: wgpu::ComputePipeline,
     pub rope: wgpu::ComputePipeline,
@@ -31,6 +32,10 @@ pub(super) struct Kernels {
 impl Kernels {
     pub fn matmul(&self, ty: GgmlType) -> &wgpu::ComputePipeline {
         &self.matmul[&ty]
+    }
+    /// Several tokens per workgroup (prefill).
+    pub fn matmul_tiled(&self, ty: GgmlType) -> &wgpu::ComputePipeline {
+        &self.matmul_tiled[&ty]
     }
     pub fn embed(&self, ty: GgmlType) -> &wgpu::ComputePipeline {
         &self.embed[&ty]
@@ -222,21 +227,20 @@ impl Kernels {
                 cache: None,
             })
         };
-        let typed = |kernel: &str, name: &str| {
+        let typed = |kernel: &str, name: &str, entry: &str| {
             super::SUPPORTED_TYPES
                 .iter()
                 .map(|&ty| {
                     let source = format!("{}\n{QUANT}", kernel.replace("TYPE", wgsl_type_name(ty)));
-                    (
-                        ty,
-                        pipeline(&format!("{name}_{}", wgsl_type_name(ty)), source, "main"),
-                    )
+                    let label = format!("{name}_{}", wgsl_type_name(ty));
+                    (ty, pipeline(&label, source, entry))
                 })
                 .collect()
         };
         Kernels {
-            matmul: typed(MATMUL, "matmul"),
-            embed: typed(EMBED, "embed"),
+            matmul: typed(MATMUL, "matmul", "main"),
+            matmul_tiled: typed(MATMUL, "matmul_tiled", "tiled"),
+            embed: typed(EMBED, "embed", "main"),
             rms_norm: pipeline("rms_norm", NORM.into(), "main"),
             rope: pipeline("rope", ROPE.into(), "main"),
             add: pipeline("add", ELEMENTWISE.into(), "add"),

@@ -136,6 +136,9 @@ struct AttentionKernelParams {
     scale: f32,
 }
 
+/// Tokens per workgroup of the prefill matmul (`TOKENS` in kernels/matmul.wgsl).
+const MATMUL_TOKENS_PER_GROUP: usize = 8;
+
 /// Types the kernels decode.
 pub const SUPPORTED_TYPES: [GgmlType; 7] = [
     GgmlType::F32,
@@ -454,7 +457,12 @@ impl Backend for WebGpuBackend {
             )));
         }
         let y = self.tensor(x.rows, w.rows);
-        let pipeline = self.gpu.kernels.matmul(w.ty);
+        // Prefill: several tokens per workgroup, each weight block decoded once for all of them.
+        let (pipeline, tokens_per_group) = if x.rows > 1 {
+            (self.gpu.kernels.matmul_tiled(w.ty), MATMUL_TOKENS_PER_GROUP)
+        } else {
+            (self.gpu.kernels.matmul(w.ty), 1)
+        };
         for chunk in &w.chunks {
             let params = MatmulParams {
                 k: u32_of(w.cols, "row length")?,
@@ -469,7 +477,7 @@ impl Backend for WebGpuBackend {
                     chunk.rows.div_ceil(self.gpu.matmul_rows_per_group),
                     "row groups",
                 )?,
-                u32_of(x.rows, "tokens")?,
+                u32_of(x.rows.div_ceil(tokens_per_group), "token groups")?,
             );
             self.dispatch(
                 pipeline,

@@ -50,3 +50,44 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
         y[token * p.out_cols + p.out_offset + row] = sum;
     }
 }
+
+// Prefill: TOKENS tokens per workgroup, each weight sub-block decoded once for all of them.
+const TOKENS: u32 = 8u;
+var<workgroup> partial_tokens: array<f32, 512>; // 64 threads × TOKENS
+
+@compute @workgroup_size(64)
+fn tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let row = wg.x * ROWS + tid / THREADS_PER_ROW;
+    let lane = tid % THREADS_PER_ROW;
+    let first_token = wg.y * TOKENS;
+    let tokens = min(TOKENS, p.tokens - first_token);
+    let subs = p.k / 32u;
+    var acc: array<f32, 8>;
+    if (row < p.n_rows) {
+        let row_offset = row * p.row_bytes;
+        for (var s = lane; s < subs; s += THREADS_PER_ROW) {
+            let wv = decode32_TYPE(row_offset, s);
+            for (var t = 0u; t < tokens; t++) {
+                let xo = (first_token + t) * p.k + s * 32u;
+                var sum = 0.0;
+                for (var k = 0u; k < 8u; k++) {
+                    sum += dot(wv[k], x4(xo + 4u * k));
+                }
+                acc[t] += sum;
+            }
+        }
+    }
+    for (var t = 0u; t < TOKENS; t++) {
+        partial_tokens[tid * TOKENS + t] = acc[t];
+    }
+    workgroupBarrier();
+    if (lane == 0u && row < p.n_rows) {
+        for (var t = 0u; t < tokens; t++) {
+            var sum = 0.0;
+            for (var i = 0u; i < THREADS_PER_ROW; i++) {
+                sum += partial_tokens[(tid + i) * TOKENS + t];
+            }
+            y[(first_token + t) * p.out_cols + p.out_offset + row] = sum;
+        }
+    }
+}

@@ -5,6 +5,8 @@
 // common granularity of Q4_0/Q4_1/Q8_0 (one block) and Q4_K/Q6_K (one eighth of a block):
 //   dot32_T(row, s, xo)  = Σ_{i<32} W[row][32·s + i] · x[xo + i]
 //   value_T(row, j)      = W[row][j]
+//   decode32_T(row, s)   = W[row][32·s .. 32·s + 32] as 8 vec4s (prefill: decoded once, used for
+//                          several tokens)
 // where `row` is the byte offset of the weight row in `w`. All arithmetic is f32 (the f32 path
 // that every adapter supports); f16 values are read with unpack2x16float.
 
@@ -218,4 +220,85 @@ fn value_q6_k(row: u32, j: u32) -> f32 {
     let sub = (j % 256u) / 32u;
     let l = j % 32u;
     return q6_k_scale(base, sub, l) * q6_k_value(base, sub, l);
+}
+
+// ---- decode32: one sub-block of 32 values, decoded ----
+fn decode32_f32(row: u32, s: u32) -> array<vec4<f32>, 8> {
+    let base = (row >> 2u) + s * 32u;
+    var out: array<vec4<f32>, 8>;
+    for (var k = 0u; k < 8u; k++) {
+        let i = base + 4u * k;
+        out[k] = vec4<f32>(bitcast<f32>(w[i]), bitcast<f32>(w[i + 1u]), bitcast<f32>(w[i + 2u]), bitcast<f32>(w[i + 3u]));
+    }
+    return out;
+}
+fn decode32_f16(row: u32, s: u32) -> array<vec4<f32>, 8> {
+    let base = (row >> 2u) + s * 16u;
+    var out: array<vec4<f32>, 8>;
+    for (var k = 0u; k < 8u; k++) {
+        out[k] = vec4<f32>(unpack2x16float(w[base + 2u * k]), unpack2x16float(w[base + 2u * k + 1u]));
+    }
+    return out;
+}
+fn decode32_q4_0(row: u32, s: u32) -> array<vec4<f32>, 8> {
+    let base = row + s * 18u;
+    let d = wf16(base);
+    var out: array<vec4<f32>, 8>;
+    for (var k = 0u; k < 4u; k++) {
+        let q = wword(base + 2u + 4u * k);
+        out[k] = d * (unsigned4(q & 0x0f0f0f0fu) - 8.0);
+        out[k + 4u] = d * (unsigned4((q >> 4u) & 0x0f0f0f0fu) - 8.0);
+    }
+    return out;
+}
+fn decode32_q4_1(row: u32, s: u32) -> array<vec4<f32>, 8> {
+    let word = (row + s * 20u) >> 2u;
+    let dm = unpack2x16float(w[word]);
+    var out: array<vec4<f32>, 8>;
+    for (var k = 0u; k < 4u; k++) {
+        let q = w[word + 1u + k];
+        out[k] = dm.x * unsigned4(q & 0x0f0f0f0fu) + dm.y;
+        out[k + 4u] = dm.x * unsigned4((q >> 4u) & 0x0f0f0f0fu) + dm.y;
+    }
+    return out;
+}
+fn decode32_q8_0(row: u32, s: u32) -> array<vec4<f32>, 8> {
+    let base = row + s * 34u;
+    let d = wf16(base);
+    var out: array<vec4<f32>, 8>;
+    for (var k = 0u; k < 8u; k++) {
+        out[k] = d * signed4(wword(base + 2u + 4u * k));
+    }
+    return out;
+}
+fn decode32_q4_k(row: u32, s: u32) -> array<vec4<f32>, 8> {
+    let base = row + (s / 8u) * 144u;
+    let sub = s % 8u;
+    let scale_min = q4_k_scale_min(base, sub);
+    let qs = (base + 16u + (sub / 2u) * 32u) >> 2u;
+    let shift = (sub % 2u) * 4u;
+    var out: array<vec4<f32>, 8>;
+    for (var k = 0u; k < 8u; k++) {
+        out[k] = scale_min.x * unsigned4((w[qs + k] >> shift) & 0x0f0f0f0fu) - scale_min.y;
+    }
+    return out;
+}
+fn decode32_q6_k(row: u32, s: u32) -> array<vec4<f32>, 8> {
+    let base = row + (s / 8u) * 210u;
+    let sub = s % 8u;
+    let n = sub / 4u;
+    let quarter = sub % 4u;
+    let ql_at = base + 64u * n + 32u * (quarter % 2u);
+    let qh_at = base + 128u + 32u * n;
+    let nibble_shift = select(0u, 4u, quarter >= 2u);
+    let high_shift = 2u * quarter;
+    let scale_lo = q6_k_scale(base, sub, 0u);
+    let scale_hi = q6_k_scale(base, sub, 16u);
+    var out: array<vec4<f32>, 8>;
+    for (var k = 0u; k < 8u; k++) {
+        let low = (wword(ql_at + 4u * k) >> nibble_shift) & 0x0f0f0f0fu;
+        let high = ((wword(qh_at + 4u * k) >> high_shift) & 0x03030303u) << 4u;
+        out[k] = select(scale_hi, scale_lo, k < 4u) * (unsigned4(low | high) - 32.0);
+    }
+    return out;
 }
