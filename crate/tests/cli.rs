@@ -506,3 +506,43 @@ fn bad_arguments_are_usage_errors() {
     let out = edgechat(&["perplexity", "--model", model, "--file", "no/such/file.txt"]);
     assert_clean_failure(&out, "cannot read");
 }
+
+/// `--backend webgpu` runs the same chat on the GPU backend (lavapipe on CI machines) and gives the
+/// same greedy answer; an unknown backend is a usage error.
+#[test]
+fn run_on_the_webgpu_backend() {
+    let stdout = edgechat_ok(&[
+        "run",
+        "--backend",
+        "webgpu",
+        "--chat",
+        "--system",
+        "You are a helpful assistant.",
+        "--prompt",
+        "What is the capital of France?",
+        "--max-tokens",
+        "16",
+        "--temperature",
+        "0",
+    ]);
+    assert!(
+        stdout.contains("Paris"),
+        "chat answer on webgpu: {stdout:?}"
+    );
+    let model = model_path();
+    let out = edgechat(&[
+        "run",
+        "--backend",
+        "tpu",
+        "--prompt",
+        "x",
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown backend"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

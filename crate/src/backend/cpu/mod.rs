@@ -47,7 +47,8 @@ impl Default for CpuBackend {
     }
 }
 
-/// A tensor's values as f32 (norm scales for the GPU backend, references in tests).
+/// A tensor's values as f32 (norm scales for the GPU backend).
+#[cfg(feature = "webgpu")]
 pub(crate) fn dequantize(info: &TensorInfo, bytes: &[u8]) -> Result<Vec<f32>> {
     let q = qtensor_from_ggml(candle_dtype(info.dtype), bytes, info.shape(), &Device::Cpu)?;
     Ok(q.dequantize(&Device::Cpu)?
