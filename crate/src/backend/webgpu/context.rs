@@ -90,6 +90,8 @@ pub(super) struct Gpu {
     pub max_groups_per_dim: u32,
     /// Weight rows per matmul workgroup (see kernels/matmul.wgsl).
     pub matmul_rows_per_group: usize,
+    /// Bytes between dispatch parameters in a uniform buffer (the adapter's offset alignment).
+    pub uniform_slot_bytes: usize,
     /// The first validation, out-of-memory or device-lost error, reported at the next flush.
     error: Arc<Mutex<Option<GpuFault>>>,
 }
@@ -165,6 +167,7 @@ impl Gpu {
             max_binding_bytes,
             max_groups_per_dim: limits.max_compute_workgroups_per_dimension,
             matmul_rows_per_group: 64 / threads_per_row as usize,
+            uniform_slot_bytes: (limits.min_uniform_buffer_offset_alignment as usize).max(256),
             error,
         };
         gpu.check()?;

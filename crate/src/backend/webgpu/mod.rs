@@ -78,9 +78,24 @@ pub struct GpuPositions {
 
 pub struct WebGpuBackend {
     gpu: Arc<Gpu>,
-    /// The command encoder of the forward call being recorded.
-    encoder: Mutex<Option<wgpu::CommandEncoder>>,
+    /// What the forward call being recorded has so far.
+    frame: Mutex<Frame>,
+    /// Uniform buffers for dispatch parameters, reused by every forward call (`SLOTS_PER_BLOCK`
+    /// dispatches each; more are added when a call needs them).
+    uniform_blocks: Mutex<Vec<wgpu::Buffer>>,
 }
+
+/// One forward call's recording, submitted at once.
+#[derive(Default)]
+struct Frame {
+    encoder: Option<wgpu::CommandEncoder>,
+    /// Dispatch parameters, one slot per dispatch, written to the uniform blocks just before the
+    /// submission (queue writes land before the commands that follow them).
+    params: Vec<u8>,
+}
+
+/// Dispatches whose parameters share one uniform buffer.
+const SLOTS_PER_BLOCK: usize = 512;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -172,7 +187,8 @@ impl WebGpuBackend {
         }
         Ok(WebGpuBackend {
             gpu: Arc::new(Gpu::open(options)?),
-            encoder: Mutex::new(None),
+            frame: Mutex::new(Frame::default()),
+            uniform_blocks: Mutex::new(Vec::new()),
         })
     }
 
@@ -224,14 +240,17 @@ impl WebGpuBackend {
 
     /// Runs `f` with the forward call's command encoder.
     fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
-        let mut slot = self.encoder.lock().expect("encoder lock");
-        let encoder = slot.get_or_insert_with(|| {
+        let mut frame = self.frame.lock().expect("frame lock");
+        f(self.encoder(&mut frame));
+    }
+
+    fn encoder<'f>(&self, frame: &'f mut Frame) -> &'f mut wgpu::CommandEncoder {
+        frame.encoder.get_or_insert_with(|| {
             self.device()
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("forward"),
                 })
-        });
-        f(encoder);
+        })
     }
 
     /// Records one dispatch of `pipeline` with `buffers` at bindings 0.. and `params` as the
@@ -243,7 +262,25 @@ impl WebGpuBackend {
         params: &P,
         groups: (u32, u32),
     ) {
-        let uniform = self.upload(bytemuck::bytes_of(params), wgpu::BufferUsages::UNIFORM);
+        let slot_bytes = self.gpu.uniform_slot_bytes;
+        let mut frame = self.frame.lock().expect("frame lock");
+        let slot = frame.params.len() / slot_bytes;
+        frame.params.extend_from_slice(bytemuck::bytes_of(params));
+        frame.params.resize((slot + 1) * slot_bytes, 0);
+        let mut blocks = self.uniform_blocks.lock().expect("uniform lock");
+        while blocks.len() <= slot / SLOTS_PER_BLOCK {
+            blocks.push(self.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("dispatch parameters"),
+                size: (SLOTS_PER_BLOCK * slot_bytes) as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
+        }
+        let uniform = wgpu::BufferBinding {
+            buffer: &blocks[slot / SLOTS_PER_BLOCK],
+            offset: ((slot % SLOTS_PER_BLOCK) * slot_bytes) as u64,
+            size: std::num::NonZeroU64::new(std::mem::size_of::<P>().next_multiple_of(16) as u64),
+        };
         let mut entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
@@ -254,22 +291,22 @@ impl WebGpuBackend {
             .collect();
         entries.push(wgpu::BindGroupEntry {
             binding: buffers.len() as u32,
-            resource: uniform.as_entire_binding(),
+            resource: wgpu::BindingResource::Buffer(uniform),
         });
         let bind_group = self.device().create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        self.record(|encoder| {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups.0, groups.1, 1);
+        drop(blocks);
+        let encoder = self.encoder(&mut frame);
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
         });
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, 1);
     }
 
     /// Workgroups for `n` elements at 256 per group, laid out in 2-D under the per-dimension limit.
@@ -304,8 +341,13 @@ impl WebGpuBackend {
 
     /// Submits what was recorded and waits for it.
     fn flush(&self) -> Result<()> {
-        let encoder = self.encoder.lock().expect("encoder lock").take();
-        if let Some(encoder) = encoder {
+        let frame = std::mem::take(&mut *self.frame.lock().expect("frame lock"));
+        if let Some(encoder) = frame.encoder {
+            let blocks = self.uniform_blocks.lock().expect("uniform lock");
+            let block_bytes = SLOTS_PER_BLOCK * self.gpu.uniform_slot_bytes;
+            for (block, params) in blocks.iter().zip(frame.params.chunks(block_bytes)) {
+                self.gpu.queue.write_buffer(block, 0, params);
+            }
             self.gpu.queue.submit([encoder.finish()]);
         }
         self.gpu.check()
