@@ -257,17 +257,19 @@ fn norm_rope_swiglu_add_and_last_row_match_scalar_references() {
     assert!(relative_error(&rotated, &expected) < 1e-5);
 }
 
-/// Attention over a growing cache (prefill of 70 keys, more than one 64-key chunk, then decode
-/// steps), GQA 4:2, with and without a sliding window, against softmax in f64.
+/// Attention over a growing cache (prefill of 70 keys, more than one 64-key chunk, decode steps,
+/// a 300-token prefill, then decode steps over 372+ keys, which split the keys into ranges
+/// merged afterwards), GQA 4:2, with and without a sliding window (200: one split range less),
+/// against softmax in f64.
 #[test]
 fn attention_matches_softmax_over_the_cache() {
     let b = gpu();
     let (heads, kv_heads, head_dim) = (4, 2, 64);
-    for window in [None, Some(50)] {
+    for window in [None, Some(50), Some(200)] {
         let mut cache = b.new_kv_cache(kv_heads, head_dim, 512).unwrap();
         let (mut all_k, mut all_v) = (Vec::new(), Vec::new());
         let mut start = 0;
-        for (step, rows) in [70usize, 1, 1, 300].into_iter().enumerate() {
+        for (step, rows) in [70usize, 1, 1, 300, 1, 1].into_iter().enumerate() {
             let q = values(rows * heads * head_dim, 10 + step as u64);
             let k = values(rows * kv_heads * head_dim, 20 + step as u64);
             let v = values(rows * kv_heads * head_dim, 30 + step as u64);

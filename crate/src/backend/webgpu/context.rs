@@ -27,6 +27,8 @@ pub(super) struct Kernels {
     pub add: wgpu::ComputePipeline,
     pub swiglu: wgpu::ComputePipeline,
     pub attention: wgpu::ComputePipeline,
+    pub attention_split_partial: wgpu::ComputePipeline,
+    pub attention_split_combine: wgpu::ComputePipeline,
 }
 
 impl Kernels {
@@ -249,6 +251,12 @@ impl Kernels {
             add: pipeline("add", ELEMENTWISE.into(), "add"),
             swiglu: pipeline("swiglu", ELEMENTWISE.into(), "swiglu"),
             attention: pipeline("attention", ATTENTION.into(), "main"),
+            attention_split_partial: pipeline("attention_split", ATTENTION.into(), "split_partial"),
+            attention_split_combine: pipeline(
+                "attention_combine",
+                ATTENTION.into(),
+                "split_combine",
+            ),
         }
     }
 }

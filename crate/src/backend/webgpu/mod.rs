@@ -149,7 +149,13 @@ struct AttentionKernelParams {
     start_pos: u32,
     window: u32,
     scale: f32,
+    keys_per_split: u32,
+    splits: u32,
 }
+
+/// Decode attends over key ranges of this many positions in parallel (flash-decoding) once the
+/// visible context is longer than one range.
+const KEYS_PER_SPLIT: usize = 128;
 
 /// Tokens per workgroup of the prefill matmul (`TOKENS` in kernels/matmul.wgsl).
 const MATMUL_TOKENS_PER_GROUP: usize = 8;
@@ -262,6 +268,24 @@ impl WebGpuBackend {
         params: &P,
         groups: (u32, u32),
     ) {
+        let bound: Vec<(u32, &wgpu::Buffer)> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i as u32, *b))
+            .collect();
+        self.dispatch_bound(pipeline, &bound, buffers.len() as u32, params, groups);
+    }
+
+    /// Records one dispatch with storage buffers at the given bindings and `params` as the uniform
+    /// at `uniform_binding`.
+    fn dispatch_bound<P: Pod>(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[(u32, &wgpu::Buffer)],
+        uniform_binding: u32,
+        params: &P,
+        groups: (u32, u32),
+    ) {
         let slot_bytes = self.gpu.uniform_slot_bytes;
         let mut frame = self.frame.lock().expect("frame lock");
         let slot = frame.params.len() / slot_bytes;
@@ -283,14 +307,13 @@ impl WebGpuBackend {
         };
         let mut entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
+            .map(|&(binding, b)| wgpu::BindGroupEntry {
+                binding,
                 resource: b.as_entire_binding(),
             })
             .collect();
         entries.push(wgpu::BindGroupEntry {
-            binding: buffers.len() as u32,
+            binding: uniform_binding,
             resource: wgpu::BindingResource::Buffer(uniform),
         });
         let bind_group = self.device().create_bind_group(&wgpu::BindGroupDescriptor {
@@ -672,6 +695,21 @@ impl Backend for WebGpuBackend {
         });
         cache.len = needed;
         let y = self.tensor(rows, params.head_count * params.head_dim);
+        if params.head_dim > 256 {
+            return Err(Error::Backend(format!(
+                "head_dim {} is above the attention kernel's 256",
+                params.head_dim
+            )));
+        }
+        let first_key = params
+            .sliding_window
+            .map_or(0, |w| (params.start_pos + 1).saturating_sub(w));
+        let visible = params.start_pos + 1 - first_key;
+        let splits = if rows == 1 && visible > KEYS_PER_SPLIT {
+            visible.div_ceil(KEYS_PER_SPLIT)
+        } else {
+            1
+        };
         let kernel_params = AttentionKernelParams {
             heads: u32_of(params.head_count, "heads")?,
             kv_heads: u32_of(params.head_count_kv, "kv heads")?,
@@ -680,19 +718,34 @@ impl Backend for WebGpuBackend {
             start_pos: u32_of(params.start_pos, "position")?,
             window: u32_of(params.sliding_window.unwrap_or(0), "window")?,
             scale: 1.0 / (params.head_dim as f32).sqrt(),
+            keys_per_split: KEYS_PER_SPLIT as u32,
+            splits: u32_of(splits, "splits")?,
         };
-        if params.head_dim > 256 {
-            return Err(Error::Backend(format!(
-                "head_dim {} is above the attention kernel's 256",
-                params.head_dim
-            )));
+        if splits == 1 {
+            self.dispatch(
+                &self.gpu.kernels.attention,
+                &[&q.buffer, &cache.k, &cache.v, &y.buffer],
+                &kernel_params,
+                (kernel_params.heads, kernel_params.rows),
+            );
+        } else {
+            // Each (head, key range) in parallel, then one merge per head.
+            let partials = self.storage(params.head_count * splits * (params.head_dim + 2));
+            self.dispatch_bound(
+                &self.gpu.kernels.attention_split_partial,
+                &[(0, &q.buffer), (1, &cache.k), (2, &cache.v), (5, &partials)],
+                4,
+                &kernel_params,
+                (kernel_params.heads, kernel_params.splits),
+            );
+            self.dispatch_bound(
+                &self.gpu.kernels.attention_split_combine,
+                &[(3, &y.buffer), (5, &partials)],
+                4,
+                &kernel_params,
+                (kernel_params.heads, 1),
+            );
         }
-        self.dispatch(
-            &self.gpu.kernels.attention,
-            &[&q.buffer, &cache.k, &cache.v, &y.buffer],
-            &kernel_params,
-            (kernel_params.heads, kernel_params.rows),
-        );
         Ok(y)
     }
 }
