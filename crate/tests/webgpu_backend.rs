@@ -8,7 +8,17 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use edgechat::backend::webgpu::{GpuOptions, WebGpuBackend};
 use edgechat::backend::{AttentionParams, Backend};
-use edgechat::gguf::{GgmlType, TensorInfo};
+use edgechat::gguf::{GgmlType, MemorySource, TensorData, TensorInfo};
+
+/// A matrix (or table) from bytes in memory.
+fn matrix(
+    b: &WebGpuBackend,
+    info: &TensorInfo,
+    bytes: &[u8],
+) -> edgechat::Result<<WebGpuBackend as Backend>::Matrix> {
+    let source = MemorySource::new(bytes.to_vec());
+    b.load_matrix(TensorData::new(info, &source))
+}
 
 /// Deterministic values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -113,7 +123,7 @@ fn check_matmul_and_embed(b: &WebGpuBackend) {
         };
         for rows in [1, 37, 130] {
             let (info, bytes, w) = encoded(ty, rows, cols, rows as u64);
-            let m = b.load_matrix(&info, bytes.clone()).unwrap();
+            let m = matrix(b, &info, &bytes).unwrap();
             for tokens in [1, 3, 11] {
                 let xs = values(tokens * cols, 99);
                 let x = upload(b, tokens, cols, &xs);
@@ -134,7 +144,7 @@ fn check_matmul_and_embed(b: &WebGpuBackend) {
                     "{ty:?} {rows}x{cols}, {tokens} tokens: relative error {err}"
                 );
             }
-            let table = b.load_embedding(&info, &bytes).unwrap();
+            let table = matrix(b, &info, &bytes).unwrap();
             let ids: Vec<u32> = vec![(rows - 1) as u32, 0, (rows / 2) as u32];
             let got = b.to_vec(&b.embed(&table, &ids).unwrap()).unwrap();
             let expected: Vec<f64> = ids
@@ -171,9 +181,7 @@ fn upload(
     cols: usize,
     data: &[f32],
 ) -> <WebGpuBackend as Backend>::Tensor {
-    let table = b
-        .load_embedding(&input_info(rows, cols), &f32_bytes(data))
-        .unwrap();
+    let table = matrix(b, &input_info(rows, cols), &f32_bytes(data)).unwrap();
     b.embed(&table, &(0..rows as u32).collect::<Vec<_>>())
         .unwrap()
 }
@@ -401,7 +409,7 @@ fn adapter_limits_split_matrices_or_give_a_typed_error() {
     })
     .unwrap();
     let (info, bytes, w) = encoded(GgmlType::Q8_0, 130, 96, 5); // 102 bytes per row: 4 buffers
-    let m = small.load_matrix(&info, bytes).unwrap();
+    let m = matrix(&small, &info, &bytes).unwrap();
     let xs = values(96, 6);
     let y = small
         .to_vec(&small.matmul(&upload(&small, 1, 96, &xs), &m).unwrap())
@@ -412,7 +420,7 @@ fn adapter_limits_split_matrices_or_give_a_typed_error() {
     assert!(relative_error(&y, &expected) < 1e-4);
 
     let (info, bytes, _) = encoded(GgmlType::F32, 2, 2048, 7); // 8 KiB rows
-    match small.load_matrix(&info, bytes) {
+    match matrix(&small, &info, &bytes) {
         Err(edgechat::Error::GpuLimit { needed, limit, .. }) => {
             assert_eq!((needed, limit), (8192, 4092))
         }
@@ -440,4 +448,33 @@ fn adapter_limits_split_matrices_or_give_a_typed_error() {
         }) => {}
         other => panic!("expected ContextLength 9 > 8, got {:?}", other.err()),
     }
+}
+
+/// Uploads in pieces smaller than a buffer and not a whole number of rows (1000 bytes of 102-byte
+/// Q8_0 rows, over buffers split at 4 KiB) give the same products.
+#[test]
+fn piecewise_uploads_give_the_same_matrix() {
+    let options = GpuOptions {
+        max_binding_bytes: Some(4096),
+        upload_piece_bytes: Some(1000),
+        ..Default::default()
+    };
+    let b = WebGpuBackend::with_options(options).unwrap();
+    let (info, bytes, w) = encoded(GgmlType::Q8_0, 130, 96, 9);
+    let m = matrix(&b, &info, &bytes).unwrap();
+    let xs = values(2 * 96, 10);
+    let y = b
+        .to_vec(&b.matmul(&upload(&b, 2, 96, &xs), &m).unwrap())
+        .unwrap();
+    let expected: Vec<f64> = (0..2)
+        .flat_map(|t| {
+            let (w, xs) = (&w, &xs);
+            (0..130).map(move |r| {
+                (0..96)
+                    .map(|j| w[r * 96 + j] as f64 * xs[t * 96 + j] as f64)
+                    .sum()
+            })
+        })
+        .collect();
+    assert!(relative_error(&y, &expected) < 1e-4);
 }

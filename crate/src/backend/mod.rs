@@ -7,7 +7,7 @@ pub mod cpu;
 pub mod webgpu;
 
 use crate::error::{Error, Result};
-use crate::gguf::{ByteSource, GgufFile, TensorInfo};
+use crate::gguf::{ByteSource, GgufFile, TensorData, TensorInfo};
 use crate::model::LanguageModel;
 
 /// Which backend runs a model.
@@ -86,9 +86,9 @@ pub trait Backend: Send + Sized {
         f()
     }
 
-    fn load_matrix(&self, info: &TensorInfo, bytes: Vec<u8>) -> Result<Self::Matrix>;
+    fn load_matrix(&self, data: TensorData<'_>) -> Result<Self::Matrix>;
     fn load_vector(&self, info: &TensorInfo, bytes: &[u8]) -> Result<Self::Vector>;
-    fn load_embedding(&self, info: &TensorInfo, bytes: &[u8]) -> Result<Self::Embedding>;
+    fn load_embedding(&self, data: TensorData<'_>) -> Result<Self::Embedding>;
 
     /// Rows of the table for `tokens`.
     fn embed(&self, table: &Self::Embedding, tokens: &[u32]) -> Result<Self::Tensor>;

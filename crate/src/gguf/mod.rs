@@ -9,7 +9,7 @@ mod types;
 mod writer;
 
 pub use error::GgufError;
-pub use reader::{GgufFile, TensorInfo};
+pub use reader::{GgufFile, TensorData, TensorInfo};
 #[cfg(unix)]
 pub use source::FileSource;
 pub use source::{ByteSource, MemorySource};

@@ -28,6 +28,44 @@ pub struct TensorInfo {
     pub n_bytes: u64,
 }
 
+/// One tensor's bytes in a source: read whole, or in pieces (a GPU backend uploads large tensors
+/// piece by piece so the host never holds all of one).
+#[derive(Clone, Copy)]
+pub struct TensorData<'a> {
+    pub info: &'a TensorInfo,
+    source: &'a dyn ByteSource,
+}
+
+impl<'a> TensorData<'a> {
+    pub fn new(info: &'a TensorInfo, source: &'a dyn ByteSource) -> Self {
+        TensorData { info, source }
+    }
+
+    pub fn read_all(&self) -> Result<Vec<u8>, GgufError> {
+        let mut bytes = vec![0u8; self.info.n_bytes as usize];
+        self.source.read_at(self.info.offset, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Fills `buf` with the tensor's bytes from `start` (relative to the tensor).
+    pub fn read_range(&self, start: u64, buf: &mut [u8]) -> Result<(), GgufError> {
+        let end = start
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.info.n_bytes);
+        if end.is_none() {
+            return Err(GgufError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "bytes {start}..+{} are outside tensor {}",
+                    buf.len(),
+                    self.info.name
+                ),
+            )));
+        }
+        Ok(self.source.read_at(self.info.offset + start, buf)?)
+    }
+}
+
 impl TensorInfo {
     pub fn n_elements(&self) -> u64 {
         self.dims.iter().product()

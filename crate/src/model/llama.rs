@@ -3,7 +3,7 @@
 use super::{LanguageModel, LlamaConfig};
 use crate::backend::{AttentionParams, Backend};
 use crate::error::{Error, Result};
-use crate::gguf::{ByteSource, GgmlType, GgufFile, TensorInfo};
+use crate::gguf::{ByteSource, GgmlType, GgufFile, TensorData, TensorInfo};
 
 struct Layer<B: Backend> {
     attn_norm: B::Vector,
@@ -58,7 +58,7 @@ impl<'a, B: Backend> Loader<'a, B> {
     fn matrix(&mut self, name: &str, cols: usize, rows: usize) -> Result<B::Matrix> {
         let info = self.info(name, &[cols as u64, rows as u64])?;
         self.bytes_per_token += info.n_bytes;
-        self.backend.load_matrix(info, self.bytes(info)?)
+        self.backend.load_matrix(TensorData::new(info, self.source))
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<B::Vector> {
@@ -90,7 +90,7 @@ impl<B: Backend> Llama<B> {
             bytes_per_token: 0,
         };
         let embd_info = loader.info("token_embd.weight", &[embd as u64, vocab as u64])?;
-        let token_embd = backend.load_embedding(embd_info, &loader.bytes(embd_info)?)?;
+        let token_embd = backend.load_embedding(TensorData::new(embd_info, source))?;
         // One row of the table is read per token.
         loader.bytes_per_token += embd_info.n_bytes / vocab as u64;
 

@@ -13,7 +13,7 @@
 use candle_core::{Device, Tensor};
 use edgechat::backend::cpu::CpuBackend;
 use edgechat::backend::{AttentionParams, Backend};
-use edgechat::gguf::{ByteSource, GgmlType, GgufFile, MemorySource, TensorInfo};
+use edgechat::gguf::{ByteSource, GgmlType, GgufFile, MemorySource, TensorData, TensorInfo};
 use edgechat::model::LlamaConfig;
 use serde::{Deserialize, Serialize};
 
@@ -200,7 +200,7 @@ fn probes(file: &GgufFile, source: &dyn ByteSource) -> edgechat::Result<Vec<Prob
             n_bytes: info.n_bytes / rows * keep,
             ..info.clone()
         };
-        let matrix = b.load_matrix(&head, file.tensor_bytes(source, &head)?)?;
+        let matrix = b.load_matrix(TensorData::new(&head, source))?;
         for m in [1, 7, 40] {
             let x = input(m, cols as usize, m as u32, 1.0)?;
             probe(
@@ -219,7 +219,7 @@ fn probes(file: &GgufFile, source: &dyn ByteSource) -> edgechat::Result<Vec<Prob
     )?;
 
     let embd_info = file.require_tensor("token_embd.weight")?;
-    let embd = b.load_embedding(embd_info, &file.tensor_bytes(source, embd_info)?)?;
+    let embd = b.load_embedding(TensorData::new(embd_info, source))?;
     probe(
         "embed".into(),
         &b.embed(&embd, &[0, 1, 2, 1000, config.vocab_size as u32 - 1])?,

@@ -11,7 +11,7 @@ use q4_1::Q4_1Matrix;
 
 use super::{AttentionParams, Backend};
 use crate::error::{Error, Result};
-use crate::gguf::{ByteSource, GgmlType, GgufFile, TensorInfo};
+use crate::gguf::{ByteSource, GgmlType, GgufFile, TensorData, TensorInfo};
 use crate::model::{LanguageModel, Llama};
 
 /// Loads a `llama` GGUF onto the CPU backend.
@@ -189,7 +189,8 @@ impl Backend for CpuBackend {
         f()
     }
 
-    fn load_matrix(&self, info: &TensorInfo, bytes: Vec<u8>) -> Result<CpuMatrix> {
+    fn load_matrix(&self, data: TensorData<'_>) -> Result<CpuMatrix> {
+        let (info, bytes) = (data.info, data.read_all()?);
         if info.dtype == GgmlType::Q4_1 && info.dims.len() == 2 {
             let (cols, rows) = (info.dims[0] as usize, info.dims[1] as usize);
             return Ok(CpuMatrix::Q4_1(Q4_1Matrix::new(bytes, rows, cols)?));
@@ -203,8 +204,8 @@ impl Backend for CpuBackend {
         Ok(self.qtensor(info, bytes)?.dequantize(&self.device)?)
     }
 
-    fn load_embedding(&self, info: &TensorInfo, bytes: &[u8]) -> Result<QTensor> {
-        self.qtensor(info, bytes)
+    fn load_embedding(&self, data: TensorData<'_>) -> Result<QTensor> {
+        self.qtensor(data.info, &data.read_all()?)
     }
 
     fn embed(&self, table: &QTensor, tokens: &[u32]) -> Result<Tensor> {

@@ -80,6 +80,8 @@ pub struct GpuOptions {
     pub matmul_threads_per_row: Option<u32>,
     /// A lower storage-binding limit than the adapter's (splits matrices into more buffers).
     pub max_binding_bytes: Option<u64>,
+    /// Bytes of a tensor held on the host at once while uploading (default 16 MiB).
+    pub upload_piece_bytes: Option<usize>,
 }
 
 pub(super) struct Gpu {
@@ -94,6 +96,7 @@ pub(super) struct Gpu {
     pub matmul_rows_per_group: usize,
     /// Bytes between dispatch parameters in a uniform buffer (the adapter's offset alignment).
     pub uniform_slot_bytes: usize,
+    pub upload_piece_bytes: usize,
     /// The first validation, out-of-memory or device-lost error, reported at the next flush.
     error: Arc<Mutex<Option<GpuFault>>>,
 }
@@ -170,6 +173,7 @@ impl Gpu {
             max_groups_per_dim: limits.max_compute_workgroups_per_dimension,
             matmul_rows_per_group: 64 / threads_per_row as usize,
             uniform_slot_bytes: (limits.min_uniform_buffer_offset_alignment as usize).max(256),
+            upload_piece_bytes: options.upload_piece_bytes.unwrap_or(16 << 20),
             error,
         };
         gpu.check()?;
@@ -183,6 +187,14 @@ impl Gpu {
             Some(GpuFault::Error(e)) => Err(Error::Backend(format!("GPU error: {e}"))),
             None => Ok(()),
         }
+    }
+
+    /// Waits until the GPU has done everything submitted (uploads release their staging memory).
+    pub fn wait_idle(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Backend(format!("waiting for the GPU: {e}")))?;
+        self.check()
     }
 
     /// Maps a MAP_READ buffer whose copy was submitted, and returns its bytes.

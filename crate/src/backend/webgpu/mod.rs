@@ -19,7 +19,7 @@ use wgpu::util::DeviceExt;
 
 use super::{AttentionParams, Backend};
 use crate::error::{Error, Result};
-use crate::gguf::{ByteSource, GgmlType, GgufFile, TensorInfo};
+use crate::gguf::{ByteSource, GgmlType, GgufFile, TensorData, TensorInfo};
 use crate::model::{LanguageModel, Llama};
 use context::Gpu;
 
@@ -376,7 +376,11 @@ impl WebGpuBackend {
         self.gpu.check()
     }
 
-    fn load_rows(&self, info: &TensorInfo, bytes: &[u8]) -> Result<GpuMatrix> {
+    /// Uploads a matrix or table: whole rows per buffer (split at the binding limit), each buffer
+    /// filled in pieces of at most `upload_piece_bytes`, submitted and waited for one at a time so
+    /// the host holds one piece, never the tensor.
+    fn load_rows(&self, data: TensorData<'_>) -> Result<GpuMatrix> {
+        let info = data.info;
         if !SUPPORTED_TYPES.contains(&info.dtype) {
             return Err(Error::Backend(format!(
                 "tensor {}: type {:?} is not supported by the WebGPU backend (supported: {:?})",
@@ -391,12 +395,12 @@ impl WebGpuBackend {
                 info.name
             )));
         }
-        let row_bytes = bytes.len() / rows.max(1);
-        if row_bytes * rows != bytes.len() {
+        let total = info.n_bytes as usize;
+        let row_bytes = total / rows.max(1);
+        if row_bytes * rows != total {
             return Err(Error::Backend(format!(
-                "tensor {}: {} bytes are not {rows} equal rows",
-                info.name,
-                bytes.len()
+                "tensor {}: {total} bytes are not {rows} equal rows",
+                info.name
             )));
         }
         // Whole rows per buffer, each buffer within the binding limit (with room for padding).
@@ -409,13 +413,32 @@ impl WebGpuBackend {
             });
         }
         let max_rows = (limit / row_bytes.max(1)).max(1);
+        let piece_limit = self.gpu.upload_piece_bytes.max(4) & !3;
+        let mut piece = Vec::new();
         let mut chunks = Vec::new();
         let mut first_row = 0;
         while first_row < rows {
             let n = max_rows.min(rows - first_row);
-            let part = &bytes[first_row * row_bytes..(first_row + n) * row_bytes];
+            let (start, len) = (first_row * row_bytes, n * row_bytes);
+            let buffer = self.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&info.name),
+                size: len.div_ceil(4).max(1) as u64 * 4,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut done = 0;
+            while done < len {
+                let take = piece_limit.min(len - done);
+                piece.resize(take, 0);
+                data.read_range((start + done) as u64, &mut piece)?;
+                piece.resize(take.div_ceil(4) * 4, 0); // queue writes are whole words
+                self.gpu.queue.write_buffer(&buffer, done as u64, &piece);
+                self.gpu.queue.submit([]);
+                self.gpu.wait_idle()?;
+                done += take;
+            }
             chunks.push(Chunk {
-                buffer: self.upload(part, wgpu::BufferUsages::STORAGE),
+                buffer,
                 first_row,
                 rows: n,
             });
@@ -460,8 +483,8 @@ impl Backend for WebGpuBackend {
         "webgpu"
     }
 
-    fn load_matrix(&self, info: &TensorInfo, bytes: Vec<u8>) -> Result<GpuMatrix> {
-        self.load_rows(info, &bytes)
+    fn load_matrix(&self, data: TensorData<'_>) -> Result<GpuMatrix> {
+        self.load_rows(data)
     }
 
     fn load_vector(&self, info: &TensorInfo, bytes: &[u8]) -> Result<GpuVector> {
@@ -471,8 +494,8 @@ impl Backend for WebGpuBackend {
         })
     }
 
-    fn load_embedding(&self, info: &TensorInfo, bytes: &[u8]) -> Result<GpuMatrix> {
-        self.load_rows(info, bytes)
+    fn load_embedding(&self, data: TensorData<'_>) -> Result<GpuMatrix> {
+        self.load_rows(data)
     }
 
     fn embed(&self, table: &GpuMatrix, tokens: &[u32]) -> Result<GpuTensor> {
