@@ -79,6 +79,11 @@ pub trait Backend: Send + Sized {
 
     fn name(&self) -> &'static str;
 
+    /// What it runs on, for reports.
+    fn describe(&self) -> String {
+        self.name().to_string()
+    }
+
     /// Runs one forward call. The CPU backend runs it on a worker of its thread pool, so the
     /// hundreds of parallel kernels of a decode step fork and join there instead of handing each
     /// one over from an outside thread (a sleep and a wake-up every time).

@@ -279,4 +279,8 @@ impl<B: Backend> LanguageModel for Llama<B> {
     fn backend_name(&self) -> &'static str {
         self.backend.name()
     }
+
+    fn backend_description(&self) -> String {
+        self.backend.describe()
+    }
 }

@@ -33,4 +33,9 @@ pub trait LanguageModel: Send {
 
     /// A short name of the backend (`cpu`, `webgpu`).
     fn backend_name(&self) -> &'static str;
+
+    /// What the backend runs on, for reports (the GPU adapter, its features and limits).
+    fn backend_description(&self) -> String {
+        self.backend_name().to_string()
+    }
 }

@@ -483,6 +483,19 @@ impl Backend for WebGpuBackend {
         "webgpu"
     }
 
+    fn describe(&self) -> String {
+        let a = &self.gpu.summary;
+        format!(
+            "webgpu on {} ({}, {}; shader-f16 {}, subgroups {}, storage binding {} MiB)",
+            a.name,
+            a.backend,
+            a.driver.trim(),
+            if a.shader_f16 { "yes" } else { "no" },
+            if a.subgroups { "yes" } else { "no" },
+            a.max_storage_binding >> 20
+        )
+    }
+
     fn load_matrix(&self, data: TensorData<'_>) -> Result<GpuMatrix> {
         self.load_rows(data)
     }

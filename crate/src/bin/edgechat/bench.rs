@@ -102,11 +102,13 @@ pub fn main(args: Args) -> CliResult {
     let (decode_mean, decode_sd) = mean_and_sd(&decode_rates);
     let decode_gbps = weight_bytes as f64 * decode_mean / 1e9;
     let backend = loaded.model.backend_name();
+    let backend_description = loaded.model.backend_description();
 
     if args.json {
         let report = json!({
             "model": args.model.display().to_string(),
             "backend": backend,
+            "backend_description": backend_description,
             "threads": threads,
             "load_seconds": load_seconds,
             "prompt_tokens": args.prompt_tokens,
@@ -125,6 +127,9 @@ pub fn main(args: Args) -> CliResult {
             "model: {} (backend {backend}, {threads} threads, loaded in {load_seconds:.2} s)",
             args.model.display()
         );
+        if backend_description != backend {
+            println!("backend: {backend_description}");
+        }
         println!(
             "prefill: {:>9.1} tok/s ± {:.1}   ({} tokens, {} runs)",
             prefill_mean, prefill_sd, args.prompt_tokens, args.repetitions
