@@ -14,7 +14,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
-// quant.wgsl's dot functions name `x`; the lookup never calls them.
+// quant.wgsl's dot32 names `x`; the lookup never calls it.
 @group(0) @binding(4) var<storage, read> x: array<vec4<f32>>;
 
 @compute @workgroup_size(64)
@@ -28,5 +28,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (id < p.first_row || id >= p.first_row + p.n_rows) {
         return;
     }
-    y[t * p.cols + j] = value_TYPE((id - p.first_row) * p.row_bytes, j);
+    let block = decode32_TYPE((id - p.first_row) * p.row_bytes, j / 32u);
+    y[t * p.cols + j] = block[(j % 32u) / 4u][j % 4u];
 }

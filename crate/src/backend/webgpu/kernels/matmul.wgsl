@@ -37,7 +37,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     if (row < p.n_rows) {
         let row_offset = row * p.row_bytes;
         for (var s = lane; s < subs; s += THREADS_PER_ROW) {
-            acc += dot32_TYPE(row_offset, s, xo + s * 32u);
+            acc += dot32(decode32_TYPE(row_offset, s), xo + s * 32u);
         }
     }
     partial[tid] = acc;
@@ -68,12 +68,7 @@ fn tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         for (var s = lane; s < subs; s += THREADS_PER_ROW) {
             let wv = decode32_TYPE(row_offset, s);
             for (var t = 0u; t < tokens; t++) {
-                let xo = (first_token + t) * p.k + s * 32u;
-                var sum = 0.0;
-                for (var k = 0u; k < 8u; k++) {
-                    sum += dot(wv[k], x4(xo + 4u * k));
-                }
-                acc[t] += sum;
+                acc[t] += dot32(wv, (first_token + t) * p.k + s * 32u);
             }
         }
     }

@@ -1,14 +1,20 @@
 // GGUF block decoding, shared by the kernels that read quantized weights (matmul, embed).
 //
 // The including kernel declares `w: array<u32>` (the raw GGUF bytes of the weights, as stored in
-// the file) and `x: array<vec4<f32>>` (activations, read four at a time; offsets are multiples of 4). Every type is read in sub-blocks of 32 values, the
-// common granularity of Q4_0/Q4_1/Q8_0 (one block) and Q4_K/Q6_K (one eighth of a block):
-//   dot32_T(row, s, xo)  = Σ_{i<32} W[row][32·s + i] · x[xo + i]
-//   value_T(row, j)      = W[row][j]
-//   decode32_T(row, s)   = W[row][32·s .. 32·s + 32] as 8 vec4s (prefill: decoded once, used for
-//                          several tokens)
-// where `row` is the byte offset of the weight row in `w`. All arithmetic is f32 (the f32 path
-// that every adapter supports); f16 values are read with unpack2x16float.
+// the file) and `x: array<vec4<f32>>` (activations, read four at a time). Every type is read in
+// sub-blocks of 32 values, the common granularity of Q4_0/Q4_1/Q8_0 (one block) and Q4_K/Q6_K (one
+// eighth of a block):
+//   decode32_T(row, s) = W[row][32·s .. 32·s + 32] as 8 vec4s, `row` the byte offset of the row
+//   dot32(w, xo)       = Σ_{i<32} w[i] · x[xo + i] for a decoded sub-block
+// All arithmetic is f32 (the path every adapter supports); f16 values are read with unpack2x16float.
+//
+// Layouts: Q4_0 18 bytes per 32 values (d f16, 16 bytes of nibbles: low 0..16, high 16..32);
+// Q4_1 20 bytes (d, m f16, nibbles; value d·q + m); Q8_0 34 bytes (d f16, 32 signed bytes);
+// Q4_K 144 bytes per 256 (d, dmin f16, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles:
+// sub-block `sub` is chunk sub/2, low nibbles when even; value d·scale·q − dmin·min);
+// Q6_K 210 bytes per 256 (ql[128] low 4 bits, qh[64] high 2 bits, 16 signed scales, d f16: half n
+// has ql[64n..], qh[32n..], scales[8n..]; its quarter q takes low nibbles for q < 2, ql offset
+// 32·(q odd), qh bits 2q..2q+2, scale 8n + 2q + (l ≥ 16)).
 
 fn wbyte(i: u32) -> u32 {
     return (w[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu;
@@ -49,94 +55,6 @@ fn x4(i: u32) -> vec4<f32> {
     return x[i >> 2u];
 }
 
-// ---- F32 ----
-fn dot32_f32(row: u32, s: u32, xo: u32) -> f32 {
-    let base = (row >> 2u) + s * 32u;
-    var acc = 0.0;
-    for (var i = 0u; i < 32u; i += 4u) {
-        let wv = vec4<f32>(bitcast<f32>(w[base + i]), bitcast<f32>(w[base + i + 1u]), bitcast<f32>(w[base + i + 2u]), bitcast<f32>(w[base + i + 3u]));
-        acc += dot(wv, x4(xo + i));
-    }
-    return acc;
-}
-fn value_f32(row: u32, j: u32) -> f32 {
-    return bitcast<f32>(w[(row >> 2u) + j]);
-}
-
-// ---- F16 ----
-fn dot32_f16(row: u32, s: u32, xo: u32) -> f32 {
-    let base = (row >> 2u) + s * 16u;
-    var acc = 0.0;
-    for (var i = 0u; i < 16u; i += 2u) {
-        let wv = vec4<f32>(unpack2x16float(w[base + i]), unpack2x16float(w[base + i + 1u]));
-        acc += dot(wv, x4(xo + 2u * i));
-    }
-    return acc;
-}
-fn value_f16(row: u32, j: u32) -> f32 {
-    return wf16(row + 2u * j);
-}
-
-// ---- Q4_0: 18 bytes per 32 values: d (f16), 16 bytes of nibbles (low: 0..16, high: 16..32) ----
-fn dot32_q4_0(row: u32, s: u32, xo: u32) -> f32 {
-    let base = row + s * 18u;
-    var acc = 0.0;
-    for (var k = 0u; k < 4u; k++) {
-        let q = wword(base + 2u + 4u * k);
-        acc += dot(unsigned4(q & 0x0f0f0f0fu) - 8.0, x4(xo + 4u * k))
-            + dot(unsigned4((q >> 4u) & 0x0f0f0f0fu) - 8.0, x4(xo + 16u + 4u * k));
-    }
-    return wf16(base) * acc;
-}
-fn value_q4_0(row: u32, j: u32) -> f32 {
-    let base = row + (j / 32u) * 18u;
-    let i = j % 32u;
-    let b = wbyte(base + 2u + (i % 16u));
-    let q = select(b & 15u, b >> 4u, i >= 16u);
-    return wf16(base) * (f32(q) - 8.0);
-}
-
-// ---- Q4_1: 20 bytes per 32 values: d, m (f16), 16 bytes of nibbles; value = d·q + m ----
-fn dot32_q4_1(row: u32, s: u32, xo: u32) -> f32 {
-    let word = (row + s * 20u) >> 2u;
-    let dm = unpack2x16float(w[word]);
-    var acc = 0.0;
-    var sum_x = 0.0;
-    for (var k = 0u; k < 4u; k++) {
-        let q = w[word + 1u + k];
-        let x_lo = x4(xo + 4u * k);
-        let x_hi = x4(xo + 16u + 4u * k);
-        acc += dot(unsigned4(q & 0x0f0f0f0fu), x_lo) + dot(unsigned4((q >> 4u) & 0x0f0f0f0fu), x_hi);
-        sum_x += dot(x_lo + x_hi, vec4<f32>(1.0));
-    }
-    return dm.x * acc + dm.y * sum_x;
-}
-fn value_q4_1(row: u32, j: u32) -> f32 {
-    let base = row + (j / 32u) * 20u;
-    let dm = unpack2x16float(w[base >> 2u]);
-    let i = j % 32u;
-    let b = wbyte(base + 4u + (i % 16u));
-    let q = select(b & 15u, b >> 4u, i >= 16u);
-    return dm.x * f32(q) + dm.y;
-}
-
-// ---- Q8_0: 34 bytes per 32 values: d (f16), 32 signed bytes ----
-fn dot32_q8_0(row: u32, s: u32, xo: u32) -> f32 {
-    let base = row + s * 34u;
-    var acc = 0.0;
-    for (var k = 0u; k < 8u; k++) {
-        acc += dot(signed4(wword(base + 2u + 4u * k)), x4(xo + 4u * k));
-    }
-    return wf16(base) * acc;
-}
-fn value_q8_0(row: u32, j: u32) -> f32 {
-    let base = row + (j / 32u) * 34u;
-    return wf16(base) * signed8(wbyte(base + 2u + j % 32u));
-}
-
-// ---- Q4_K: 144 bytes per 256 values: d, dmin (f16), 12 bytes of 6-bit scales and mins,
-// 128 bytes of nibbles. Sub-block `sub` (0..8) of 32 values: chunk sub/2 of 32 bytes, low nibbles
-// for even sub-blocks, high for odd; value = d·scale·q − dmin·min.
 fn q4_k_scale_min(base: u32, sub: u32) -> vec2<f32> {
     let scales = base + 4u;
     var sc: u32;
@@ -151,78 +69,11 @@ fn q4_k_scale_min(base: u32, sub: u32) -> vec2<f32> {
     let dm = unpack2x16float(w[base >> 2u]);
     return vec2<f32>(dm.x * f32(sc), dm.y * f32(m));
 }
-fn dot32_q4_k(row: u32, s: u32, xo: u32) -> f32 {
-    let base = row + (s / 8u) * 144u;
-    let sub = s % 8u;
-    let scale_min = q4_k_scale_min(base, sub);
-    let qs = (base + 16u + (sub / 2u) * 32u) >> 2u;
-    let shift = (sub % 2u) * 4u;
-    var acc = 0.0;
-    var sum_x = 0.0;
-    for (var k = 0u; k < 8u; k++) {
-        let xv = x4(xo + 4u * k);
-        acc += dot(unsigned4((w[qs + k] >> shift) & 0x0f0f0f0fu), xv);
-        sum_x += dot(xv, vec4<f32>(1.0));
-    }
-    return scale_min.x * acc - scale_min.y * sum_x;
-}
-fn value_q4_k(row: u32, j: u32) -> f32 {
-    let base = row + (j / 256u) * 144u;
-    let sub = (j % 256u) / 32u;
-    let scale_min = q4_k_scale_min(base, sub);
-    let b = wbyte(base + 16u + (sub / 2u) * 32u + j % 32u);
-    let q = select(b & 15u, b >> 4u, (sub % 2u) == 1u);
-    return scale_min.x * f32(q) - scale_min.y;
-}
-
-// ---- Q6_K: 210 bytes per 256 values: ql[128] (low 4 bits), qh[64] (high 2 bits), 16 signed
-// 8-bit scales, d (f16). Half n (128 values) has ql[64n..], qh[32n..], scales[8n..]; its quarter
-// q (32 values) takes low nibbles of ql for q < 2 (high otherwise), ql offset 32·(q odd), qh bits
-// 2q..2q+2, and scale 8n + 2q + (l ≥ 16).
-fn q6_k_value(base: u32, sub: u32, l: u32) -> f32 {
-    let n = sub / 4u;
-    let quarter = sub % 4u;
-    let ql = wbyte(base + 64u * n + 32u * (quarter % 2u) + l);
-    let low = select(ql & 15u, ql >> 4u, quarter >= 2u);
-    let high = (wbyte(base + 128u + 32u * n + l) >> (2u * quarter)) & 3u;
-    return f32(i32(low | (high << 4u)) - 32);
-}
 fn q6_k_scale(base: u32, sub: u32, l: u32) -> f32 {
     let n = sub / 4u;
     let quarter = sub % 4u;
     return wf16(base + 208u) * signed8(wbyte(base + 192u + 8u * n + 2u * quarter + l / 16u));
 }
-fn dot32_q6_k(row: u32, s: u32, xo: u32) -> f32 {
-    let base = row + (s / 8u) * 210u;
-    let sub = s % 8u;
-    let n = sub / 4u;
-    let quarter = sub % 4u;
-    let ql_at = base + 64u * n + 32u * (quarter % 2u);
-    let qh_at = base + 128u + 32u * n;
-    let nibble_shift = select(0u, 4u, quarter >= 2u);
-    let high_shift = 2u * quarter;
-    var acc = vec2<f32>(0.0, 0.0); // values 0..16 and 16..32 have their own scales
-    for (var k = 0u; k < 8u; k++) {
-        let low = (wword(ql_at + 4u * k) >> nibble_shift) & 0x0f0f0f0fu;
-        let high = ((wword(qh_at + 4u * k) >> high_shift) & 0x03030303u) << 4u;
-        let q = unsigned4(low | high) - 32.0;
-        let part = dot(q, x4(xo + 4u * k));
-        if (k < 4u) {
-            acc.x += part;
-        } else {
-            acc.y += part;
-        }
-    }
-    return q6_k_scale(base, sub, 0u) * acc.x + q6_k_scale(base, sub, 16u) * acc.y;
-}
-fn value_q6_k(row: u32, j: u32) -> f32 {
-    let base = row + (j / 256u) * 210u;
-    let sub = (j % 256u) / 32u;
-    let l = j % 32u;
-    return q6_k_scale(base, sub, l) * q6_k_value(base, sub, l);
-}
-
-// ---- decode32: one sub-block of 32 values, decoded ----
 fn decode32_f32(row: u32, s: u32) -> array<vec4<f32>, 8> {
     let base = (row >> 2u) + s * 32u;
     var out: array<vec4<f32>, 8>;
@@ -301,4 +152,13 @@ fn decode32_q6_k(row: u32, s: u32) -> array<vec4<f32>, 8> {
         out[k] = select(scale_hi, scale_lo, k < 4u) * (unsigned4(low | high) - 32.0);
     }
     return out;
+}
+
+// A decoded sub-block times x[xo .. xo + 32].
+fn dot32(wv: array<vec4<f32>, 8>, xo: u32) -> f32 {
+    var acc = 0.0;
+    for (var k = 0u; k < 8u; k++) {
+        acc += dot(wv[k], x4(xo + 4u * k));
+    }
+    return acc;
 }
