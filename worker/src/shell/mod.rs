@@ -309,11 +309,20 @@ fn random_id() -> String {
     hex::encode(bytes)
 }
 
+thread_local! {
+    /// Provider keys, read from the secrets once per isolate and configuration (not per request).
+    static KEYS: RefCell<Option<(Rc<RouterConfig>, Rc<HashMap<String, String>>)>> = const { RefCell::new(None) };
+}
+
 /// Provider name → key, from the secrets the configuration names.
-fn provider_keys(env: &Env, config: &RouterConfig) -> HashMap<String, String> {
-    thread_local! {
-        /// Secrets already reported missing by this isolate (reported once, not per request).
-        static REPORTED: RefCell<std::collections::HashSet<String>> = RefCell::default();
+fn provider_keys(env: &Env, config: &Rc<RouterConfig>) -> Rc<HashMap<String, String>> {
+    let cached = KEYS.with_borrow(|k| {
+        k.as_ref()
+            .filter(|(c, _)| Rc::ptr_eq(c, config))
+            .map(|(_, keys)| keys.clone())
+    });
+    if let Some(keys) = cached {
+        return keys;
     }
     let mut keys = HashMap::new();
     for provider in &config.providers {
@@ -325,13 +334,11 @@ fn provider_keys(env: &Env, config: &RouterConfig) -> HashMap<String, String> {
                 keys.insert(provider.name.clone(), value.to_string());
             }
             // The secret's name is not secret; its value is never logged.
-            Err(_) => {
-                if REPORTED.with_borrow_mut(|r| r.insert(secret.clone())) {
-                    console_error!("provider {}: secret {} is not set", provider.name, secret);
-                }
-            }
+            Err(_) => console_error!("provider {}: secret {} is not set", provider.name, secret),
         }
     }
+    let keys = Rc::new(keys);
+    KEYS.set(Some((config.clone(), keys.clone())));
     keys
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use crate::router::relay::{Transport, UpstreamResponse};
 
 pub struct WorkerTransport {
     /// Provider name → API key, read from the worker's secrets. Never logged or returned.
-    pub keys: HashMap<String, String>,
+    pub keys: Rc<HashMap<String, String>>,
 }
 
 /// Aborts its upstream request when dropped: a lost hedge or a caller that left stops there.
