@@ -1,6 +1,7 @@
 //! edgechat: llama-architecture GGUF inference for the browser (WebGPU, wasm) and native.
 
 pub mod backend;
+pub mod bench;
 pub mod chat;
 pub mod error;
 pub mod generate;
@@ -11,3 +12,7 @@ pub mod session;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+
+/// The browser build's JavaScript interface (wasm-bindgen).
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;

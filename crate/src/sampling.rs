@@ -89,6 +89,29 @@ impl SamplingParams {
     }
 }
 
+/// One token choice a backend can make on its device from the logits it computed, so only the
+/// token id comes back (no penalties: those need the history, which stays on the host). Same
+/// semantics as [`Sampler::sample`]: top-k, top-p and min-p on the logits at temperature 1, then a
+/// draw at `temperature`; `temperature <= 0` is greedy (argmax, lowest id on ties).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeviceSampling {
+    pub temperature: f32,
+    /// 0 = off.
+    pub top_k: u32,
+    /// 1 = off.
+    pub top_p: f32,
+    /// 0 = off.
+    pub min_p: f32,
+    /// A uniform draw in [0, 1) from the sampler's seeded RNG: where the weighted draw lands.
+    pub uniform: f32,
+}
+
+/// A uniform draw in [0, 1) for one token choice.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Draw {
+    pub uniform: f64,
+}
+
 /// Picks tokens according to [`SamplingParams`]. Keeps its RNG between calls, so one sampler per
 /// request gives a reproducible sequence for a fixed seed.
 pub struct Sampler {
@@ -121,10 +144,48 @@ impl Sampler {
         &self.params
     }
 
-    /// Chooses the next token. `history` is the sequence so far (prompt and generated tokens);
-    /// only its last `penalty_last_n` tokens matter, and ids outside the vocabulary are ignored.
-    /// An empty `logits` slice yields token 0.
+    /// Draws what the next choice needs from the RNG (nothing when greedy). The same draw serves
+    /// [`device_request`](Self::device_request) and [`sample_drawn`](Self::sample_drawn), which
+    /// map it to a token the same way, so a seed gives the same sequence whether the device or the
+    /// host chooses (up to float rounding at a boundary between two tokens).
+    pub fn draw(&mut self) -> Draw {
+        Draw {
+            uniform: if self.params.is_greedy() {
+                0.0
+            } else {
+                self.rng.gen::<f64>()
+            },
+        }
+    }
+
+    /// The choice as a device can make it, or `None` when it needs the host (penalties look at
+    /// the history).
+    pub fn device_request(&self, draw: &Draw) -> Option<DeviceSampling> {
+        let p = &self.params;
+        if p.has_penalties() {
+            return None;
+        }
+        let greedy = p.is_greedy();
+        Some(DeviceSampling {
+            temperature: if greedy { 0.0 } else { p.temperature },
+            top_k: u32::try_from(p.top_k).unwrap_or(u32::MAX),
+            top_p: p.top_p,
+            min_p: p.min_p,
+            // f32 has 24 bits of mantissa: keep the draw below 1.0 after the cast.
+            uniform: (draw.uniform as f32).min(1.0 - f32::EPSILON),
+        })
+    }
+
+    /// Chooses the next token: [`draw`](Self::draw), then [`sample_drawn`](Self::sample_drawn).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let draw = self.draw();
+        self.sample_drawn(logits, history, &draw)
+    }
+
+    /// Chooses the next token on the host with an earlier draw. `history` is the sequence so far
+    /// (prompt and generated tokens); only its last `penalty_last_n` tokens matter, and ids
+    /// outside the vocabulary are ignored. An empty `logits` slice yields token 0.
+    pub fn sample_drawn(&mut self, logits: &[f32], history: &[u32], draw: &Draw) -> u32 {
         // NaN needs no separate scan: `argmax` and the max below skip it, and the candidates
         // turn it into -inf as they are built.
         let logits = if self.params.has_penalties() {
@@ -195,7 +256,10 @@ impl Sampler {
         if !weights_sum.is_finite() || weights_sum <= 0.0 {
             return candidates.first().map_or(0, |&(t, _)| t);
         }
-        let mut target = self.rng.gen::<f64>() * weights_sum;
+        // The draw walks the survivors in id order, as the GPU sampler does: the same draw picks
+        // the same token on either side.
+        candidates.sort_unstable_by_key(|&(token, _)| token);
+        let mut target = draw.uniform * weights_sum;
         for &(token, l) in candidates.iter() {
             target -= ((l - max_logit) as f64 * inv_temp).exp();
             if target < 0.0 {

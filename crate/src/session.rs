@@ -20,8 +20,8 @@ use web_time::Instant;
 use crate::backend::BackendKind;
 use crate::chat::{ChatTemplate, Message};
 use crate::gguf::{ByteSource, GgufFile};
-use crate::model::{LanguageModel, LlamaConfig};
-use crate::sampling::{Sampler, SamplingParams};
+use crate::model::{Forwarded, LanguageModel, LlamaConfig, Output, PendingForward};
+use crate::sampling::{Draw, Sampler, SamplingParams};
 use crate::tokenizer::{Detokenizer, Tokenizer};
 use crate::{Error, Result};
 
@@ -222,6 +222,7 @@ impl Engine {
 
     /// Renders `messages` with the chat template (with the assistant's generation prompt) and
     /// generates the reply. Earlier turns that are still in the cache are not computed again.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn chat(
         &mut self,
         messages: &[Message],
@@ -229,13 +230,37 @@ impl Engine {
         cancel: &CancelToken,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Completion> {
+        pollster::block_on(self.chat_async(messages, params, cancel, on_text))
+    }
+
+    /// [`chat`](Self::chat) without blocking (the browser's way).
+    pub async fn chat_async(
+        &mut self,
+        messages: &[Message],
+        params: &SamplingParams,
+        cancel: &CancelToken,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Completion> {
         let prompt = self.template.render(&self.tokenizer, messages, true)?;
-        self.generate(&prompt, params, cancel, on_text)
+        self.generate_async(&prompt, params, cancel, on_text).await
     }
 
     /// Generates a continuation of `prompt` (token ids, BOS included if the model wants one),
-    /// calling `on_text` with each new piece of text as soon as it is final.
+    /// calling `on_text` with each new piece of text as soon as it is final. Blocks (native).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &SamplingParams,
+        cancel: &CancelToken,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Completion> {
+        pollster::block_on(self.generate_async(prompt, params, cancel, on_text))
+    }
+
+    /// [`generate`](Self::generate) without blocking: waits for the GPU by awaiting, so it runs
+    /// in a browser. A token chosen on the GPU is the only thing read back per step.
+    pub async fn generate_async(
         &mut self,
         prompt: &[u32],
         params: &SamplingParams,
@@ -275,10 +300,12 @@ impl Engine {
         self.truncate_to(reused);
         stats.reused_tokens = reused;
 
-        // Prefill.
+        // Prefill. The last chunk's call also chooses the first token.
         let prefill_start = Instant::now();
-        let mut logits = Vec::new();
-        for chunk in prompt[reused..].chunks(PREFILL_CHUNK) {
+        let mut sampler = Sampler::new(params);
+        let chunks: Vec<&[u32]> = prompt[reused..].chunks(PREFILL_CHUNK).collect();
+        let (last_chunk, full_chunks) = chunks.split_last().expect("at least one prompt token");
+        for chunk in full_chunks {
             if cancel.is_cancelled() {
                 stats.prefilled_tokens = self.cached_tokens.len() - reused;
                 return Ok(finish(
@@ -288,29 +315,65 @@ impl Engine {
                     stats,
                 ));
             }
-            logits = self.forward(chunk)?;
+            let call = InFlight::start(self.model.as_mut(), chunk, Output::Logits, None)?;
+            call.finish(self.model.as_mut(), &mut self.cached_tokens, &mut sampler)
+                .await?;
         }
-        let prefill_secs = prefill_start.elapsed().as_secs_f64();
-        stats.prefilled_tokens = prompt.len() - reused;
-        stats.prefill_tok_s = rate(stats.prefilled_tokens, prefill_secs);
+        let draw = sampler.draw();
+        let mut in_flight = InFlight::start(
+            self.model.as_mut(),
+            last_chunk,
+            output_for(&sampler, &draw),
+            Some(draw),
+        )?;
 
-        // Decode.
-        let decode_start = Instant::now();
-        let mut sampler = Sampler::new(params);
+        // Decode. While the host waits for one token, the device already runs the next call on it
+        // (`start_forward_sampled`): where sampling is on the device, tokens never wait for the host.
+        let mut decode_start = Instant::now();
         let mut tokens = Vec::new();
         let mut text = String::new();
         let mut stop = StopFilter::new(&params.stop);
         let mut detokenizer = Detokenizer::new(&self.tokenizer);
         let mut sampled = 0usize;
+        let mut spare_draw = None;
         let reason = loop {
             if cancel.is_cancelled() {
                 break FinishReason::Cancelled;
             }
-            // The cache holds exactly the prompt and the tokens generated so far.
-            let token = sampler.sample(&logits, &self.cached_tokens);
+            // The next call, started on the token this one is choosing, unless this one is the last.
+            let ahead = if tokens.len() + 1 < max_tokens {
+                let draw = spare_draw.take().unwrap_or_else(|| sampler.draw());
+                match self
+                    .model
+                    .start_forward_sampled(output_for(&sampler, &draw))
+                {
+                    Ok(Some(pending)) => Some((pending, draw)),
+                    Ok(None) => {
+                        spare_draw = Some(draw);
+                        None
+                    }
+                    Err(e) => {
+                        resync(self.model.as_mut(), &mut self.cached_tokens);
+                        return Err(e);
+                    }
+                }
+            } else {
+                None
+            };
+            let token = in_flight
+                .finish(self.model.as_mut(), &mut self.cached_tokens, &mut sampler)
+                .await?;
             sampled += 1;
             if sampled == 1 {
                 stats.time_to_first_token_ms = ms(start.elapsed());
+                // The prefill ends with the first token's choice.
+                stats.prefilled_tokens = prompt.len() - reused;
+                stats.prefill_tok_s = rate(
+                    stats.prefilled_tokens,
+                    prefill_start.elapsed().as_secs_f64(),
+                );
+                // Decode speed counts the calls after the first token, as llama.cpp does.
+                decode_start = Instant::now();
             }
             if self.tokenizer.is_eos(token) {
                 break FinishReason::Stop;
@@ -328,12 +391,35 @@ impl Engine {
             if tokens.len() >= max_tokens {
                 break FinishReason::Length;
             }
-            if cancel.is_cancelled() {
-                break FinishReason::Cancelled;
-            }
-            // Not `self.forward`: `detokenizer` borrows `self.tokenizer`.
-            logits = forward_cached(self.model.as_mut(), &mut self.cached_tokens, &[token])?;
+            in_flight = match ahead {
+                Some((pending, draw)) => InFlight {
+                    pending,
+                    input: vec![token],
+                    draw: Some(draw),
+                },
+                None => {
+                    if cancel.is_cancelled() {
+                        break FinishReason::Cancelled;
+                    }
+                    let draw = spare_draw.take().unwrap_or_else(|| sampler.draw());
+                    InFlight::start(
+                        self.model.as_mut(),
+                        &[token],
+                        output_for(&sampler, &draw),
+                        Some(draw),
+                    )
+                    .inspect_err(|_| resync(self.model.as_mut(), &mut self.cached_tokens))?
+                }
+            };
         };
+        if sampled == 0 {
+            // Cancelled before the last prompt chunk's result arrived.
+            stats.prefilled_tokens = self.cached_tokens.len() - reused;
+        }
+        // A call started ahead on a token that ended the completion: its position goes.
+        if self.model.cache_len() > self.cached_tokens.len() {
+            self.model.truncate_cache(self.cached_tokens.len());
+        }
 
         // Text held back (an unfinished character, a possible start of a stop string) is final
         // now, unless a stop string ended the completion.
@@ -344,7 +430,7 @@ impl Engine {
                 text.push_str(&rest);
             }
         }
-        // The first sampled token came from the prefill's logits: no decode pass.
+        // The first sampled token came from the prefill's call: no decode pass.
         stats.decode_tok_s = rate(
             sampled.saturating_sub(1),
             decode_start.elapsed().as_secs_f64(),
@@ -369,29 +455,64 @@ impl Engine {
         self.model.truncate_cache(len);
         self.cached_tokens.truncate(len);
     }
+}
 
-    /// Runs `tokens` after the cached ones and records them as cached.
-    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        forward_cached(self.model.as_mut(), &mut self.cached_tokens, tokens)
+/// How the next token is chosen: on the device where the sampler allows it.
+fn output_for(sampler: &Sampler, draw: &Draw) -> Output {
+    match sampler.device_request(draw) {
+        Some(request) => Output::Sample(request),
+        None => Output::Logits,
     }
 }
 
-/// Runs `tokens` after `cached_tokens` (what the model's cache holds) and records them as cached.
-/// On failure, resyncs the cache and its bookkeeping.
-fn forward_cached(
-    model: &mut dyn LanguageModel,
-    cached_tokens: &mut Vec<u32>,
-    tokens: &[u32],
-) -> Result<Vec<f32>> {
-    match model.forward(tokens) {
-        Ok(logits) => {
-            cached_tokens.extend_from_slice(tokens);
-            Ok(logits)
-        }
-        Err(e) => {
-            resync(model, cached_tokens);
-            Err(e)
-        }
+/// A forward call submitted and not yet read back. `cached_tokens` records its input once its
+/// result arrives (the model's cache holds the positions already).
+struct InFlight {
+    pending: PendingForward,
+    input: Vec<u32>,
+    /// The draw for the token this call chooses (none for a prefill chunk before the last).
+    draw: Option<Draw>,
+}
+
+impl InFlight {
+    fn start(
+        model: &mut dyn LanguageModel,
+        input: &[u32],
+        output: Output,
+        draw: Option<Draw>,
+    ) -> Result<Self> {
+        Ok(InFlight {
+            pending: model.start_forward(input, output)?,
+            input: input.to_vec(),
+            draw,
+        })
+    }
+
+    /// Waits for the result, records the input as cached, and returns the chosen token (sampled
+    /// on the host from the logits where the device did not choose). On failure, resyncs the
+    /// cache and its bookkeeping.
+    async fn finish(
+        self,
+        model: &mut dyn LanguageModel,
+        cached_tokens: &mut Vec<u32>,
+        sampler: &mut Sampler,
+    ) -> Result<u32> {
+        let forwarded = match self.pending.wait_async().await {
+            Ok(forwarded) => forwarded,
+            Err(e) => {
+                resync(model, cached_tokens);
+                return Err(e);
+            }
+        };
+        cached_tokens.extend_from_slice(&self.input);
+        Ok(match (forwarded, self.draw) {
+            (Forwarded::Token(token), _) => token,
+            // The history is the prompt and the tokens generated so far, as penalties expect.
+            (Forwarded::Logits(logits), Some(draw)) => {
+                sampler.sample_drawn(&logits, cached_tokens, &draw)
+            }
+            (Forwarded::Logits(_), None) => 0, // a prefill chunk: nothing to choose
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use edgechat::chat::{ChatTemplate, Message};
 use edgechat::gguf::{FileSource, GgufFile};
-use edgechat::model::{LanguageModel, LlamaConfig};
+use edgechat::model::{LanguageModel, LlamaConfig, Output, PendingForward};
 use edgechat::sampling::SamplingParams;
 use edgechat::session::{CancelToken, Completion, Engine, FinishReason, PREFILL_CHUNK};
 use edgechat::tokenizer::Tokenizer;
@@ -296,7 +296,7 @@ impl LanguageModel for ScriptedModel {
         &self.config
     }
 
-    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+    fn start_forward(&mut self, tokens: &[u32], _output: Output) -> Result<PendingForward> {
         if self.cache.len() + tokens.len() > self.config.context_length {
             return Err(Error::ContextLength {
                 needed: self.cache.len() + tokens.len(),
@@ -307,7 +307,7 @@ impl LanguageModel for ScriptedModel {
         self.cache.extend_from_slice(tokens);
         let mut logits = vec![0.0; self.config.vocab_size];
         logits[self.script[self.cache.len() % self.script.len()] as usize] = 10.0;
-        Ok(logits)
+        Ok(PendingForward::host_logits(&logits))
     }
 
     fn forward_all(&mut self, _tokens: &[u32]) -> Result<Vec<f32>> {

@@ -9,6 +9,7 @@ pub mod webgpu;
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgufFile, TensorData, TensorInfo};
 use crate::model::LanguageModel;
+use crate::sampling::DeviceSampling;
 
 /// Which backend runs a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,13 +42,65 @@ pub fn load_model(
 ) -> Result<Box<dyn LanguageModel>> {
     match kind {
         BackendKind::Cpu => cpu::load_model(file, source),
-        #[cfg(feature = "webgpu")]
+        #[cfg(all(feature = "webgpu", not(target_arch = "wasm32")))]
         BackendKind::WebGpu => webgpu::load_model(file, source),
+        // Opening a device in a browser is async: `webgpu::WebGpuBackend::new_async`.
+        #[cfg(all(feature = "webgpu", target_arch = "wasm32"))]
+        BackendKind::WebGpu => Err(Error::Backend(
+            "in a browser the WebGPU backend opens asynchronously (WebGpuBackend::new_async)"
+                .into(),
+        )),
         #[cfg(not(feature = "webgpu"))]
         BackendKind::WebGpu => Err(Error::Backend(
             "this build has no WebGPU backend (feature `webgpu`)".into(),
         )),
     }
+}
+
+/// Bytes a forward call produced: already on the host (CPU), or on their way from a device.
+pub enum Readback {
+    Host(Vec<u8>),
+    #[cfg(feature = "webgpu")]
+    Gpu(webgpu::GpuReadback),
+}
+
+impl Readback {
+    /// Blocks until the bytes are on the host. Not possible in a browser, where the copy finishes
+    /// only when control returns to the event loop: use [`bytes_async`](Self::bytes_async) there.
+    pub fn bytes(self) -> Result<Vec<u8>> {
+        match self {
+            Readback::Host(bytes) => Ok(bytes),
+            #[cfg(feature = "webgpu")]
+            Readback::Gpu(read) => read.wait(),
+        }
+    }
+
+    pub async fn bytes_async(self) -> Result<Vec<u8>> {
+        match self {
+            Readback::Host(bytes) => Ok(bytes),
+            #[cfg(feature = "webgpu")]
+            Readback::Gpu(read) => read.wait_async().await,
+        }
+    }
+}
+
+/// GPU work recorded since the backend opened, for reports (dispatches and submissions per token).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WorkCounts {
+    /// Compute dispatches.
+    pub dispatches: u64,
+    /// Command-buffer submissions of forward work (uploads at load are not counted).
+    pub submissions: u64,
+    /// Bind groups created (dispatches reuse them while shapes stay the same).
+    pub bind_groups_made: u64,
+}
+
+/// Little-endian f32 values from bytes (readbacks are whole words).
+pub fn f32_values(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect()
 }
 
 /// Attention shape and position parameters for one layer call.
@@ -91,12 +144,27 @@ pub trait Backend: Send + Sized {
         f()
     }
 
+    /// Work done so far (zero on backends that do not record GPU work).
+    fn work_counts(&self) -> WorkCounts {
+        WorkCounts::default()
+    }
+
     fn load_matrix(&self, data: TensorData<'_>) -> Result<Self::Matrix>;
     fn load_vector(&self, info: &TensorInfo, bytes: &[u8]) -> Result<Self::Vector>;
     fn load_embedding(&self, data: TensorData<'_>) -> Result<Self::Embedding>;
 
     /// Rows of the table for `tokens`.
     fn embed(&self, table: &Self::Embedding, tokens: &[u32]) -> Result<Self::Tensor>;
+    /// The row for a token [`sample`](Self::sample) chose, without reading it back: the next
+    /// forward call starts while the host still waits for the id. `None` where sampling is on
+    /// the host.
+    fn embed_sampled(
+        &self,
+        _table: &Self::Embedding,
+        _token: &Self::Tensor,
+    ) -> Result<Option<Self::Tensor>> {
+        Ok(None)
+    }
     fn rms_norm(&self, x: &Self::Tensor, scale: &Self::Vector, eps: f32) -> Result<Self::Tensor>;
     /// `x · Wᵀ`.
     fn matmul(&self, x: &Self::Tensor, w: &Self::Matrix) -> Result<Self::Tensor>;
@@ -124,7 +192,21 @@ pub trait Backend: Send + Sized {
     fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
     /// The last row of `x` (only the last token's logits are needed in generation).
     fn last_row(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
-    fn to_vec(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
+    /// Starts copying `x` to the host; everything recorded so far is submitted.
+    fn read(&self, x: &Self::Tensor) -> Result<Readback>;
+    /// `x` on the host, waiting for it.
+    fn to_vec(&self, x: &Self::Tensor) -> Result<Vec<f32>> {
+        Ok(f32_values(&self.read(x)?.bytes()?))
+    }
+    /// Chooses the next token from `logits` (one row) on the device: a 1×1 tensor holding the
+    /// token id's bits (`f32::to_bits`). `None` when the backend samples on the host (the CPU).
+    fn sample(
+        &self,
+        _logits: &Self::Tensor,
+        _request: &DeviceSampling,
+    ) -> Result<Option<Self::Tensor>> {
+        Ok(None)
+    }
 
     fn new_kv_cache(
         &self,

@@ -1,6 +1,6 @@
 //! The `llama` transformer (Ministral, SmolLM2, Llama …): written once, run by any backend.
 
-use super::{LanguageModel, LlamaConfig};
+use super::{Forwarded, LanguageModel, LlamaConfig, Output, PendingForward};
 use crate::backend::{AttentionParams, Backend};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgmlType, GgufFile, TensorData, TensorInfo};
@@ -28,6 +28,17 @@ pub struct Llama<B: Backend> {
     /// RoPE inverse frequencies, one per pair (with Llama-3 `rope_freqs` factors applied).
     inv_freq: Vec<f32>,
     weight_bytes_per_token: u64,
+    /// The token the last forward call chose on the device, which the next call may start from
+    /// before the host has read it.
+    last_sampled: Option<B::Tensor>,
+}
+
+/// A forward call's input.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Tokens(&'a [u32]),
+    /// The token the previous call chose on the device.
+    Sampled,
 }
 
 /// Reads tensors from the source one at a time, checking each shape against the config.
@@ -135,40 +146,86 @@ impl<B: Backend> Llama<B> {
             kv_caches,
             inv_freq,
             weight_bytes_per_token,
+            last_sampled: None,
         })
     }
 
-    /// The residual stream after the final norm, for every token or just the last one.
-    fn run(&mut self, tokens: &[u32], all_rows: bool) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(Error::Model("forward needs at least one token".into()));
-        }
-        if let Some(&id) = tokens
-            .iter()
-            .find(|&&id| id as usize >= self.config.vocab_size)
-        {
-            return Err(Error::TokenOutOfRange {
-                id,
-                vocab_size: self.config.vocab_size,
-            });
+    /// Runs `tokens` and starts reading back the logits (every row or the last) or a token sampled
+    /// on the device.
+    fn run(&mut self, input: Input<'_>, all_rows: bool, output: Output) -> Result<PendingForward> {
+        let sampled = self.last_sampled.take();
+        let rows = match input {
+            Input::Tokens(tokens) => tokens.len(),
+            Input::Sampled => 1,
+        };
+        if let Input::Tokens(tokens) = input {
+            if tokens.is_empty() {
+                return Err(Error::Model("forward needs at least one token".into()));
+            }
+            if let Some(&id) = tokens
+                .iter()
+                .find(|&&id| id as usize >= self.config.vocab_size)
+            {
+                return Err(Error::TokenOutOfRange {
+                    id,
+                    vocab_size: self.config.vocab_size,
+                });
+            }
+        } else if sampled.is_none() {
+            return Err(Error::Model(
+                "no token was chosen on the device to continue from".into(),
+            ));
         }
         let start_pos = self.cache_len();
-        let needed = start_pos + tokens.len();
+        let needed = start_pos + rows;
         if needed > self.config.context_length {
             return Err(Error::ContextLength {
                 needed,
                 limit: self.config.context_length,
             });
         }
-        let result = B::run_forward(|| self.run_layers(tokens, start_pos, all_rows));
-        if result.is_err() {
-            // Keep the caches consistent with what was fully processed.
-            self.truncate_cache(start_pos);
+        let result = B::run_forward(|| {
+            // Moved in: a tensor is Send, not Sync.
+            let sampled = sampled;
+            let x = match input {
+                Input::Tokens(tokens) => self.backend.embed(&self.token_embd, tokens)?,
+                Input::Sampled => {
+                    let token = sampled.as_ref().expect("checked above");
+                    self.backend
+                        .embed_sampled(&self.token_embd, token)?
+                        .ok_or_else(|| Error::Backend("this backend samples on the host".into()))?
+                }
+            };
+            let logits = self.run_layers(x, rows, start_pos, all_rows)?;
+            let b = &self.backend;
+            if let Output::Sample(request) = output {
+                if let Some(token) = b.sample(&logits, &request)? {
+                    return Ok((PendingForward::token(b.read(&token)?), Some(token)));
+                }
+            }
+            Ok((PendingForward::logits(b.read(&logits)?), None))
+        });
+        match result {
+            Ok((pending, sampled)) => {
+                self.last_sampled = sampled;
+                Ok(pending)
+            }
+            Err(e) => {
+                // Keep the caches consistent with what was fully processed.
+                self.truncate_cache(start_pos);
+                Err(e)
+            }
         }
-        result
     }
 
-    fn run_layers(&mut self, tokens: &[u32], start_pos: usize, all_rows: bool) -> Result<Vec<f32>> {
+    /// The logits tensor, recorded but not read.
+    fn run_layers(
+        &mut self,
+        mut x: B::Tensor,
+        rows: usize,
+        start_pos: usize,
+        all_rows: bool,
+    ) -> Result<B::Tensor> {
         let b = &self.backend;
         let c = &self.config;
         let params = AttentionParams {
@@ -178,8 +235,7 @@ impl<B: Backend> Llama<B> {
             start_pos,
             sliding_window: c.sliding_window,
         };
-        let positions = b.positions(&params, tokens.len(), &self.inv_freq)?;
-        let mut x = b.embed(&self.token_embd, tokens)?;
+        let positions = b.positions(&params, rows, &self.inv_freq)?;
         for (layer, cache) in self.layers.iter().zip(self.kv_caches.iter_mut()) {
             let h = b.rms_norm(&x, &layer.attn_norm, c.rms_norm_eps)?;
             let [q, k, v] = matmul_group(b, &h, [&layer.attn_q, &layer.attn_k, &layer.attn_v])?;
@@ -197,7 +253,7 @@ impl<B: Backend> Llama<B> {
             x = b.last_row(&x)?;
         }
         let x = b.rms_norm(&x, &self.output_norm, c.rms_norm_eps)?;
-        b.to_vec(&b.matmul(&x, &self.output)?)
+        b.matmul(&x, &self.output)
     }
 }
 
@@ -252,12 +308,29 @@ impl<B: Backend> LanguageModel for Llama<B> {
         &self.config
     }
 
-    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        self.run(tokens, false)
+    fn start_forward(&mut self, tokens: &[u32], output: Output) -> Result<PendingForward> {
+        self.run(Input::Tokens(tokens), false, output)
+    }
+
+    fn start_forward_sampled(&mut self, output: Output) -> Result<Option<PendingForward>> {
+        if self.last_sampled.is_none() {
+            return Ok(None);
+        }
+        self.run(Input::Sampled, false, output).map(Some)
     }
 
     fn forward_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        self.run(tokens, true)
+        match self
+            .run(Input::Tokens(tokens), true, Output::Logits)?
+            .wait()
+        {
+            Ok(Forwarded::Logits(logits)) => Ok(logits),
+            Ok(Forwarded::Token(_)) => Err(Error::Backend("asked for logits, got a token".into())),
+            Err(e) => {
+                self.truncate_cache(self.cache_len() - tokens.len());
+                Err(e)
+            }
+        }
     }
 
     fn cache_len(&self) -> usize {
@@ -267,6 +340,8 @@ impl<B: Backend> LanguageModel for Llama<B> {
     }
 
     fn truncate_cache(&mut self, len: usize) {
+        // A token chosen for a position that may be gone: never continue from it.
+        self.last_sampled = None;
         for cache in &mut self.kv_caches {
             self.backend.truncate_kv_cache(cache, len);
         }
@@ -278,6 +353,10 @@ impl<B: Backend> LanguageModel for Llama<B> {
 
     fn backend_name(&self) -> &'static str {
         self.backend.name()
+    }
+
+    fn work_counts(&self) -> crate::backend::WorkCounts {
+        self.backend.work_counts()
     }
 
     fn backend_description(&self) -> String {

@@ -7,16 +7,111 @@ mod llama;
 pub use config::LlamaConfig;
 pub use llama::Llama;
 
-use crate::error::Result;
+use crate::backend::{f32_values, Readback, WorkCounts};
+use crate::error::{Error, Result};
+use crate::sampling::DeviceSampling;
+
+/// What a forward call should hand back.
+#[derive(Debug, Clone, Copy)]
+pub enum Output {
+    /// The logits after the last token.
+    Logits,
+    /// The next token, chosen where the logits are (on a GPU only the id comes back); backends
+    /// that sample on the host hand back the logits instead.
+    Sample(DeviceSampling),
+}
+
+/// A forward call's result on its way to the host.
+pub struct PendingForward {
+    readback: Readback,
+    is_token: bool,
+}
+
+/// A forward call's result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Forwarded {
+    Logits(Vec<f32>),
+    Token(u32),
+}
+
+impl PendingForward {
+    /// Logits computed on the host.
+    pub fn host_logits(logits: &[f32]) -> Self {
+        Self::logits(Readback::Host(
+            logits.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ))
+    }
+
+    pub fn logits(readback: Readback) -> Self {
+        PendingForward {
+            readback,
+            is_token: false,
+        }
+    }
+
+    pub fn token(readback: Readback) -> Self {
+        PendingForward {
+            readback,
+            is_token: true,
+        }
+    }
+
+    /// Blocks until the result is on the host (native only).
+    pub fn wait(self) -> Result<Forwarded> {
+        let is_token = self.is_token;
+        Self::decode(is_token, self.readback.bytes()?)
+    }
+
+    pub async fn wait_async(self) -> Result<Forwarded> {
+        let is_token = self.is_token;
+        Self::decode(is_token, self.readback.bytes_async().await?)
+    }
+
+    fn decode(is_token: bool, bytes: Vec<u8>) -> Result<Forwarded> {
+        if !is_token {
+            return Ok(Forwarded::Logits(f32_values(&bytes)));
+        }
+        match bytes[..] {
+            [a, b, c, d] => Ok(Forwarded::Token(u32::from_le_bytes([a, b, c, d]))),
+            _ => Err(Error::Backend(format!(
+                "a sampled token is one word, not {} bytes",
+                bytes.len()
+            ))),
+        }
+    }
+}
 
 /// A loaded model with its own KV cache for one sequence. Object-safe, so sessions, the CLI and
 /// the server work with any backend through `Box<dyn LanguageModel>`.
 pub trait LanguageModel: Send {
     fn config(&self) -> &LlamaConfig;
 
-    /// Runs `tokens` at positions `cache_len()..`, appends their keys and values to the cache and
-    /// returns the logits (`vocab_size` values) after the last token.
-    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// Runs `tokens` at positions `cache_len()..` and appends their keys and values to the cache;
+    /// the work is submitted and its result is on its way. The cache counts the tokens at once:
+    /// if waiting fails, truncate it back.
+    fn start_forward(&mut self, tokens: &[u32], output: Output) -> Result<PendingForward>;
+
+    /// Runs one more token: the one the previous call chose on the device (`Output::Sample`),
+    /// before the host has read it, so the device never waits for the host between tokens. `None`
+    /// when there is no such token (the host sampled, or the previous call wanted logits); the
+    /// caller then passes the token itself.
+    fn start_forward_sampled(&mut self, _output: Output) -> Result<Option<PendingForward>> {
+        Ok(None)
+    }
+
+    /// [`start_forward`](Self::start_forward) for the logits (`vocab_size` values) after the last
+    /// token, waited for (native only).
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        match self.start_forward(tokens, Output::Logits)?.wait() {
+            Ok(Forwarded::Logits(logits)) => Ok(logits),
+            Ok(Forwarded::Token(_)) => Err(Error::Backend("asked for logits, got a token".into())),
+            Err(e) => {
+                let len = self.cache_len().saturating_sub(tokens.len());
+                self.truncate_cache(len);
+                Err(e)
+            }
+        }
+    }
 
     /// Like [`forward`](Self::forward) but returns the logits after every token, row after row
     /// (`tokens.len() * vocab_size` values). Used for perplexity.
@@ -30,6 +125,11 @@ pub trait LanguageModel: Send {
 
     /// Bytes of weights read to decode one token (for effective GB/s figures).
     fn weight_bytes_per_token(&self) -> u64;
+
+    /// GPU dispatches and submissions so far (zero on the CPU).
+    fn work_counts(&self) -> WorkCounts {
+        WorkCounts::default()
+    }
 
     /// A short name of the backend (`cpu`, `webgpu`).
     fn backend_name(&self) -> &'static str;

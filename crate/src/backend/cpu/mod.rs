@@ -9,7 +9,7 @@ mod q4_1;
 
 use q4_1::Q4_1Matrix;
 
-use super::{AttentionParams, Backend};
+use super::{AttentionParams, Backend, Readback};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgmlType, GgufFile, TensorData, TensorInfo};
 use crate::model::{LanguageModel, Llama};
@@ -334,6 +334,13 @@ impl Backend for CpuBackend {
     fn last_row(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.dims()[0];
         Ok(x.narrow(0, rows - 1, 1)?)
+    }
+
+    fn read(&self, x: &Tensor) -> Result<Readback> {
+        let values = x.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Readback::Host(
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ))
     }
 
     fn to_vec(&self, x: &Tensor) -> Result<Vec<f32>> {

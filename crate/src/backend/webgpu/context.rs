@@ -12,10 +12,21 @@ pub struct AdapterSummary {
     pub name: String,
     pub backend: String,
     pub driver: String,
+    /// The adapter has `shader-f16`.
     pub shader_f16: bool,
+    /// The adapter has `subgroups`.
     pub subgroups: bool,
     pub max_buffer_size: u64,
     pub max_storage_binding: u64,
+    /// The matmul kernels in use: "f32" or "f16" (products within a 32-value block in f16; F32
+    /// weights always use the f32 kernel), with "+subgroups" when a row's partial sums are added
+    /// with subgroup shuffles rather than through workgroup memory (needs `subgroups`, more than
+    /// one thread per row and subgroups of at least that many lanes).
+    pub kernel_variant: String,
+    /// Threads that share a weight row in the matmul.
+    pub matmul_threads_per_row: u32,
+    /// The adapter's subgroup sizes (min, max) as reported (4 and 128 when it does not say).
+    pub subgroup_sizes: (u32, u32),
 }
 
 pub(super) struct Kernels {
@@ -73,11 +84,20 @@ enum GpuFault {
     Error(String),
 }
 
-/// Settings that are normally chosen for the adapter; tests force them.
+/// Settings that are normally chosen for the adapter; tests force them. `None` = the adapter's
+/// choice, or natively what `EDGECHAT_GPU_VARIANT=f32|f16`, `EDGECHAT_GPU_SUBGROUPS=0|1` and
+/// `EDGECHAT_GPU_THREADS_PER_ROW=n` say when they are set.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GpuOptions {
     /// Threads per weight row in the matmul (a power of two up to 64).
     pub matmul_threads_per_row: Option<u32>,
+    /// f16 products in the matmul kernels (`Some(true)` fails on an adapter without
+    /// `shader-f16`; `Some(false)`: f32 only).
+    pub shader_f16: Option<bool>,
+    /// Subgroup operations for the matmul's reductions (`Some(true)` fails on an adapter without
+    /// `subgroups`; they are still used only where they apply, see
+    /// [`AdapterSummary::kernel_variant`]).
+    pub subgroups: Option<bool>,
     /// A lower storage-binding limit than the adapter's (splits matrices into more buffers).
     pub max_binding_bytes: Option<u64>,
     /// Bytes of a tensor held on the host at once while uploading (default 16 MiB).
@@ -102,11 +122,7 @@ pub(super) struct Gpu {
 }
 
 impl Gpu {
-    pub fn open(options: GpuOptions) -> Result<Gpu> {
-        pollster::block_on(Self::open_async(options))
-    }
-
-    async fn open_async(options: GpuOptions) -> Result<Gpu> {
+    pub async fn open_async(options: GpuOptions) -> Result<Gpu> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance
@@ -119,10 +135,11 @@ impl Gpu {
         let info = adapter.get_info();
         let limits = adapter.limits();
         let features = adapter.features();
+        let variant = Variant::choose(&options, &info, features)?;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("edgechat"),
-                required_features: wgpu::Features::empty(),
+                required_features: variant.features,
                 required_limits: limits.clone(),
                 ..Default::default()
             })
@@ -147,6 +164,9 @@ impl Gpu {
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             max_buffer_size: limits.max_buffer_size,
             max_storage_binding: limits.max_storage_buffer_binding_size,
+            kernel_variant: variant.name(),
+            matmul_threads_per_row: variant.threads_per_row,
+            subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
         };
         let adapter_binding = limits
             .max_storage_buffer_binding_size
@@ -156,14 +176,8 @@ impl Gpu {
             .map_or(adapter_binding, |m| m.min(adapter_binding))
             as usize)
             & !3;
-        // CPU implementations of WebGPU run a workgroup's threads as SIMD lanes: one row per lane.
-        let default_threads = if info.device_type == wgpu::DeviceType::Cpu {
-            1
-        } else {
-            8
-        };
-        let threads_per_row = options.matmul_threads_per_row.unwrap_or(default_threads);
-        let kernels = Kernels::compile(&device, threads_per_row);
+        let threads_per_row = variant.threads_per_row;
+        let kernels = Kernels::compile(&device, &variant);
         let gpu = Gpu {
             device,
             queue,
@@ -190,39 +204,217 @@ impl Gpu {
     }
 
     /// Waits until the GPU has done everything submitted (uploads release their staging memory).
+    /// In a browser `writeBuffer` has already copied the data and nothing may block: only checks.
     pub fn wait_idle(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Backend(format!("waiting for the GPU: {e}")))?;
         self.check()
     }
+}
 
-    /// Maps a MAP_READ buffer whose copy was submitted, and returns its bytes.
-    pub fn map_read(&self, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        buffer.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Backend(format!("waiting for the GPU: {e}")))?;
-        rx.recv()
-            .map_err(|_| Error::Backend("the GPU never finished the readback".into()))?
-            .map_err(|e| Error::Backend(format!("reading GPU memory: {e}")))?;
-        self.check()?;
-        let data = buffer
-            .slice(..)
-            .get_mapped_range()
-            .map_err(|e| Error::Backend(format!("reading GPU memory: {e}")))?
-            .to_vec();
-        buffer.unmap();
-        Ok(data)
+/// How a row's partial sums are added up in the matmul (see kernels/matmul.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reduction {
+    /// One thread per row: nothing to add.
+    None,
+    /// Through workgroup memory and a barrier.
+    Shared,
+    /// With subgroup shuffles.
+    Subgroup,
+}
+
+/// The kernel variant for an adapter and the device features it needs.
+#[derive(Clone, Debug)]
+struct Variant {
+    f16: bool,
+    reduction: Reduction,
+    threads_per_row: u32,
+    /// `enable subgroups;` in the source: browsers require it; wgpu's own compiler (naga) rejects
+    /// it and takes the device feature instead.
+    subgroups_directive: bool,
+    features: wgpu::Features,
+}
+
+impl Variant {
+    /// What `options` force, else (natively) the environment, else what the adapter has:
+    /// - `EDGECHAT_GPU_VARIANT=f32|f16`: f16 products in the matmul or not;
+    /// - `EDGECHAT_GPU_SUBGROUPS=0|1`: subgroup reductions or not;
+    /// - `EDGECHAT_GPU_THREADS_PER_ROW=n`: threads per weight row (a power of two up to 64).
+    ///
+    /// By default f16 is used where the adapter has `shader-f16` and is a GPU: CPU
+    /// implementations (lavapipe, SwiftShader) have no f16 arithmetic and emulate it, slower than
+    /// f32. Subgroups are used where the adapter has them. One thread per row on CPU
+    /// implementations (a workgroup's threads are SIMD lanes: one row per lane, x read once for
+    /// all), 8 on GPUs (neighbouring threads read neighbouring blocks).
+    fn choose(
+        options: &GpuOptions,
+        info: &wgpu::AdapterInfo,
+        features: wgpu::Features,
+    ) -> Result<Variant> {
+        let has_f16 = features.contains(wgpu::Features::SHADER_F16);
+        let has_subgroups = features.contains(wgpu::Features::SUBGROUP);
+        let cpu = info.device_type == wgpu::DeviceType::Cpu;
+        let f16 = match options.shader_f16.or(env_choice(
+            "EDGECHAT_GPU_VARIANT",
+            &[("f32", false), ("f16", true)],
+        )?) {
+            Some(true) if !has_f16 => {
+                return Err(Error::Backend(format!(
+                    "f16 kernels were asked for, but the adapter {} ({:?}) has no shader-f16",
+                    info.name, info.backend
+                )))
+            }
+            Some(forced) => forced,
+            None => has_f16 && !cpu,
+        };
+        let subgroups = match options.subgroups.or(env_choice(
+            "EDGECHAT_GPU_SUBGROUPS",
+            &[("0", false), ("1", true)],
+        )?) {
+            Some(true) if !has_subgroups => {
+                return Err(Error::Backend(format!(
+                    "subgroup kernels were asked for, but the adapter {} ({:?}) has no subgroups",
+                    info.name, info.backend
+                )))
+            }
+            Some(forced) => forced,
+            None => has_subgroups,
+        };
+        let threads_per_row = match options.matmul_threads_per_row {
+            Some(n) => n,
+            None => env_threads_per_row()?.unwrap_or(if cpu { 1 } else { 8 }),
+        };
+        // Shuffles stay within a subgroup: every subgroup must hold a row's lanes. The adapter's
+        // minimum is a bound (4, the least WebGPU allows, when it does not know better).
+        let reduction = if threads_per_row == 1 {
+            Reduction::None
+        } else if subgroups && info.subgroup_min_size >= threads_per_row {
+            Reduction::Subgroup
+        } else {
+            Reduction::Shared
+        };
+        let mut needed = wgpu::Features::empty();
+        needed.set(wgpu::Features::SHADER_F16, f16);
+        needed.set(wgpu::Features::SUBGROUP, subgroups);
+        Ok(Variant {
+            f16,
+            reduction,
+            threads_per_row,
+            subgroups_directive: info.backend == wgpu::Backend::BrowserWebGpu,
+            features: needed,
+        })
+    }
+
+    fn name(&self) -> String {
+        let precision = if self.f16 { "f16" } else { "f32" };
+        match self.reduction {
+            Reduction::Subgroup => format!("{precision}+subgroups"),
+            Reduction::None | Reduction::Shared => precision.to_string(),
+        }
+    }
+
+    /// The matmul source for weights of type `ty`, with the quant.wgsl decoders it calls.
+    fn matmul_source(&self, ty: GgmlType) -> String {
+        // F32 weights have nothing to gain from f16 (and would lose precision).
+        let f16 = self.f16 && ty != GgmlType::F32;
+        let mut flags = Vec::new();
+        let mut header = String::new();
+        if f16 {
+            flags.push("F16");
+            header.push_str("enable f16; ");
+        }
+        match self.reduction {
+            Reduction::None => {}
+            Reduction::Shared => flags.push("REDUCE_SHARED"),
+            Reduction::Subgroup => {
+                flags.push("REDUCE_SUBGROUP");
+                if self.subgroups_directive {
+                    header.push_str("enable subgroups; ");
+                }
+            }
+        }
+        // The directives go before the file's first line (a comment), keeping its line numbers.
+        let kernel = select_lines(MATMUL, &flags).replace("TYPE", wgsl_type_name(ty));
+        format!("{header}{kernel}\n{}", select_lines(QUANT, &flags))
     }
 }
 
+/// A choice from an environment variable (natively; `None` when unset), one of `values`.
+fn env_choice(name: &str, values: &[(&str, bool)]) -> Result<Option<bool>> {
+    let Some(value) = env_var(name) else {
+        return Ok(None);
+    };
+    values
+        .iter()
+        .find(|(v, _)| *v == value.trim())
+        .map(|&(_, choice)| Some(choice))
+        .ok_or_else(|| {
+            let allowed: Vec<&str> = values.iter().map(|(v, _)| *v).collect();
+            Error::Backend(format!(
+                "{name}={value}: expected one of {}",
+                allowed.join(", ")
+            ))
+        })
+}
+
+fn env_threads_per_row() -> Result<Option<u32>> {
+    const NAME: &str = "EDGECHAT_GPU_THREADS_PER_ROW";
+    let Some(value) = env_var(NAME) else {
+        return Ok(None);
+    };
+    match value.trim().parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && n <= 64 => Ok(Some(n)),
+        _ => Err(Error::Backend(format!(
+            "{NAME}={value}: expected a power of two up to 64"
+        ))),
+    }
+}
+
+fn env_var(name: &str) -> Option<String> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = name;
+        None
+    }
+}
+
+/// The lines of a kernel source that its `// #if FLAG`, `// #else` and `// #endif` lines (which
+/// nest) select for `flags`. Marker and dropped lines are left empty, so line numbers in compiler
+/// messages are the file's.
+fn select_lines(source: &str, flags: &[&str]) -> String {
+    // Per open `#if`: whether the enclosing lines are kept, and its condition.
+    let mut open: Vec<(bool, bool)> = Vec::new();
+    let mut keep = true;
+    let mut out = String::with_capacity(source.len());
+    for line in source.lines() {
+        let marker = line.trim();
+        if let Some(flag) = marker.strip_prefix("// #if ") {
+            let condition = flags.contains(&flag.trim());
+            open.push((keep, condition));
+            keep = keep && condition;
+        } else if marker == "// #else" {
+            let &(outer, condition) = open.last().expect("`// #else` without `// #if`");
+            keep = outer && !condition;
+        } else if marker == "// #endif" {
+            keep = open.pop().expect("`// #endif` without `// #if`").0;
+        } else if keep {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    assert!(open.is_empty(), "`// #if` without `// #endif`");
+    out
+}
+
 impl Kernels {
-    fn compile(device: &wgpu::Device, threads_per_row: u32) -> Kernels {
-        let matmul_constants = [("THREADS_PER_ROW", f64::from(threads_per_row))];
+    fn compile(device: &wgpu::Device, variant: &Variant) -> Kernels {
+        let matmul_constants = [("THREADS_PER_ROW", f64::from(variant.threads_per_row))];
         let pipeline = |label: &str, source: String, entry: &str| {
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(label),
@@ -244,20 +436,24 @@ impl Kernels {
                 cache: None,
             })
         };
-        let typed = |kernel: &str, name: &str, entry: &str| {
+        let typed = |name: &str, entry: &str, source: &dyn Fn(GgmlType) -> String| {
             super::SUPPORTED_TYPES
                 .iter()
                 .map(|&ty| {
-                    let source = format!("{}\n{QUANT}", kernel.replace("TYPE", wgsl_type_name(ty)));
                     let label = format!("{name}_{}", wgsl_type_name(ty));
-                    (ty, pipeline(&label, source, entry))
+                    (ty, pipeline(&label, source(ty), entry))
                 })
                 .collect()
         };
+        let matmul_source = |ty| variant.matmul_source(ty);
+        let embed_source = |ty| {
+            let quant = select_lines(QUANT, &[]);
+            format!("{}\n{quant}", EMBED.replace("TYPE", wgsl_type_name(ty)))
+        };
         Kernels {
-            matmul: typed(MATMUL, "matmul", "main"),
-            matmul_tiled: typed(MATMUL, "matmul_tiled", "tiled"),
-            embed: typed(EMBED, "embed", "main"),
+            matmul: typed("matmul", "main", &matmul_source),
+            matmul_tiled: typed("matmul_tiled", "tiled", &matmul_source),
+            embed: typed("embed", "main", &embed_source),
             rms_norm: pipeline("rms_norm", NORM.into(), "main"),
             rope: pipeline("rope", ROPE.into(), "main"),
             add: pipeline("add", ELEMENTWISE.into(), "add"),
@@ -270,5 +466,31 @@ impl Kernels {
                 "split_combine",
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::select_lines;
+
+    #[test]
+    fn select_lines_keeps_the_chosen_branches() {
+        let source = "a\n// #if X\nb\n  // #if Y\nc\n  // #else\nd\n  // #endif\n// #else\ne\n// #endif\nf\n";
+        let kept = |flags: &[&str]| {
+            select_lines(source, flags)
+                .lines()
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(kept(&[]), "a e f");
+        assert_eq!(kept(&["X"]), "a b d f");
+        assert_eq!(kept(&["X", "Y"]), "a b c f");
+        assert_eq!(kept(&["Y"]), "a e f");
+        // Line numbers are kept.
+        assert_eq!(
+            select_lines(source, &[]).lines().count(),
+            source.lines().count()
+        );
     }
 }

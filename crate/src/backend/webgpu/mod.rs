@@ -2,32 +2,52 @@
 //! kernels (`kernels/*.wgsl`, one family per file). It implements the same [`Backend`] as the CPU,
 //! so `model::Llama` is the one forward pass for both.
 //!
-//! A forward call records every dispatch into one command encoder; nothing is read back until the
-//! logits are (`to_vec`), so a token is one submission. Weights stay in their GGUF encoding on the
-//! GPU and are decoded inside the kernels (no re-quantization at load). Matrices larger than the
-//! adapter's storage-binding limit are split by rows across buffers.
+//! A forward call records every dispatch into one command encoder and is submitted when its result
+//! is read: the logits, or the one word of the token `sample` chose on the GPU. A token is one
+//! submission; the next call can start on the GPU-held token before the host reads it
+//! (`embed_sampled`). Activation buffers come from an arena reused in allocation order, so decode
+//! steps find their bind groups already made. Weights stay in their GGUF encoding on the GPU and
+//! are decoded inside the kernels (no re-quantization at load). Matrices larger than the adapter's
+//! storage-binding limit are split by rows across buffers.
 //!
-//! All kernels compute in f32, which every adapter supports (SwiftShader in Chromium has no
-//! `shader-f16`).
+//! Every kernel has an f32 path, which every adapter supports (SwiftShader in Chromium has no
+//! `shader-f16`); the matmuls also have f16 and subgroup variants, chosen in context.rs from the
+//! adapter's features.
 
 mod context;
+mod readback;
+mod sample;
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
-use super::{AttentionParams, Backend};
+use super::{AttentionParams, Backend, Readback, WorkCounts};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgmlType, GgufFile, TensorData, TensorInfo};
 use crate::model::{LanguageModel, Llama};
+use crate::sampling::DeviceSampling;
 use context::Gpu;
 
 pub use context::{AdapterSummary, GpuOptions};
+pub use readback::GpuReadback;
 
 /// Loads a model onto the default GPU adapter.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn load_model(file: &GgufFile, source: &dyn ByteSource) -> Result<Box<dyn LanguageModel>> {
-    Ok(Box::new(Llama::load(WebGpuBackend::new()?, file, source)?))
+    load_model_on(WebGpuBackend::new()?, file, source)
+}
+
+/// Loads a model onto an opened backend (in a browser: from [`WebGpuBackend::new_async`]).
+pub fn load_model_on(
+    backend: WebGpuBackend,
+    file: &GgufFile,
+    source: &dyn ByteSource,
+) -> Result<Box<dyn LanguageModel>> {
+    Ok(Box::new(Llama::load(backend, file, source)?))
 }
 
 /// Activations on the GPU: `rows × cols` f32, row-major.
@@ -72,7 +92,7 @@ pub struct GpuKvCache {
 
 pub struct GpuPositions {
     /// (cos, sin) per row and rotary pair.
-    table: wgpu::Buffer,
+    table: Arc<wgpu::Buffer>,
     rows: usize,
 }
 
@@ -83,7 +103,40 @@ pub struct WebGpuBackend {
     /// Uniform buffers for dispatch parameters, reused by every forward call (`SLOTS_PER_BLOCK`
     /// dispatches each; more are added when a call needs them).
     uniform_blocks: Mutex<Vec<wgpu::Buffer>>,
+    /// Activation buffers reused by every forward call in allocation order, so the same dispatch
+    /// of the next token binds the same buffers and finds its bind group made.
+    arena: Mutex<Arena>,
+    bind_groups: Mutex<HashMap<BindGroupKey, wgpu::BindGroup>>,
+    /// One-word tensors for sampled tokens. The token a call chose is still held while the next
+    /// call runs on it, so these live apart from the arena: generation uses two, alternately.
+    token_pool: Mutex<Vec<Arc<wgpu::Buffer>>>,
+    dispatches: AtomicU64,
+    submissions: AtomicU64,
+    bind_groups_made: AtomicU64,
+    /// The sampling kernels, compiled on first use.
+    sample_kernels: std::sync::OnceLock<sample::SampleKernels>,
 }
+
+/// Per-forward buffers: the `i`-th allocation of a forward call gets `buffers[i]` when it has the
+/// size asked for and nobody else still holds it.
+#[derive(Default)]
+struct Arena {
+    buffers: Vec<Arc<wgpu::Buffer>>,
+    next: usize,
+}
+
+/// What a bind group binds: a dispatch with the same pipeline, buffers and parameter slot reuses
+/// it (wgpu handles compare and hash by identity).
+#[derive(PartialEq, Eq, Hash)]
+struct BindGroupKey {
+    pipeline: wgpu::ComputePipeline,
+    buffers: Vec<(u32, wgpu::Buffer)>,
+    uniform_block: usize,
+    uniform_offset: u64,
+}
+
+/// Bind groups kept at most; past this the cache starts over (shapes keep changing).
+const MAX_BIND_GROUPS: usize = 8192;
 
 /// One forward call's recording, submitted at once.
 #[derive(Default)]
@@ -178,12 +231,19 @@ fn u32_of(n: usize, what: &str) -> Result<u32> {
 
 impl WebGpuBackend {
     /// Opens the default adapter (natively: Vulkan, Metal or DX12).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Self> {
         Self::with_options(GpuOptions::default())
     }
 
     /// Like [`new`](Self::new), with settings forced instead of chosen for the adapter.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_options(options: GpuOptions) -> Result<Self> {
+        pollster::block_on(Self::new_async(options))
+    }
+
+    /// Opens the default adapter without blocking (the only way in a browser).
+    pub async fn new_async(options: GpuOptions) -> Result<Self> {
         if let Some(threads) = options.matmul_threads_per_row {
             if !threads.is_power_of_two() || threads > 64 {
                 return Err(Error::Backend(format!(
@@ -192,9 +252,16 @@ impl WebGpuBackend {
             }
         }
         Ok(WebGpuBackend {
-            gpu: Arc::new(Gpu::open(options)?),
+            gpu: Arc::new(Gpu::open_async(options).await?),
             frame: Mutex::new(Frame::default()),
             uniform_blocks: Mutex::new(Vec::new()),
+            arena: Mutex::new(Arena::default()),
+            bind_groups: Mutex::new(HashMap::new()),
+            token_pool: Mutex::new(Vec::new()),
+            dispatches: AtomicU64::new(0),
+            submissions: AtomicU64::new(0),
+            bind_groups_made: AtomicU64::new(0),
+            sample_kernels: std::sync::OnceLock::new(),
         })
     }
 
@@ -206,15 +273,78 @@ impl WebGpuBackend {
         &self.gpu.device
     }
 
-    fn storage(&self, floats: usize) -> Arc<wgpu::Buffer> {
-        Arc::new(self.device().create_buffer(&wgpu::BufferDescriptor {
+    /// A buffer that lives as long as its owner (KV caches).
+    fn persistent_storage(&self, floats: usize) -> wgpu::Buffer {
+        self.device().create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size: (floats.max(1) * 4) as u64,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        }))
+        })
+    }
+
+    /// A buffer for this forward call, from the arena. Reusing one the previous call wrote is safe:
+    /// the queue runs submissions in order.
+    fn storage(&self, floats: usize) -> Arc<wgpu::Buffer> {
+        let size = (floats.max(1) * 4) as u64;
+        let mut arena = self.arena.lock().expect("arena lock");
+        let slot = arena.next;
+        arena.next += 1;
+        if let Some(buffer) = arena.buffers.get(slot) {
+            if buffer.size() == size && Arc::strong_count(buffer) == 1 {
+                return buffer.clone();
+            }
+            if Arc::strong_count(buffer) > 1 {
+                // Still held (a tensor kept across calls): leave it, use a new one.
+                return Arc::new(self.persistent_storage(floats));
+            }
+        }
+        let buffer = Arc::new(self.persistent_storage(floats));
+        if slot < arena.buffers.len() {
+            // The shapes changed: bind groups of the old buffer would keep it alive.
+            let old = std::mem::replace(&mut arena.buffers[slot], buffer.clone());
+            self.forget_bind_groups_of(&old);
+        } else {
+            arena.buffers.push(buffer.clone());
+        }
+        buffer
+    }
+
+    /// Drops the bind groups that bind `buffer` (about to be released).
+    fn forget_bind_groups_of(&self, buffer: &wgpu::Buffer) {
+        self.bind_groups
+            .lock()
+            .expect("bind group lock")
+            .retain(|key, _| !key.buffers.iter().any(|(_, b)| b == buffer));
+    }
+
+    /// A 1×1 tensor for a sampled token id, from the token pool.
+    fn token_tensor(&self) -> GpuTensor {
+        let mut pool = self.token_pool.lock().expect("token pool lock");
+        let buffer = match pool.iter().find(|b| Arc::strong_count(b) == 1) {
+            Some(free) => free.clone(),
+            None => {
+                let buffer = Arc::new(self.persistent_storage(1));
+                pool.push(buffer.clone());
+                buffer
+            }
+        };
+        GpuTensor {
+            buffer,
+            rows: 1,
+            cols: 1,
+        }
+    }
+
+    /// An arena buffer holding `bytes` (written before this call's commands run).
+    fn storage_with(&self, bytes: &[u8]) -> Arc<wgpu::Buffer> {
+        let buffer = self.storage(bytes.len().div_ceil(4));
+        let mut words = bytes.to_vec();
+        words.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
+        self.gpu.queue.write_buffer(&buffer, 0, &words);
+        buffer
     }
 
     fn tensor(&self, rows: usize, cols: usize) -> GpuTensor {
@@ -300,27 +430,52 @@ impl WebGpuBackend {
                 mapped_at_creation: false,
             }));
         }
-        let uniform = wgpu::BufferBinding {
-            buffer: &blocks[slot / SLOTS_PER_BLOCK],
-            offset: ((slot % SLOTS_PER_BLOCK) * slot_bytes) as u64,
-            size: std::num::NonZeroU64::new(std::mem::size_of::<P>().next_multiple_of(16) as u64),
+        let key = BindGroupKey {
+            pipeline: pipeline.clone(),
+            buffers: buffers.iter().map(|&(i, b)| (i, b.clone())).collect(),
+            uniform_block: slot / SLOTS_PER_BLOCK,
+            uniform_offset: ((slot % SLOTS_PER_BLOCK) * slot_bytes) as u64,
         };
-        let mut entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .map(|&(binding, b)| wgpu::BindGroupEntry {
-                binding,
-                resource: b.as_entire_binding(),
-            })
-            .collect();
-        entries.push(wgpu::BindGroupEntry {
-            binding: uniform_binding,
-            resource: wgpu::BindingResource::Buffer(uniform),
-        });
-        let bind_group = self.device().create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
+        let mut bind_groups = self.bind_groups.lock().expect("bind group lock");
+        if !bind_groups.contains_key(&key) {
+            if bind_groups.len() >= MAX_BIND_GROUPS {
+                bind_groups.clear();
+            }
+            let uniform = wgpu::BufferBinding {
+                buffer: &blocks[key.uniform_block],
+                offset: key.uniform_offset,
+                size: std::num::NonZeroU64::new(
+                    std::mem::size_of::<P>().next_multiple_of(16) as u64
+                ),
+            };
+            let mut entries: Vec<wgpu::BindGroupEntry> = buffers
+                .iter()
+                .map(|&(binding, b)| wgpu::BindGroupEntry {
+                    binding,
+                    resource: b.as_entire_binding(),
+                })
+                .collect();
+            entries.push(wgpu::BindGroupEntry {
+                binding: uniform_binding,
+                resource: wgpu::BindingResource::Buffer(uniform),
+            });
+            let bind_group = self.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+            self.bind_groups_made.fetch_add(1, Ordering::Relaxed);
+            bind_groups.insert(
+                BindGroupKey {
+                    pipeline: pipeline.clone(),
+                    buffers: key.buffers.clone(),
+                    ..key
+                },
+                bind_group,
+            );
+        }
+        let bind_group = bind_groups[&key].clone();
+        drop(bind_groups);
         drop(blocks);
         let encoder = self.encoder(&mut frame);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -330,6 +485,7 @@ impl WebGpuBackend {
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(groups.0, groups.1, 1);
+        self.dispatches.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Workgroups for `n` elements at 256 per group, laid out in 2-D under the per-dimension limit.
@@ -362,7 +518,7 @@ impl WebGpuBackend {
         Ok(y)
     }
 
-    /// Submits what was recorded and waits for it.
+    /// Submits what was recorded.
     fn flush(&self) -> Result<()> {
         let frame = std::mem::take(&mut *self.frame.lock().expect("frame lock"));
         if let Some(encoder) = frame.encoder {
@@ -372,7 +528,10 @@ impl WebGpuBackend {
                 self.gpu.queue.write_buffer(block, 0, params);
             }
             self.gpu.queue.submit([encoder.finish()]);
+            self.submissions.fetch_add(1, Ordering::Relaxed);
         }
+        // The next call's allocations start over at the arena's first buffer.
+        self.arena.lock().expect("arena lock").next = 0;
         self.gpu.check()
     }
 
@@ -452,22 +611,25 @@ impl WebGpuBackend {
             chunks,
         })
     }
+}
 
-    /// Copies `x` from the GPU.
-    fn read(&self, x: &GpuTensor) -> Result<Vec<f32>> {
-        let size = (x.rows * x.cols * 4) as u64;
-        let staging = self.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: size.max(4),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        self.record(|encoder| {
-            encoder.copy_buffer_to_buffer(&x.buffer, 0, &staging, 0, size.max(4))
-        });
-        self.flush()?;
-        let data = self.gpu.map_read(&staging)?;
-        Ok(bytemuck::cast_slice(&data[..size as usize]).to_vec())
+impl WebGpuBackend {
+    /// Rows of `table` for the `n` token ids in `ids` (on the GPU).
+    fn embed_ids(&self, table: &GpuMatrix, ids: &wgpu::Buffer, n: usize) -> Result<GpuTensor> {
+        let y = self.tensor(n, table.cols);
+        let pipeline = self.gpu.kernels.embed(table.ty);
+        for chunk in &table.chunks {
+            let params = EmbedParams {
+                cols: u32_of(table.cols, "embedding width")?,
+                row_bytes: u32_of(table.row_bytes, "row size")?,
+                first_row: u32_of(chunk.first_row, "row")?,
+                n_rows: u32_of(chunk.rows, "rows")?,
+                tokens: u32_of(n, "tokens")?,
+            };
+            let groups = (table.cols.div_ceil(64) as u32, n as u32);
+            self.dispatch(pipeline, &[&chunk.buffer, ids, &y.buffer], &params, groups);
+        }
+        Ok(y)
     }
 }
 
@@ -486,14 +648,25 @@ impl Backend for WebGpuBackend {
     fn describe(&self) -> String {
         let a = &self.gpu.summary;
         format!(
-            "webgpu on {} ({}, {}; shader-f16 {}, subgroups {}, storage binding {} MiB)",
-            a.name,
+            "webgpu on {} ({}, {}; shader-f16 {}, subgroups {}, storage binding {} MiB; \
+             kernels {}, {} thread(s) per row)",
+            if a.name.is_empty() { "an unnamed adapter" } else { &a.name },
             a.backend,
             a.driver.trim(),
             if a.shader_f16 { "yes" } else { "no" },
             if a.subgroups { "yes" } else { "no" },
-            a.max_storage_binding >> 20
+            a.max_storage_binding >> 20,
+            a.kernel_variant,
+            a.matmul_threads_per_row,
         )
+    }
+
+    fn work_counts(&self) -> WorkCounts {
+        WorkCounts {
+            dispatches: self.dispatches.load(Ordering::Relaxed),
+            submissions: self.submissions.load(Ordering::Relaxed),
+            bind_groups_made: self.bind_groups_made.load(Ordering::Relaxed),
+        }
     }
 
     fn load_matrix(&self, data: TensorData<'_>) -> Result<GpuMatrix> {
@@ -518,21 +691,13 @@ impl Backend for WebGpuBackend {
                 vocab_size: table.rows,
             });
         }
-        let ids = self.upload(bytemuck::cast_slice(tokens), wgpu::BufferUsages::STORAGE);
-        let y = self.tensor(tokens.len(), table.cols);
-        let pipeline = self.gpu.kernels.embed(table.ty);
-        for chunk in &table.chunks {
-            let params = EmbedParams {
-                cols: u32_of(table.cols, "embedding width")?,
-                row_bytes: u32_of(table.row_bytes, "row size")?,
-                first_row: u32_of(chunk.first_row, "row")?,
-                n_rows: u32_of(chunk.rows, "rows")?,
-                tokens: u32_of(tokens.len(), "tokens")?,
-            };
-            let groups = (table.cols.div_ceil(64) as u32, tokens.len() as u32);
-            self.dispatch(pipeline, &[&chunk.buffer, &ids, &y.buffer], &params, groups);
-        }
-        Ok(y)
+        let ids = self.storage_with(bytemuck::cast_slice(tokens));
+        self.embed_ids(table, &ids, tokens.len())
+    }
+
+    fn embed_sampled(&self, table: &GpuMatrix, token: &GpuTensor) -> Result<Option<GpuTensor>> {
+        // `sample` wrote an id below the logits' width, which is the table's row count.
+        self.embed_ids(table, &token.buffer, 1).map(Some)
     }
 
     fn rms_norm(&self, x: &GpuTensor, scale: &GpuVector, eps: f32) -> Result<GpuTensor> {
@@ -606,7 +771,7 @@ impl Backend for WebGpuBackend {
             }
         }
         Ok(GpuPositions {
-            table: self.upload(bytemuck::cast_slice(&table), wgpu::BufferUsages::STORAGE),
+            table: self.storage_with(bytemuck::cast_slice(&table)),
             rows,
         })
     }
@@ -646,8 +811,28 @@ impl Backend for WebGpuBackend {
         Ok(y)
     }
 
-    fn to_vec(&self, x: &GpuTensor) -> Result<Vec<f32>> {
-        self.read(x)
+    /// Submits everything recorded with a copy of `x` at the end, and requests its map.
+    fn read(&self, x: &GpuTensor) -> Result<Readback> {
+        let size = (x.rows * x.cols * 4) as u64;
+        let staging = self.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: size.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.record(|encoder| {
+            encoder.copy_buffer_to_buffer(&x.buffer, 0, &staging, 0, size.max(4))
+        });
+        self.flush()?;
+        Ok(Readback::Gpu(GpuReadback::start(
+            self.gpu.clone(),
+            staging,
+            size as usize,
+        )))
+    }
+
+    fn sample(&self, logits: &GpuTensor, request: &DeviceSampling) -> Result<Option<GpuTensor>> {
+        self.sample_on_gpu(logits, request).map(Some)
     }
 
     fn new_kv_cache(
@@ -669,7 +854,7 @@ impl Backend for WebGpuBackend {
         }
         let max_len = max_len.min(fits);
         let capacity = max_len.min(256);
-        let buffer = |cap: usize| Arc::try_unwrap(self.storage(cap * width)).expect("a new buffer");
+        let buffer = |cap: usize| self.persistent_storage(cap * width);
         Ok(GpuKvCache {
             k: buffer(capacity),
             v: buffer(capacity),
@@ -708,10 +893,8 @@ impl Backend for WebGpuBackend {
         if needed > cache.capacity {
             // Grow by doubling; the positions held so far move to the new buffers.
             let capacity = needed.next_power_of_two().min(cache.max_len);
-            let k_new =
-                Arc::try_unwrap(self.storage(capacity * cache.width)).expect("a new buffer");
-            let v_new =
-                Arc::try_unwrap(self.storage(capacity * cache.width)).expect("a new buffer");
+            let k_new = self.persistent_storage(capacity * cache.width);
+            let v_new = self.persistent_storage(capacity * cache.width);
             let held = (cache.len * cache.width * 4) as u64;
             if held > 0 {
                 self.record(|encoder| {
@@ -719,6 +902,9 @@ impl Backend for WebGpuBackend {
                     encoder.copy_buffer_to_buffer(&cache.v, 0, &v_new, 0, held);
                 });
             }
+            // Bind groups of the old buffers would keep them alive.
+            self.forget_bind_groups_of(&cache.k);
+            self.forget_bind_groups_of(&cache.v);
             cache.k = k_new;
             cache.v = v_new;
             cache.capacity = capacity;
@@ -766,7 +952,10 @@ impl Backend for WebGpuBackend {
             );
         } else {
             // Each (head, key range) in parallel, then one merge per head.
-            let partials = self.storage(params.head_count * splits * (params.head_dim + 2));
+            // Room for the next power of two of ranges: the buffer (and the bind groups holding
+            // it) changes at 2, 4, 8 … ranges, not at every new range.
+            let partials = self
+                .storage(params.head_count * splits.next_power_of_two() * (params.head_dim + 2));
             self.dispatch_bound(
                 &self.gpu.kernels.attention_split_partial,
                 &[(0, &q.buffer), (1, &cache.k), (2, &cache.v), (5, &partials)],

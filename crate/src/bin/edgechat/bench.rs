@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use edgechat::bench::bench_run;
 use serde_json::json;
 
 use crate::common::{load_model_and_tokenizer, BackendArg, CliError, CliResult};
@@ -69,33 +70,23 @@ pub fn main(args: Args) -> CliResult {
         }
         .into());
     }
-    let vocab = config.vocab_size as u64;
-    // A fixed pseudo-random token sequence (a linear congruential walk over the vocabulary).
-    let token_at =
-        |i: usize| ((i as u64).wrapping_mul(2_654_435_761).wrapping_add(12_345) % vocab) as u32;
-    let prompt: Vec<u32> = (0..args.prompt_tokens).map(token_at).collect();
-
     let mut prefill_rates = Vec::new();
     let mut decode_rates = Vec::new();
+    let mut work = (0.0, 0.0);
     // Run 0 warms up caches and allocations and is not counted.
     for run in 0..=args.repetitions {
-        let model = &mut loaded.model;
-        model.truncate_cache(0);
-        let started = Instant::now();
-        model.forward(&prompt)?;
-        let prefill_seconds = started.elapsed().as_secs_f64();
-
-        let started = Instant::now();
-        for i in 0..args.gen_tokens {
-            model.forward(&[token_at(args.prompt_tokens + i)])?;
-        }
-        let decode_seconds = started.elapsed().as_secs_f64();
+        let result = pollster::block_on(bench_run(
+            loaded.model.as_mut(),
+            args.prompt_tokens,
+            args.gen_tokens,
+        ))?;
         if run > 0 {
-            prefill_rates.push(args.prompt_tokens as f64 / prefill_seconds);
-            decode_rates.push(args.gen_tokens as f64 / decode_seconds);
+            prefill_rates.push(result.prefill_tok_s);
+            decode_rates.push(result.decode_tok_s);
+            work = (result.dispatches_per_token, result.submissions_per_token);
         }
     }
-    loaded.model.truncate_cache(0);
+    let (dispatches_per_token, submissions_per_token) = work;
 
     let weight_bytes = loaded.model.weight_bytes_per_token();
     let (prefill_mean, prefill_sd) = mean_and_sd(&prefill_rates);
@@ -120,6 +111,8 @@ pub fn main(args: Args) -> CliResult {
             "decode_tokens_per_second_sd": decode_sd,
             "weight_bytes_per_token": weight_bytes,
             "decode_effective_gb_per_second": decode_gbps,
+            "dispatches_per_token": dispatches_per_token,
+            "submissions_per_token": submissions_per_token,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -142,6 +135,12 @@ pub fn main(args: Args) -> CliResult {
             "decode effective bandwidth: {decode_gbps:.2} GB/s ({:.1} MB of weights per token)",
             weight_bytes as f64 / 1e6
         );
+        if submissions_per_token > 0.0 {
+            println!(
+                "GPU work per decoded token: {dispatches_per_token:.0} dispatches, \
+                 {submissions_per_token:.0} submission(s)"
+            );
+        }
     }
     Ok(())
 }

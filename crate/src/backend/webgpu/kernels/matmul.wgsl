@@ -7,6 +7,19 @@
 // pipeline is built: 8 on GPUs (neighbouring threads read neighbouring blocks), 1 on CPU
 // implementations such as lavapipe and SwiftShader (each SIMD lane takes a row and x is read once
 // for all lanes).
+//
+// Variants (context.rs resolves the `// #if FLAG` / `// #else` / `// #endif` lines and prepends the
+// `enable` directives):
+//   F16             each sub-block's products in f16 (quant.wgsl's dot32h: small integers times x,
+//                   the block's scales applied in f32), the sum over sub-blocks in f32. Needs the
+//                   adapter's shader-f16; never used for F32 weights.
+//   REDUCE_SHARED   the THREADS_PER_ROW partial sums of a row added up through workgroup memory.
+//   REDUCE_SUBGROUP the same with subgroupShuffleXor butterflies, no workgroup memory or barrier.
+//                   Only built when the adapter's smallest subgroup holds THREADS_PER_ROW lanes:
+//                   a row's lanes are THREADS_PER_ROW consecutive invocations, aligned, which lie in
+//                   one subgroup as consecutive subgroup lanes (the linear layout of 1-D
+//                   workgroups that Vulkan, Metal, D3D12 and the browsers' implementations use).
+//   neither         THREADS_PER_ROW is 1: each thread has its row's whole sum.
 
 struct Params {
     k: u32,           // input features (row length)
@@ -24,7 +37,20 @@ struct Params {
 
 override THREADS_PER_ROW: u32 = 8u;
 override ROWS: u32 = 64u / THREADS_PER_ROW;
+// #if REDUCE_SHARED
 var<workgroup> partial: array<f32, 64>;
+// #endif
+
+// #if REDUCE_SUBGROUP
+// The sum over the THREADS_PER_ROW lanes of a row, in every one of them.
+fn row_sum(v: f32) -> f32 {
+    var sum = v;
+    for (var mask = THREADS_PER_ROW / 2u; mask > 0u; mask >>= 1u) {
+        sum += subgroupShuffleXor(sum, mask);
+    }
+    return sum;
+}
+// #endif
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -37,9 +63,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     if (row < p.n_rows) {
         let row_offset = row * p.row_bytes;
         for (var s = lane; s < subs; s += THREADS_PER_ROW) {
+// #if F16
+            acc += dot32h(decode32h_TYPE(row_offset, s), xo + s * 32u, BIASED_TYPE);
+// #else
             acc += dot32(decode32_TYPE(row_offset, s), xo + s * 32u);
+// #endif
         }
     }
+// #if REDUCE_SHARED
     partial[tid] = acc;
     workgroupBarrier();
     if (lane == 0u && row < p.n_rows) {
@@ -49,11 +80,21 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
         }
         y[token * p.out_cols + p.out_offset + row] = sum;
     }
+// #else
+// #if REDUCE_SUBGROUP
+    acc = row_sum(acc);
+// #endif
+    if (lane == 0u && row < p.n_rows) {
+        y[token * p.out_cols + p.out_offset + row] = acc;
+    }
+// #endif
 }
 
 // Prefill: TOKENS tokens per workgroup, each weight sub-block decoded once for all of them.
 const TOKENS: u32 = 8u;
+// #if REDUCE_SHARED
 var<workgroup> partial_tokens: array<f32, 512>; // 64 threads × TOKENS
+// #endif
 
 @compute @workgroup_size(64)
 fn tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -66,12 +107,20 @@ fn tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     if (row < p.n_rows) {
         let row_offset = row * p.row_bytes;
         for (var s = lane; s < subs; s += THREADS_PER_ROW) {
+// #if F16
+            let wv = decode32h_TYPE(row_offset, s);
+            for (var t = 0u; t < tokens; t++) {
+                acc[t] += dot32h(wv, (first_token + t) * p.k + s * 32u, BIASED_TYPE);
+            }
+// #else
             let wv = decode32_TYPE(row_offset, s);
             for (var t = 0u; t < tokens; t++) {
                 acc[t] += dot32(wv, (first_token + t) * p.k + s * 32u);
             }
+// #endif
         }
     }
+// #if REDUCE_SHARED
     for (var t = 0u; t < TOKENS; t++) {
         partial_tokens[tid * TOKENS + t] = acc[t];
     }
@@ -85,4 +134,16 @@ fn tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
             y[(first_token + t) * p.out_cols + p.out_offset + row] = sum;
         }
     }
+// #else
+// #if REDUCE_SUBGROUP
+    for (var t = 0u; t < tokens; t++) {
+        acc[t] = row_sum(acc[t]);
+    }
+// #endif
+    if (lane == 0u && row < p.n_rows) {
+        for (var t = 0u; t < tokens; t++) {
+            y[(first_token + t) * p.out_cols + p.out_offset + row] = acc[t];
+        }
+    }
+// #endif
 }

@@ -7,6 +7,11 @@
 //   decode32_T(row, s) = W[row][32·s .. 32·s + 32] as 8 vec4s, `row` the byte offset of the row
 //   dot32(w, xo)       = Σ_{i<32} w[i] · x[xo + i] for a decoded sub-block
 // All arithmetic is f32 (the path every adapter supports); f16 values are read with unpack2x16float.
+// With `F16` (adapters with shader-f16; context.rs resolves the `// #if` lines) the matmul uses
+// decode32h_T and dot32h instead: the sub-block as small integers q (exact in f16) with its scales,
+//   W[i] = scale[i / 16] · q[i] + bias   (F16 weights: q = W, scale 1)
+// and Σ q[i] · x[i] over each half in f16, scaled and summed in f32 (BIASED_T: the type has a bias,
+// which adds bias · Σ x[i]).
 //
 // Layouts: Q4_0 18 bytes per 32 values (d f16, 16 bytes of nibbles: low 0..16, high 16..32);
 // Q4_1 20 bytes (d, m f16, nibbles; value d·q + m); Q8_0 34 bytes (d f16, 32 signed bytes);
@@ -162,3 +167,126 @@ fn dot32(wv: array<vec4<f32>, 8>, xo: u32) -> f32 {
     }
     return acc;
 }
+
+// #if F16
+struct Block16 {
+    q: array<vec4<f16>, 8>,
+    scale: vec2<f32>, // values 0..16, 16..32
+    bias: f32,
+}
+
+// Σ W[i] · x[xo + i] for a sub-block from decode32h_T: x rounded to f16, q · x summed over each
+// half in f16 (four lanes of four fused multiply-adds), the rest in f32.
+fn dot32h(b: Block16, xo: u32, biased: bool) -> f32 {
+    var lo = vec4<f16>(0.0);
+    var hi = vec4<f16>(0.0);
+    var xs = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        let xl = x4(xo + 4u * k);
+        let xh = x4(xo + 16u + 4u * k);
+        lo = fma(b.q[k], vec4<f16>(xl), lo);
+        hi = fma(b.q[k + 4u], vec4<f16>(xh), hi);
+        if (biased) {
+            xs += xl + xh;
+        }
+    }
+    let ones = vec4<f32>(1.0);
+    var sum = b.scale.x * dot(vec4<f32>(lo), ones) + b.scale.y * dot(vec4<f32>(hi), ones);
+    if (biased) {
+        sum += b.bias * dot(xs, ones);
+    }
+    return sum;
+}
+
+// The four bytes of `word`, masked, minus `offset`. (The conversion-free form, bitcasting
+// 0x6400 | b to the f16 1024 + b, needs `bitcast<vec2<f16>>(u32)`, which naga does not take.)
+fn bytes_h(word: u32, mask: u32, offset: f16) -> vec4<f16> {
+    return vec4<f16>(unpack4xU8(word & (mask * 0x01010101u))) - offset;
+}
+
+// Nibbles are centred (q − 8): smaller products, less rounding.
+fn nibbles_h(word: u32) -> vec4<f16> {
+    return bytes_h(word, 0x0fu, 8.0h);
+}
+
+const BIASED_f16 = false;
+fn decode32h_f16(row: u32, s: u32) -> Block16 {
+    let base = (row >> 2u) + s * 16u;
+    var b: Block16;
+    for (var k = 0u; k < 8u; k++) {
+        b.q[k] = vec4<f16>(vec4<f32>(unpack2x16float(w[base + 2u * k]), unpack2x16float(w[base + 2u * k + 1u])));
+    }
+    b.scale = vec2<f32>(1.0);
+    return b;
+}
+const BIASED_q4_0 = false;
+fn decode32h_q4_0(row: u32, s: u32) -> Block16 {
+    let base = row + s * 18u;
+    var b: Block16;
+    for (var k = 0u; k < 4u; k++) {
+        let q = wword(base + 2u + 4u * k);
+        b.q[k] = nibbles_h(q);
+        b.q[k + 4u] = nibbles_h(q >> 4u);
+    }
+    b.scale = vec2<f32>(wf16(base));
+    return b;
+}
+const BIASED_q4_1 = true;
+fn decode32h_q4_1(row: u32, s: u32) -> Block16 {
+    let word = (row + s * 20u) >> 2u;
+    let dm = unpack2x16float(w[word]);
+    var b: Block16;
+    for (var k = 0u; k < 4u; k++) {
+        let q = w[word + 1u + k];
+        b.q[k] = nibbles_h(q);
+        b.q[k + 4u] = nibbles_h(q >> 4u);
+    }
+    b.scale = vec2<f32>(dm.x);
+    b.bias = dm.y + 8.0 * dm.x;
+    return b;
+}
+const BIASED_q8_0 = false;
+fn decode32h_q8_0(row: u32, s: u32) -> Block16 {
+    let base = row + s * 34u;
+    var b: Block16;
+    for (var k = 0u; k < 8u; k++) {
+        b.q[k] = vec4<f16>(unpack4xI8(wword(base + 2u + 4u * k)));
+    }
+    b.scale = vec2<f32>(wf16(base));
+    return b;
+}
+const BIASED_q4_k = true;
+fn decode32h_q4_k(row: u32, s: u32) -> Block16 {
+    let base = row + (s / 8u) * 144u;
+    let sub = s % 8u;
+    let scale_min = q4_k_scale_min(base, sub);
+    let qs = (base + 16u + (sub / 2u) * 32u) >> 2u;
+    let shift = (sub % 2u) * 4u;
+    var b: Block16;
+    for (var k = 0u; k < 8u; k++) {
+        b.q[k] = nibbles_h(w[qs + k] >> shift);
+    }
+    b.scale = vec2<f32>(scale_min.x);
+    b.bias = 8.0 * scale_min.x - scale_min.y;
+    return b;
+}
+const BIASED_q6_k = false;
+fn decode32h_q6_k(row: u32, s: u32) -> Block16 {
+    let base = row + (s / 8u) * 210u;
+    let sub = s % 8u;
+    let n = sub / 4u;
+    let quarter = sub % 4u;
+    let ql_at = base + 64u * n + 32u * (quarter % 2u);
+    let qh_at = base + 128u + 32u * n;
+    let nibble_shift = select(0u, 4u, quarter >= 2u);
+    let high_shift = 2u * quarter;
+    var b: Block16;
+    for (var k = 0u; k < 8u; k++) {
+        let low = (wword(ql_at + 4u * k) >> nibble_shift) & 0x0f0f0f0fu;
+        let high = ((wword(qh_at + 4u * k) >> high_shift) & 0x03030303u) << 4u;
+        b.q[k] = bytes_h(low | high, 0x3fu, 32.0h);
+    }
+    b.scale = vec2<f32>(q6_k_scale(base, sub, 0u), q6_k_scale(base, sub, 16u));
+    return b;
+}
+// #endif

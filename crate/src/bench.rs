@@ -1,0 +1,71 @@
+//! One timed prefill and decode run, shared by `edgechat bench` and the browser build, so both
+//! measure the same thing: a fixed pseudo-random prompt, then decode steps that each read back only
+//! the chosen token (greedy, chosen on the device where the backend can).
+
+use serde::Serialize;
+use web_time::Instant;
+
+use crate::error::Result;
+use crate::model::{Forwarded, LanguageModel, Output};
+use crate::sampling::DeviceSampling;
+
+/// One run's rates and the GPU work per decoded token.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRun {
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+    /// Compute dispatches per decoded token (0 on the CPU).
+    pub dispatches_per_token: f64,
+    /// Command-buffer submissions per decoded token (0 on the CPU).
+    pub submissions_per_token: f64,
+}
+
+/// The `i`-th token of the benchmark's input: a linear congruential walk over the vocabulary.
+pub fn bench_token(i: usize, vocab_size: usize) -> u32 {
+    ((i as u64).wrapping_mul(2_654_435_761).wrapping_add(12_345) % vocab_size.max(1) as u64) as u32
+}
+
+const GREEDY: Output = Output::Sample(DeviceSampling {
+    temperature: 0.0,
+    top_k: 0,
+    top_p: 1.0,
+    min_p: 0.0,
+    uniform: 0.0,
+});
+
+/// Empties the cache, prefills `prompt_tokens` tokens, then decodes `gen_tokens` steps. The
+/// decode input is fixed (not the model's choice) so every run does identical work.
+pub async fn bench_run(
+    model: &mut dyn LanguageModel,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+) -> Result<BenchRun> {
+    let vocab = model.config().vocab_size;
+    let prompt: Vec<u32> = (0..prompt_tokens).map(|i| bench_token(i, vocab)).collect();
+    model.truncate_cache(0);
+    let started = Instant::now();
+    model.start_forward(&prompt, GREEDY)?.wait_async().await?;
+    let prefill_seconds = started.elapsed().as_secs_f64();
+
+    let before = model.work_counts();
+    let started = Instant::now();
+    for i in 0..gen_tokens {
+        let token = bench_token(prompt_tokens + i, vocab);
+        if let Forwarded::Logits(logits) =
+            model.start_forward(&[token], GREEDY)?.wait_async().await?
+        {
+            // A host-side backend: choose as generation would.
+            std::hint::black_box(crate::sampling::argmax(&logits));
+        }
+    }
+    let decode_seconds = started.elapsed().as_secs_f64();
+    let after = model.work_counts();
+    model.truncate_cache(0);
+    let per_token = |n: u64| n as f64 / gen_tokens.max(1) as f64;
+    Ok(BenchRun {
+        prefill_tok_s: prompt_tokens as f64 / prefill_seconds,
+        decode_tok_s: gen_tokens as f64 / decode_seconds,
+        dispatches_per_token: per_token(after.dispatches - before.dispatches),
+        submissions_per_token: per_token(after.submissions - before.submissions),
+    })
+}

@@ -1,0 +1,405 @@
+//! Every kernel variant the adapter supports (f32 or f16 products, workgroup-memory or subgroup
+//! reductions, 1, 4, 8 or 32 threads per weight row), forced through `GpuOptions`: matmuls of every
+//! type against the exactly decoded weights, and SmolLM2 against the CPU backend.
+#![cfg(feature = "webgpu")]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use edgechat::backend::webgpu::{GpuOptions, WebGpuBackend};
+use edgechat::backend::Backend;
+use edgechat::gguf::{GgmlType, MemorySource, TensorData, TensorInfo};
+
+/// Largest matmul error of the f32 kernels (see `relative_error`): they decode exactly and
+/// accumulate in f32. Measured on lavapipe: at most 3.4e-7.
+const F32_TOLERANCE: f64 = 1e-4;
+/// The same for the f16 kernels (x rounded to f16, products and 16-value sums in f16): rounding
+/// of about 2⁻¹¹ per operation. Measured on lavapipe: at most 7.7e-4 (Q4_K), and 1.3e-3 for one
+/// single Q4_1 output that is near 0 (0.2 against a norm of its terms of 5.5).
+const F16_TOLERANCE: f64 = 2e-3;
+/// SmolLM2's logits with the f16 kernels against the f32 ones, relative to the largest |logit|
+/// (30 layers of f16 rounding): measured at most 3.7e-3 on lavapipe over the 4 steps below.
+const F16_MODEL_TOLERANCE: f64 = 1e-2;
+
+const TYPES: [GgmlType; 7] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q6K,
+];
+
+/// Deterministic values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn candle_type(t: GgmlType) -> GgmlDType {
+    match t {
+        GgmlType::F32 => GgmlDType::F32,
+        GgmlType::F16 => GgmlDType::F16,
+        GgmlType::Q4_0 => GgmlDType::Q4_0,
+        GgmlType::Q4_1 => GgmlDType::Q4_1,
+        GgmlType::Q8_0 => GgmlDType::Q8_0,
+        GgmlType::Q4K => GgmlDType::Q4K,
+        GgmlType::Q6K => GgmlDType::Q6K,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A `rows × cols` matrix encoded as `ty`, and its exact decoded values.
+fn encoded(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> (TensorInfo, Vec<u8>, Vec<f32>) {
+    let w = Tensor::from_vec(values(rows * cols, seed), (rows, cols), &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&w, candle_type(ty)).unwrap();
+    let bytes = q.data().unwrap().to_vec();
+    let decoded = q
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let info = TensorInfo {
+        name: format!("w_{ty:?}"),
+        dims: vec![cols as u64, rows as u64],
+        dtype: ty,
+        offset: 0,
+        n_bytes: bytes.len() as u64,
+    };
+    (info, bytes, decoded)
+}
+
+fn matrix(
+    b: &WebGpuBackend,
+    info: &TensorInfo,
+    bytes: &[u8],
+) -> <WebGpuBackend as Backend>::Matrix {
+    let source = MemorySource::new(bytes.to_vec());
+    b.load_matrix(TensorData::new(info, &source)).unwrap()
+}
+
+/// Puts f32 rows on the GPU (through an F32 embedding table).
+fn upload(
+    b: &WebGpuBackend,
+    rows: usize,
+    cols: usize,
+    data: &[f32],
+) -> <WebGpuBackend as Backend>::Tensor {
+    let info = TensorInfo {
+        name: "x".into(),
+        dims: vec![cols as u64, rows as u64],
+        dtype: GgmlType::F32,
+        offset: 0,
+        n_bytes: (rows * cols * 4) as u64,
+    };
+    let bytes: Vec<u8> = data.iter().flat_map(|f| f.to_le_bytes()).collect();
+    let source = MemorySource::new(bytes);
+    let table = b.load_embedding(TensorData::new(&info, &source)).unwrap();
+    b.embed(&table, &(0..rows as u32).collect::<Vec<_>>())
+        .unwrap()
+}
+
+/// Largest |a − b| relative to the largest |b|, or to the largest norm of the terms that make up a
+/// `b` where that is larger (rounding errors scale with it; one output can be near 0 by chance).
+fn relative_error(a: &[f32], b: &[f64], term_norms: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b
+        .iter()
+        .chain(term_norms)
+        .fold(0f64, |m, v| m.max(v.abs()))
+        .max(1e-12);
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y).abs())
+        .fold(0f64, f64::max)
+        / scale
+}
+
+/// What the adapter offers: (shader-f16, subgroups, smallest subgroup).
+fn adapter_features() -> (bool, bool, u32) {
+    let b = WebGpuBackend::with_options(GpuOptions {
+        shader_f16: Some(false),
+        subgroups: Some(false),
+        ..Default::default()
+    })
+    .expect("a Vulkan adapter (install mesa-vulkan-drivers: scripts/setup)");
+    let a = b.adapter();
+    eprintln!("adapter: {a:?}");
+    (a.shader_f16, a.subgroups, a.subgroup_sizes.0)
+}
+
+/// A backend with the variant forced, after checking it reports the kernels it was asked for.
+fn forced(f16: bool, subgroups: bool, threads_per_row: Option<u32>) -> WebGpuBackend {
+    let b = WebGpuBackend::with_options(GpuOptions {
+        matmul_threads_per_row: threads_per_row,
+        shader_f16: Some(f16),
+        subgroups: Some(subgroups),
+        ..Default::default()
+    })
+    .unwrap();
+    let a = b.adapter();
+    let shuffles =
+        subgroups && a.matmul_threads_per_row > 1 && a.subgroup_sizes.0 >= a.matmul_threads_per_row;
+    let expected = format!(
+        "{}{}",
+        if f16 { "f16" } else { "f32" },
+        if shuffles { "+subgroups" } else { "" }
+    );
+    assert_eq!(a.kernel_variant, expected, "{a:?}");
+    b
+}
+
+/// The variants this adapter can run: (f16, subgroups).
+fn supported_variants() -> Vec<(bool, bool)> {
+    let (has_f16, has_subgroups, _) = adapter_features();
+    let mut variants = Vec::new();
+    for f16 in [false, true] {
+        for subgroups in [false, true] {
+            if (!f16 || has_f16) && (!subgroups || has_subgroups) {
+                variants.push((f16, subgroups));
+            }
+        }
+    }
+    variants
+}
+
+/// Matmuls of every type, with row counts that are not multiples of the rows per workgroup,
+/// sub-blocks per row that are not multiples of the threads per row, and one token (the decode
+/// kernel) or several (the prefill kernel), against the decoded weights in f64. Variants that
+/// compile to the same kernels as one already checked (subgroups with one thread per row, or with
+/// more threads than the smallest subgroup) are skipped.
+#[test]
+fn every_variant_matches_the_decoded_weights() {
+    let started = Instant::now();
+    let mut checked = BTreeSet::new();
+    for (f16, subgroups) in supported_variants() {
+        for threads in [1, 4, 8, 32] {
+            let b = forced(f16, subgroups, Some(threads));
+            let variant = b.adapter().kernel_variant.clone();
+            if !checked.insert((variant.clone(), threads)) {
+                eprintln!("{variant}, {threads} threads per row: the same kernels as before");
+                continue;
+            }
+            let tolerance = if f16 { F16_TOLERANCE } else { F32_TOLERANCE };
+            for ty in TYPES {
+                // 10 sub-blocks of 32 per row; 24 for the 256-value K-quant blocks.
+                let cols = if matches!(ty, GgmlType::Q4K | GgmlType::Q6K) {
+                    768
+                } else {
+                    320
+                };
+                let mut worst = 0f64;
+                for rows in [1, 37, 130] {
+                    let (info, bytes, w) = encoded(ty, rows, cols, rows as u64 + 7);
+                    let m = matrix(&b, &info, &bytes);
+                    for tokens in [1, 3, 11] {
+                        let xs = values(tokens * cols, 99 + tokens as u64);
+                        let x = upload(&b, tokens, cols, &xs);
+                        let y = b.to_vec(&b.matmul(&x, &m).unwrap()).unwrap();
+                        // Per output: the exact sum and the norm of its terms.
+                        let (expected, norms): (Vec<f64>, Vec<f64>) = (0..tokens)
+                            .flat_map(|t| {
+                                let (w, xs) = (&w, &xs);
+                                (0..rows).map(move |r| {
+                                    let terms = (0..cols)
+                                        .map(|j| w[r * cols + j] as f64 * xs[t * cols + j] as f64);
+                                    (
+                                        terms.clone().sum::<f64>(),
+                                        terms.map(|v| v * v).sum::<f64>().sqrt(),
+                                    )
+                                })
+                            })
+                            .unzip();
+                        let err = relative_error(&y, &expected, &norms);
+                        assert!(
+                            err < tolerance,
+                            "{variant}, {threads} threads per row, {ty:?} {rows}x{cols}, \
+                             {tokens} tokens: relative error {err}"
+                        );
+                        worst = worst.max(err);
+                    }
+                }
+                eprintln!(
+                    "{variant}, {threads} threads per row, {ty:?}: relative error {worst:.2e}"
+                );
+            }
+        }
+    }
+    eprintln!("{} variants in {:.1?}", checked.len(), started.elapsed());
+}
+
+/// An adapter without a feature refuses a variant that needs it with a clear error (checked
+/// where the adapter lacks one).
+#[test]
+fn unsupported_variants_are_refused() {
+    let (has_f16, has_subgroups, _) = adapter_features();
+    for (has, options, what) in [
+        (
+            has_f16,
+            GpuOptions {
+                shader_f16: Some(true),
+                ..Default::default()
+            },
+            "shader-f16",
+        ),
+        (
+            has_subgroups,
+            GpuOptions {
+                subgroups: Some(true),
+                ..Default::default()
+            },
+            "subgroups",
+        ),
+    ] {
+        match WebGpuBackend::with_options(options) {
+            Ok(_) => assert!(has, "{what} forced on an adapter without it"),
+            Err(e) => {
+                assert!(!has, "{what}: {e}");
+                assert!(
+                    matches!(e, edgechat::Error::Backend(ref m) if m.contains(what)),
+                    "{e}"
+                );
+            }
+        }
+    }
+}
+
+/// SmolLM2 with each variant against the CPU backend: the prompt's logits within 5 % of the largest
+/// |logit| (the tolerance of webgpu_backend.rs: the CPU quantizes activations to 8 bits) and the
+/// same greedy token, then 3 decode steps (the one-token kernel; the prompt runs the prefill one)
+/// fed the CPU's tokens, with the same bound and picks. The subgroup variants run 8 threads per
+/// row, so that their reduction is used on CPU adapters too.
+#[test]
+fn smollm2_matches_the_cpu_backend_with_every_variant() {
+    use edgechat::gguf::{FileSource, GgufFile};
+    use edgechat::model::{LanguageModel, Llama};
+    let path = common::model_path(common::SMOLLM2);
+    let source = FileSource::open(&path).unwrap();
+    let file = GgufFile::read(&source).unwrap();
+    let mut cpu = edgechat::backend::cpu::load_model(&file, &source).unwrap();
+    let prompt: Vec<u32> = (0..40u32)
+        .map(|i| (i * 7919 + 13) % cpu.config().vocab_size as u32)
+        .collect();
+    let argmax = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0
+    };
+    let mut expected = vec![cpu.forward(&prompt).unwrap()];
+    for _ in 0..3 {
+        let token = argmax(expected.last().unwrap()) as u32;
+        expected.push(cpu.forward(&[token]).unwrap());
+    }
+    // The f32 kernels' logits (the first variant), which the others are also held to.
+    let mut f32_logits: Vec<Vec<f32>> = Vec::new();
+    for (f16, subgroups) in supported_variants() {
+        let started = Instant::now();
+        let threads = subgroups.then_some(8);
+        let backend = forced(f16, subgroups, threads);
+        let variant = format!(
+            "{}, {} threads per row",
+            backend.adapter().kernel_variant,
+            backend.adapter().matmul_threads_per_row
+        );
+        let mut gpu = Llama::load(backend, &file, &source).unwrap();
+        for (step, cpu_logits) in expected.iter().enumerate() {
+            let got = if step == 0 {
+                gpu.forward(&prompt).unwrap()
+            } else {
+                gpu.forward(&[argmax(&expected[step - 1]) as u32]).unwrap()
+            };
+            let reference: Vec<f64> = cpu_logits.iter().map(|&v| v as f64).collect();
+            let err = relative_error(&got, &reference, &[]);
+            eprintln!("{variant}: step {step}: logits relative error {err:.4}");
+            assert!(err < 0.05, "{variant}, step {step}: relative error {err}");
+            assert_eq!(
+                argmax(&got),
+                argmax(cpu_logits),
+                "{variant}, step {step}: greedy token"
+            );
+            if let Some(f32_got) = f32_logits.get(step) {
+                let reference: Vec<f64> = f32_got.iter().map(|&v| v as f64).collect();
+                let err = relative_error(&got, &reference, &[]);
+                eprintln!("{variant}: step {step}: relative to the f32 kernels {err:.2e}");
+                let bound = if f16 { F16_MODEL_TOLERANCE } else { 1e-4 };
+                assert!(
+                    err < bound,
+                    "{variant}, step {step}: {err} from the f32 kernels"
+                );
+            } else {
+                f32_logits.push(got);
+            }
+        }
+        eprintln!("{variant}: {:.1?}", started.elapsed());
+    }
+}
+
+/// Matmul speed of each variant (run with `--ignored --nocapture`): a 2048 × 2048 matrix of each
+/// of Q4_1, Q8_0 and Q6_K, 8 products per submission, one token (the decode kernel: weight bytes
+/// read per second) and 64 (prefill: multiply-adds per second); the best of 3 submissions.
+#[test]
+#[ignore = "a benchmark"]
+fn matmul_speed_of_every_variant() {
+    const N: usize = 2048;
+    const CHAIN: usize = 8;
+    let mut measured = BTreeSet::new();
+    for (f16, subgroups) in supported_variants() {
+        for threads in [1, 8] {
+            let b = forced(f16, subgroups, Some(threads));
+            let variant = b.adapter().kernel_variant.clone();
+            if !measured.insert((variant.clone(), threads)) {
+                continue;
+            }
+            for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q6K] {
+                let (info, bytes, _) = encoded(ty, N, N, 3);
+                let m = matrix(&b, &info, &bytes);
+                let mut line = format!("{variant:>13}, {threads} threads per row, {ty:?}:");
+                for tokens in [1, 64] {
+                    let x = upload(&b, tokens, N, &values(tokens * N, 4));
+                    let mut best = f64::MAX;
+                    for _ in 0..3 {
+                        let started = Instant::now();
+                        let mut y = b.matmul(&x, &m).unwrap();
+                        for _ in 1..CHAIN {
+                            y = b.matmul(&x, &m).unwrap();
+                        }
+                        b.to_vec(&y).unwrap();
+                        best = best.min(started.elapsed().as_secs_f64() / CHAIN as f64);
+                    }
+                    line += &if tokens == 1 {
+                        format!(
+                            "  1 token {:.2} ms ({:.2} GB/s)",
+                            best * 1e3,
+                            bytes.len() as f64 / best / 1e9
+                        )
+                    } else {
+                        format!(
+                            "  {tokens} tokens {:.1} ms ({:.2} GMAC/s)",
+                            best * 1e3,
+                            (N * N * tokens) as f64 / best / 1e9
+                        )
+                    };
+                }
+                eprintln!("{line}");
+            }
+        }
+    }
+}
