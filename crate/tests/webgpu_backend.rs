@@ -98,7 +98,7 @@ const TYPES: [GgmlType; 7] = [
     GgmlType::Q6K,
 ];
 
-/// Matmul and embedding lookup of every type, with row counts that are not multiples of the
+/// Matmul (alone and adding a residual) and embedding lookup of every type, with row counts that are not multiples of the
 /// kernel's rows per workgroup and several tokens, against the decoded weights in f64.
 /// Tolerance 1e-4 of the largest output: the kernels decode exactly and accumulate in f32.
 #[test]
@@ -145,6 +145,15 @@ fn check_matmul_and_embed(b: &WebGpuBackend) {
                     err < 1e-4,
                     "{ty:?} {rows}x{cols}, {tokens} tokens: relative error {err}"
                 );
+                // With the residual added as the product is written: exactly y + r.
+                // (Any tokens × rows tensor will do as the residual: another product.)
+                let r = b
+                    .matmul(&upload(b, tokens, cols, &values(tokens * cols, 7)), &m)
+                    .unwrap();
+                let rs = b.to_vec(&r).unwrap();
+                let with_residual = b.to_vec(&b.matmul_add(&x, &m, &r).unwrap()).unwrap();
+                let sums: Vec<f32> = y.iter().zip(&rs).map(|(y, r)| y + r).collect();
+                assert_eq!(with_residual, sums, "{ty:?} {rows}x{cols} plus residual");
             }
             let table = matrix(b, &info, &bytes).unwrap();
             let ids: Vec<u32> = vec![(rows - 1) as u32, 0, (rows / 2) as u32];

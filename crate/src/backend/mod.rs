@@ -168,6 +168,16 @@ pub trait Backend: Send + Sized {
     fn rms_norm(&self, x: &Self::Tensor, scale: &Self::Vector, eps: f32) -> Result<Self::Tensor>;
     /// `x · Wᵀ`.
     fn matmul(&self, x: &Self::Tensor, w: &Self::Matrix) -> Result<Self::Tensor>;
+    /// `residual + x · Wᵀ`: the attention output and FFN down projections feed the residual
+    /// stream, which a backend may add as it writes the product.
+    fn matmul_add(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Matrix,
+        residual: &Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        self.add(residual, &self.matmul(x, w)?)
+    }
     /// `x · Wᵢᵀ` for each matrix of a group that reads the same input (Q, K, V; gate, up), which a
     /// backend may run as one pass.
     fn matmul_many(&self, x: &Self::Tensor, ws: &[&Self::Matrix]) -> Result<Vec<Self::Tensor>> {

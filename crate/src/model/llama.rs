@@ -242,12 +242,12 @@ impl<B: Backend> Llama<B> {
             let q = b.rope(&q, c.head_count, &positions)?;
             let k = b.rope(&k, c.head_count_kv, &positions)?;
             let attn = b.attention(&q, &k, &v, cache, &params, &positions)?;
-            x = b.add(&x, &b.matmul(&attn, &layer.attn_output)?)?;
+            x = b.matmul_add(&attn, &layer.attn_output, &x)?;
 
             let h = b.rms_norm(&x, &layer.ffn_norm, c.rms_norm_eps)?;
             let [gate, up] = matmul_group(b, &h, [&layer.ffn_gate, &layer.ffn_up])?;
             let gated = b.swiglu(&gate, &up)?;
-            x = b.add(&x, &b.matmul(&gated, &layer.ffn_down)?)?;
+            x = b.matmul_add(&gated, &layer.ffn_down, &x)?;
         }
         if !all_rows {
             x = b.last_row(&x)?;

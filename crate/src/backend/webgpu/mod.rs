@@ -110,6 +110,8 @@ pub struct WebGpuBackend {
     /// One-word tensors for sampled tokens. The token a call chose is still held while the next
     /// call runs on it, so these live apart from the arena: generation uses two, alternately.
     token_pool: Mutex<Vec<Arc<wgpu::Buffer>>>,
+    /// Bound as the matmul's residual when there is none (a binding must name a buffer).
+    no_residual: Arc<wgpu::Buffer>,
     dispatches: AtomicU64,
     submissions: AtomicU64,
     bind_groups_made: AtomicU64,
@@ -159,6 +161,7 @@ struct MatmulParams {
     out_cols: u32,
     out_offset: u32,
     tokens: u32,
+    add_residual: u32,
 }
 
 #[repr(C)]
@@ -251,8 +254,16 @@ impl WebGpuBackend {
                 )));
             }
         }
+        let gpu = Gpu::open_async(options).await?;
+        let no_residual = Arc::new(gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("no residual"),
+            size: 4,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        }));
         Ok(WebGpuBackend {
-            gpu: Arc::new(Gpu::open_async(options).await?),
+            gpu: Arc::new(gpu),
+            no_residual,
             frame: Mutex::new(Frame::default()),
             uniform_blocks: Mutex::new(Vec::new()),
             arena: Mutex::new(Arena::default()),
@@ -614,6 +625,63 @@ impl WebGpuBackend {
 }
 
 impl WebGpuBackend {
+    /// `x · Wᵀ`, plus `residual` when given (added as each output is written).
+    fn matmul_into(
+        &self,
+        x: &GpuTensor,
+        w: &GpuMatrix,
+        residual: Option<&GpuTensor>,
+    ) -> Result<GpuTensor> {
+        if x.cols != w.cols {
+            return Err(Error::Backend(format!(
+                "matmul: input has {} features, the matrix {}",
+                x.cols, w.cols
+            )));
+        }
+        if let Some(r) = residual {
+            if (r.rows, r.cols) != (x.rows, w.rows) {
+                return Err(Error::Backend(format!(
+                    "matmul: residual is {}x{}, the product {}x{}",
+                    r.rows, r.cols, x.rows, w.rows
+                )));
+            }
+        }
+        let y = self.tensor(x.rows, w.rows);
+        let r = residual.map_or(&self.no_residual, |r| &r.buffer);
+        // Prefill: several tokens per workgroup, each weight block decoded once for all of them.
+        let (pipeline, tokens_per_group) = if x.rows > 1 {
+            (self.gpu.kernels.matmul_tiled(w.ty), MATMUL_TOKENS_PER_GROUP)
+        } else {
+            (self.gpu.kernels.matmul(w.ty), 1)
+        };
+        for chunk in &w.chunks {
+            let params = MatmulParams {
+                k: u32_of(w.cols, "row length")?,
+                n_rows: u32_of(chunk.rows, "rows")?,
+                row_bytes: u32_of(w.row_bytes, "row size")?,
+                out_cols: u32_of(w.rows, "output width")?,
+                out_offset: u32_of(chunk.first_row, "row")?,
+                tokens: u32_of(x.rows, "tokens")?,
+                add_residual: u32::from(residual.is_some()),
+            };
+            let groups = (
+                u32_of(
+                    chunk.rows.div_ceil(self.gpu.matmul_rows_per_group),
+                    "row groups",
+                )?,
+                u32_of(x.rows.div_ceil(tokens_per_group), "token groups")?,
+            );
+            self.dispatch_bound(
+                pipeline,
+                &[(0, &chunk.buffer), (1, &x.buffer), (2, &y.buffer), (4, r)],
+                3,
+                &params,
+                groups,
+            );
+        }
+        Ok(y)
+    }
+
     /// Rows of `table` for the `n` token ids in `ids` (on the GPU).
     fn embed_ids(&self, table: &GpuMatrix, ids: &wgpu::Buffer, n: usize) -> Result<GpuTensor> {
         let y = self.tensor(n, table.cols);
@@ -716,43 +784,16 @@ impl Backend for WebGpuBackend {
     }
 
     fn matmul(&self, x: &GpuTensor, w: &GpuMatrix) -> Result<GpuTensor> {
-        if x.cols != w.cols {
-            return Err(Error::Backend(format!(
-                "matmul: input has {} features, the matrix {}",
-                x.cols, w.cols
-            )));
-        }
-        let y = self.tensor(x.rows, w.rows);
-        // Prefill: several tokens per workgroup, each weight block decoded once for all of them.
-        let (pipeline, tokens_per_group) = if x.rows > 1 {
-            (self.gpu.kernels.matmul_tiled(w.ty), MATMUL_TOKENS_PER_GROUP)
-        } else {
-            (self.gpu.kernels.matmul(w.ty), 1)
-        };
-        for chunk in &w.chunks {
-            let params = MatmulParams {
-                k: u32_of(w.cols, "row length")?,
-                n_rows: u32_of(chunk.rows, "rows")?,
-                row_bytes: u32_of(w.row_bytes, "row size")?,
-                out_cols: u32_of(w.rows, "output width")?,
-                out_offset: u32_of(chunk.first_row, "row")?,
-                tokens: u32_of(x.rows, "tokens")?,
-            };
-            let groups = (
-                u32_of(
-                    chunk.rows.div_ceil(self.gpu.matmul_rows_per_group),
-                    "row groups",
-                )?,
-                u32_of(x.rows.div_ceil(tokens_per_group), "token groups")?,
-            );
-            self.dispatch(
-                pipeline,
-                &[&chunk.buffer, &x.buffer, &y.buffer],
-                &params,
-                groups,
-            );
-        }
-        Ok(y)
+        self.matmul_into(x, w, None)
+    }
+
+    fn matmul_add(
+        &self,
+        x: &GpuTensor,
+        w: &GpuMatrix,
+        residual: &GpuTensor,
+    ) -> Result<GpuTensor> {
+        self.matmul_into(x, w, Some(residual))
     }
 
     fn positions(

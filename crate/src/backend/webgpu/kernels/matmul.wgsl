@@ -1,6 +1,8 @@
-// y = x · Wᵀ with W in its GGUF encoding (decoded by quant.wgsl; TYPE is replaced by the type's
-// name when the pipeline is built). W may be one chunk of a larger matrix (rows split across
+// y = x · Wᵀ (+ r) with W in its GGUF encoding (decoded by quant.wgsl; TYPE is replaced by the
+// type's name when the pipeline is built). W may be one chunk of a larger matrix (rows split across
 // buffers to respect the adapter's binding limit): its rows land at output column `out_offset`.
+// With `add_residual` the residual stream r is added as each output is written, which saves the
+// separate add dispatch after the attention output and FFN down projections.
 //
 // One workgroup of 64 threads: 64 / THREADS_PER_ROW weight rows for one token; the threads of a row
 // stride over its 32-value sub-blocks, then add up. THREADS_PER_ROW is set per adapter when the
@@ -28,12 +30,23 @@ struct Params {
     out_cols: u32,    // output row length (all chunks)
     out_offset: u32,  // first output column of this chunk
     tokens: u32,
+    add_residual: u32, // 1: y = x · Wᵀ + r
 }
 
 @group(0) @binding(0) var<storage, read> w: array<u32>;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
+// The residual stream (same shape as y); a one-word placeholder when add_residual is 0.
+@group(0) @binding(4) var<storage, read> r: array<f32>;
+
+fn store(i: u32, v: f32) {
+    if (p.add_residual != 0u) {
+        y[i] = v + r[i];
+    } else {
+        y[i] = v;
+    }
+}
 
 override THREADS_PER_ROW: u32 = 8u;
 override ROWS: u32 = 64u / THREADS_PER_ROW;
@@ -78,14 +91,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
         for (var i = 0u; i < THREADS_PER_ROW; i++) {
             sum += partial[tid + i];
         }
-        y[token * p.out_cols + p.out_offset + row] = sum;
+        store(token * p.out_cols + p.out_offset + row, sum);
     }
 // #else
 // #if REDUCE_SUBGROUP
     acc = row_sum(acc);
 // #endif
     if (lane == 0u && row < p.n_rows) {
-        y[token * p.out_cols + p.out_offset + row] = acc;
+        store(token * p.out_cols + p.out_offset + row, acc);
     }
 // #endif
 }
@@ -131,7 +144,7 @@ fn tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
             for (var i = 0u; i < THREADS_PER_ROW; i++) {
                 sum += partial_tokens[(tid + i) * TOKENS + t];
             }
-            y[(first_token + t) * p.out_cols + p.out_offset + row] = sum;
+            store((first_token + t) * p.out_cols + p.out_offset + row, sum);
         }
     }
 // #else
@@ -142,7 +155,7 @@ fn tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
 // #endif
     if (lane == 0u && row < p.n_rows) {
         for (var t = 0u; t < tokens; t++) {
-            y[(first_token + t) * p.out_cols + p.out_offset + row] = acc[t];
+            store((first_token + t) * p.out_cols + p.out_offset + row, acc[t]);
         }
     }
 // #endif
