@@ -98,7 +98,7 @@ const TYPES: [GgmlType; 7] = [
     GgmlType::Q6K,
 ];
 
-/// Matmul (alone and adding a residual) and embedding lookup of every type, with row counts that are not multiples of the
+/// Matmul (alone, adding a residual, and with SwiGLU) and embedding lookup of every type, with row counts that are not multiples of the
 /// kernel's rows per workgroup and several tokens, against the decoded weights in f64.
 /// Tolerance 1e-4 of the largest output: the kernels decode exactly and accumulate in f32.
 #[test]
@@ -154,6 +154,11 @@ fn check_matmul_and_embed(b: &WebGpuBackend) {
                 let with_residual = b.to_vec(&b.matmul_add(&x, &m, &r).unwrap()).unwrap();
                 let sums: Vec<f32> = y.iter().zip(&rs).map(|(y, r)| y + r).collect();
                 assert_eq!(with_residual, sums, "{ty:?} {rows}x{cols} plus residual");
+                // SwiGLU applied as the gate product is written: exactly the separate kernels.
+                let (gate, up) = (b.matmul(&x, &m).unwrap(), b.matmul(&x, &m).unwrap());
+                let separate = b.to_vec(&b.swiglu(&gate, &up).unwrap()).unwrap();
+                let fused = b.to_vec(&b.swiglu_matmul(&x, &m, &m).unwrap()).unwrap();
+                assert_eq!(fused, separate, "{ty:?} {rows}x{cols} swiglu");
             }
             let table = matrix(b, &info, &bytes).unwrap();
             let ids: Vec<u32> = vec![(rows - 1) as u32, 0, (rows / 2) as u32];

@@ -178,6 +178,23 @@ pub trait Backend: Send + Sized {
     ) -> Result<Self::Tensor> {
         self.add(residual, &self.matmul(x, w)?)
     }
+    /// `silu(x · gateᵀ) * (x · upᵀ)`: the FFN's two input projections and SwiGLU, which a
+    /// backend may fuse (the CPU runs both products in one pass, the GPU applies SwiGLU as it
+    /// writes the gate product).
+    fn swiglu_matmul(
+        &self,
+        x: &Self::Tensor,
+        gate: &Self::Matrix,
+        up: &Self::Matrix,
+    ) -> Result<Self::Tensor> {
+        let mut products = self.matmul_many(x, &[gate, up])?;
+        match (products.pop(), products.pop()) {
+            (Some(up), Some(gate)) => self.swiglu(&gate, &up),
+            _ => Err(Error::Backend(
+                "matmul_many returned the wrong number of products".into(),
+            )),
+        }
+    }
     /// `x · Wᵢᵀ` for each matrix of a group that reads the same input (Q, K, V; gate, up), which a
     /// backend may run as one pass.
     fn matmul_many(&self, x: &Self::Tensor, ws: &[&Self::Matrix]) -> Result<Vec<Self::Tensor>> {

@@ -245,8 +245,7 @@ impl<B: Backend> Llama<B> {
             x = b.matmul_add(&attn, &layer.attn_output, &x)?;
 
             let h = b.rms_norm(&x, &layer.ffn_norm, c.rms_norm_eps)?;
-            let [gate, up] = matmul_group(b, &h, [&layer.ffn_gate, &layer.ffn_up])?;
-            let gated = b.swiglu(&gate, &up)?;
+            let gated = b.swiglu_matmul(&h, &layer.ffn_gate, &layer.ffn_up)?;
             x = b.matmul_add(&gated, &layer.ffn_down, &x)?;
         }
         if !all_rows {

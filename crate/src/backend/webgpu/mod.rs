@@ -110,7 +110,7 @@ pub struct WebGpuBackend {
     /// One-word tensors for sampled tokens. The token a call chose is still held while the next
     /// call runs on it, so these live apart from the arena: generation uses two, alternately.
     token_pool: Mutex<Vec<Arc<wgpu::Buffer>>>,
-    /// Bound as the matmul's residual when there is none (a binding must name a buffer).
+    /// Bound as the matmul epilogue's operand when there is none (a binding must name a buffer).
     no_residual: Arc<wgpu::Buffer>,
     dispatches: AtomicU64,
     submissions: AtomicU64,
@@ -161,7 +161,17 @@ struct MatmulParams {
     out_cols: u32,
     out_offset: u32,
     tokens: u32,
-    add_residual: u32,
+    epilogue: u32,
+}
+
+/// What the matmul kernel does with each output as it writes it (`EPILOGUE_*` in matmul.wgsl).
+#[derive(Clone, Copy)]
+enum Epilogue<'a> {
+    None,
+    /// `+ r`.
+    Add(&'a GpuTensor),
+    /// `silu(·) * r`.
+    Swiglu(&'a GpuTensor),
 }
 
 #[repr(C)]
@@ -256,7 +266,7 @@ impl WebGpuBackend {
         }
         let gpu = Gpu::open_async(options).await?;
         let no_residual = Arc::new(gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("no residual"),
+            label: Some("no epilogue operand"),
             size: 4,
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
@@ -625,12 +635,12 @@ impl WebGpuBackend {
 }
 
 impl WebGpuBackend {
-    /// `x · Wᵀ`, plus `residual` when given (added as each output is written).
+    /// `x · Wᵀ`, with `epilogue` applied as each output is written.
     fn matmul_into(
         &self,
         x: &GpuTensor,
         w: &GpuMatrix,
-        residual: Option<&GpuTensor>,
+        epilogue: Epilogue<'_>,
     ) -> Result<GpuTensor> {
         if x.cols != w.cols {
             return Err(Error::Backend(format!(
@@ -638,16 +648,21 @@ impl WebGpuBackend {
                 x.cols, w.cols
             )));
         }
-        if let Some(r) = residual {
+        let (code, operand) = match epilogue {
+            Epilogue::None => (0, None),
+            Epilogue::Add(r) => (1, Some(r)),
+            Epilogue::Swiglu(r) => (2, Some(r)),
+        };
+        if let Some(r) = operand {
             if (r.rows, r.cols) != (x.rows, w.rows) {
                 return Err(Error::Backend(format!(
-                    "matmul: residual is {}x{}, the product {}x{}",
+                    "matmul: the epilogue's operand is {}x{}, the product {}x{}",
                     r.rows, r.cols, x.rows, w.rows
                 )));
             }
         }
         let y = self.tensor(x.rows, w.rows);
-        let r = residual.map_or(&self.no_residual, |r| &r.buffer);
+        let r = operand.map_or(&self.no_residual, |r| &r.buffer);
         // Prefill: several tokens per workgroup, each weight block decoded once for all of them.
         let (pipeline, tokens_per_group) = if x.rows > 1 {
             (self.gpu.kernels.matmul_tiled(w.ty), MATMUL_TOKENS_PER_GROUP)
@@ -662,7 +677,7 @@ impl WebGpuBackend {
                 out_cols: u32_of(w.rows, "output width")?,
                 out_offset: u32_of(chunk.first_row, "row")?,
                 tokens: u32_of(x.rows, "tokens")?,
-                add_residual: u32::from(residual.is_some()),
+                epilogue: code,
             };
             let groups = (
                 u32_of(
@@ -784,7 +799,7 @@ impl Backend for WebGpuBackend {
     }
 
     fn matmul(&self, x: &GpuTensor, w: &GpuMatrix) -> Result<GpuTensor> {
-        self.matmul_into(x, w, None)
+        self.matmul_into(x, w, Epilogue::None)
     }
 
     fn matmul_add(
@@ -793,7 +808,17 @@ impl Backend for WebGpuBackend {
         w: &GpuMatrix,
         residual: &GpuTensor,
     ) -> Result<GpuTensor> {
-        self.matmul_into(x, w, Some(residual))
+        self.matmul_into(x, w, Epilogue::Add(residual))
+    }
+
+    fn swiglu_matmul(
+        &self,
+        x: &GpuTensor,
+        gate: &GpuMatrix,
+        up: &GpuMatrix,
+    ) -> Result<GpuTensor> {
+        let up = self.matmul(x, up)?;
+        self.matmul_into(x, gate, Epilogue::Swiglu(&up))
     }
 
     fn positions(

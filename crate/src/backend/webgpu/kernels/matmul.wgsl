@@ -1,8 +1,9 @@
-// y = x · Wᵀ (+ r) with W in its GGUF encoding (decoded by quant.wgsl; TYPE is replaced by the
-// type's name when the pipeline is built). W may be one chunk of a larger matrix (rows split across
+// y = x · Wᵀ with W in its GGUF encoding (decoded by quant.wgsl; TYPE is replaced by the type's
+// name when the pipeline is built). W may be one chunk of a larger matrix (rows split across
 // buffers to respect the adapter's binding limit): its rows land at output column `out_offset`.
-// With `add_residual` the residual stream r is added as each output is written, which saves the
-// separate add dispatch after the attention output and FFN down projections.
+// An epilogue applied as each output is written saves a separate element-wise dispatch:
+// `EPILOGUE_ADD` y = x · Wᵀ + r (the residual stream, after the attention output and FFN down
+// projections), `EPILOGUE_SWIGLU` y = silu(x · Wᵀ) · r (the FFN gate times the up projection).
 //
 // One workgroup of 64 threads: 64 / THREADS_PER_ROW weight rows for one token; the threads of a row
 // stride over its 32-value sub-blocks, then add up. THREADS_PER_ROW is set per adapter when the
@@ -30,21 +31,31 @@ struct Params {
     out_cols: u32,    // output row length (all chunks)
     out_offset: u32,  // first output column of this chunk
     tokens: u32,
-    add_residual: u32, // 1: y = x · Wᵀ + r
+    epilogue: u32, // EPILOGUE_*
 }
+
+const EPILOGUE_NONE: u32 = 0u;
+const EPILOGUE_ADD: u32 = 1u;
+const EPILOGUE_SWIGLU: u32 = 2u;
 
 @group(0) @binding(0) var<storage, read> w: array<u32>;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
-// The residual stream (same shape as y); a one-word placeholder when add_residual is 0.
+// The epilogue's second operand (same shape as y); a one-word placeholder without an epilogue.
 @group(0) @binding(4) var<storage, read> r: array<f32>;
 
 fn store(i: u32, v: f32) {
-    if (p.add_residual != 0u) {
-        y[i] = v + r[i];
-    } else {
-        y[i] = v;
+    switch p.epilogue {
+        case EPILOGUE_ADD: {
+            y[i] = v + r[i];
+        }
+        case EPILOGUE_SWIGLU: {
+            y[i] = v / (1.0 + exp(-v)) * r[i];
+        }
+        default: {
+            y[i] = v;
+        }
     }
 }
 
