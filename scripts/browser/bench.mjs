@@ -158,8 +158,9 @@ async function edgechat({ modelUrl, backend = 'webgpu', prompt = 64, decode = 32
   const bytes = new Uint8Array(await (await fetch(modelUrl)).arrayBuffer());
   const fetchMs = performance.now() - t0;
   // A CPU-emulated adapter (SwiftShader) runs a workgroup's threads as SIMD lanes: one thread per
-  // weight row is what is fast there (measured: 1.7 vs 1.0 tok/s with 8 per row). wgpu cannot tell
-  // in a browser (the adapter info is not mapped), so the page chooses from adapter.info.
+  // weight row is what is fast there (measured: 1.7 vs 1.0 tok/s with 8 per row). wgpu picks that
+  // when the browser flags the adapter as a fallback; the page also checks adapter.info, so the
+  // choice holds where SwiftShader is selected without that flag.
   let gpuOptions;
   if (backend === 'webgpu' && navigator.gpu) {
     const adapter = await navigator.gpu.requestAdapter();
