@@ -7,8 +7,11 @@
 //! gets the uniforms in one interval of length p·N, and its count is p·N within a uniform or two.
 #![cfg(feature = "webgpu")]
 
+mod common;
+
 use std::time::Instant;
 
+use common::quantized::values;
 use edgechat::backend::webgpu::WebGpuBackend;
 use edgechat::backend::Backend;
 use edgechat::gguf::{GgmlType, MemorySource, TensorData, TensorInfo};
@@ -21,21 +24,6 @@ fn gpu() -> WebGpuBackend {
         .expect("a Vulkan adapter (install mesa-vulkan-drivers: scripts/setup)");
     eprintln!("adapter: {:?}", backend.adapter());
     backend
-}
-
-/// Deterministic values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 /// Random logits in [-4, 4).

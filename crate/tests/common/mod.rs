@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests.
 #![allow(dead_code)]
 
+pub mod quantized;
+
 use std::path::{Path, PathBuf};
 
 use edgechat::gguf::{FileSource, GgufFile, Value};

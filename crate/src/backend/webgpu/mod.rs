@@ -458,10 +458,10 @@ impl WebGpuBackend {
             uniform_offset: ((slot % SLOTS_PER_BLOCK) * slot_bytes) as u64,
         };
         let mut bind_groups = self.bind_groups.lock().expect("bind group lock");
-        if !bind_groups.contains_key(&key) {
-            if bind_groups.len() >= MAX_BIND_GROUPS {
-                bind_groups.clear();
-            }
+        let cached = bind_groups.get(&key).cloned();
+        let bind_group = if let Some(bind_group) = cached {
+            bind_group
+        } else {
             let uniform = wgpu::BufferBinding {
                 buffer: &blocks[key.uniform_block],
                 offset: key.uniform_offset,
@@ -486,16 +486,12 @@ impl WebGpuBackend {
                 entries: &entries,
             });
             self.bind_groups_made.fetch_add(1, Ordering::Relaxed);
-            bind_groups.insert(
-                BindGroupKey {
-                    pipeline: pipeline.clone(),
-                    buffers: key.buffers.clone(),
-                    ..key
-                },
-                bind_group,
-            );
-        }
-        let bind_group = bind_groups[&key].clone();
+            if bind_groups.len() >= MAX_BIND_GROUPS {
+                bind_groups.clear();
+            }
+            bind_groups.insert(key, bind_group.clone());
+            bind_group
+        };
         drop(bind_groups);
         drop(blocks);
         let encoder = self.encoder(&mut frame);
@@ -733,7 +729,11 @@ impl Backend for WebGpuBackend {
         format!(
             "webgpu on {} ({}, {}; shader-f16 {}, subgroups {}, storage binding {} MiB; \
              kernels {}, {} thread(s) per row)",
-            if a.name.is_empty() { "an unnamed adapter" } else { &a.name },
+            if a.name.is_empty() {
+                "an unnamed adapter"
+            } else {
+                &a.name
+            },
             a.backend,
             a.driver.trim(),
             if a.shader_f16 { "yes" } else { "no" },
@@ -802,21 +802,11 @@ impl Backend for WebGpuBackend {
         self.matmul_into(x, w, Epilogue::None)
     }
 
-    fn matmul_add(
-        &self,
-        x: &GpuTensor,
-        w: &GpuMatrix,
-        residual: &GpuTensor,
-    ) -> Result<GpuTensor> {
+    fn matmul_add(&self, x: &GpuTensor, w: &GpuMatrix, residual: &GpuTensor) -> Result<GpuTensor> {
         self.matmul_into(x, w, Epilogue::Add(residual))
     }
 
-    fn swiglu_matmul(
-        &self,
-        x: &GpuTensor,
-        gate: &GpuMatrix,
-        up: &GpuMatrix,
-    ) -> Result<GpuTensor> {
+    fn swiglu_matmul(&self, x: &GpuTensor, gate: &GpuMatrix, up: &GpuMatrix) -> Result<GpuTensor> {
         let up = self.matmul(x, up)?;
         self.matmul_into(x, gate, Epilogue::Swiglu(&up))
     }
