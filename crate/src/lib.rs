@@ -7,6 +7,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod openai;
 pub mod sampling;
 pub mod session;
 pub mod tokenizer;

@@ -318,6 +318,7 @@ impl Engine {
             let call = InFlight::start(self.model.as_mut(), chunk, Output::Logits, None)?;
             call.finish(self.model.as_mut(), &mut self.cached_tokens, &mut sampler)
                 .await?;
+            yield_to_host().await;
         }
         let draw = sampler.draw();
         let mut in_flight = InFlight::start(
@@ -391,6 +392,8 @@ impl Engine {
             if tokens.len() >= max_tokens {
                 break FinishReason::Length;
             }
+            // In a browser the engine shares its thread with the page's messages (an abort).
+            yield_to_host().await;
             in_flight = match ahead {
                 Some((pending, draw)) => InFlight {
                     pending,
@@ -614,6 +617,15 @@ impl<'p> StopFilter<'p> {
         ready
     }
 }
+
+/// Lets a browser's event loop run between tokens; natively there is nothing to do.
+#[cfg(target_arch = "wasm32")]
+async fn yield_to_host() {
+    crate::wasm::yield_now().await
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+async fn yield_to_host() {}
 
 #[cfg(test)]
 mod tests {

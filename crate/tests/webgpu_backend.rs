@@ -436,3 +436,38 @@ fn piecewise_uploads_give_the_same_matrix() {
         .collect();
     assert!(relative_error(&y, &expected) < 1e-4);
 }
+
+/// A model whose weight rows or KV cache do not fit the adapter's bindings is refused from its
+/// header with the typed `GpuLimit` error (the browser package then picks the wasm backend), and
+/// nothing is uploaded.
+#[test]
+fn a_model_that_does_not_fit_the_adapter_is_refused_before_upload() {
+    use edgechat::backend::webgpu::load_model_on;
+    use edgechat::gguf::{FileSource, GgufFile};
+    let path = common::model_path(common::TINY_MISTRAL);
+    let source = FileSource::open(&path).unwrap();
+    let file = GgufFile::read(&source).unwrap();
+    // tiny-mistral's KV rows are 2 heads × 128 × 4 bytes: 4096 positions need 4 MiB per layer.
+    for (limit, what) in [
+        (1024, "a row of tensor"),
+        (2 << 20, "the keys of one layer"),
+    ] {
+        let small = WebGpuBackend::with_options(GpuOptions {
+            max_binding_bytes: Some(limit),
+            ..Default::default()
+        })
+        .unwrap();
+        match load_model_on(small, &file, &source) {
+            Err(edgechat::Error::GpuLimit {
+                what: got,
+                limit: l,
+                ..
+            }) => {
+                assert!(got.starts_with(what), "{got}");
+                assert!(l <= limit);
+            }
+            Err(e) => panic!("expected GpuLimit, got {e}"),
+            Ok(_) => panic!("expected GpuLimit with a {limit}-byte binding limit"),
+        }
+    }
+}

@@ -150,7 +150,7 @@ async function wllamaRun(w, nativeLog, { modelUrl, threads, gpuLayers, prompt, d
   return info;
 }
 
-// edgechat's own wasm package (target/wasm-pkg, mounted at /pkg/).
+// edgechat's own wasm package (crate/npm/wasm, mounted at /pkg/).
 async function edgechat({ modelUrl, backend = 'webgpu', prompt = 64, decode = 32, reps = 2 }) {
   const mod = await import('/pkg/edgechat.js');
   await mod.default();

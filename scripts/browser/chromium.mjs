@@ -25,6 +25,13 @@ export async function launchChromium({ webgpu = true } = {}) {
   return chromium.launch({ executablePath: CHROMIUM_PATH, headless: true, args });
 }
 
+// A browser with a profile on disk (a temporary one here), as a user's: an ordinary context is
+// off the record, and its Origin Private File System lives in memory with a small quota.
+export async function launchPersistentChromium(userDataDir, { webgpu = true } = {}) {
+  const args = webgpu ? [...BASE_ARGS, ...WEBGPU_ARGS] : BASE_ARGS;
+  return chromium.launchPersistentContext(userDataDir, { executablePath: CHROMIUM_PATH, headless: true, args });
+}
+
 // Forward the page's console and uncaught errors to the Node console.
 export function pipeConsole(page, prefix = '[page]') {
   page.on('console', (msg) => {

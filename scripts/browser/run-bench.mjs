@@ -5,7 +5,7 @@
 //
 //   node scripts/browser/run-bench.mjs [--model PATH] [--prompt N] [--decode N]
 //        [--reps N] [--timeout SECONDS] [--only wllama|edgechat] [--no-wllama-webgpu]
-//        [--out DIR (target/bench)] [--pkg DIR (target/wasm-pkg)]
+//        [--out DIR (target/bench)] [--pkg DIR (crate/npm/wasm)]
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -21,7 +21,7 @@ function parseArgs(argv) {
   const a = {
     model: path.join(repo, 'models/smollm2-135m-instruct-q4_1.gguf'),
     prompt: 64, decode: 32, reps: 2, timeout: 600, only: null, wllamaWebgpu: true,
-    out: path.join(repo, 'target/bench'), pkg: path.join(repo, 'target/wasm-pkg'),
+    out: path.join(repo, 'target/bench'), pkg: path.join(repo, 'crate/npm/wasm'),
   };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i], v = () => argv[++i];
@@ -97,7 +97,7 @@ if (args.only !== 'edgechat') {
 }
 if (args.only !== 'wllama') {
   for (const backend of ['webgpu', 'cpu']) {
-    configs.push({ label: `edgechat ${backend}`, engine: 'edgechat', skip: !havePkg && 'target/wasm-pkg not built (scripts/build-wasm)', opts: { ...common, backend } });
+    configs.push({ label: `edgechat ${backend}`, engine: 'edgechat', skip: !havePkg && 'crate/npm/wasm not built (scripts/build-wasm)', opts: { ...common, backend } });
   }
 }
 

@@ -57,15 +57,30 @@ function parseRange(header, size) {
   return { start, end };
 }
 
-export async function startServer({ mounts, isolation = true, port = 0 } = {}) {
+// `cors`: any origin may fetch (as from a model host such as Hugging Face), Range included.
+// Options for tests: `log` (an array) records each request's path and Range header; under a
+// `flaky.prefix` path, the first response to each distinct request is cut off after
+// `flaky.cutAfter` bytes (a dropped connection, for resumable downloads).
+export async function startServer({ mounts, isolation = true, port = 0, log = null, flaky = null, cors = false } = {}) {
   if (!mounts || typeof mounts !== 'object') throw new Error('startServer: mounts required');
+  const cutOnce = new Set();
 
   const server = http.createServer((req, res) => {
+    log?.push({ method: req.method, path: new URL(req.url, 'http://x').pathname, range: req.headers.range ?? null });
     const headers = { 'Accept-Ranges': 'bytes', 'Cache-Control': 'no-store' };
     if (isolation) {
       headers['Cross-Origin-Opener-Policy'] = 'same-origin';
       headers['Cross-Origin-Embedder-Policy'] = 'require-corp';
-      headers['Cross-Origin-Resource-Policy'] = 'same-origin';
+      headers['Cross-Origin-Resource-Policy'] = cors ? 'cross-origin' : 'same-origin';
+    }
+    if (cors) {
+      headers['Access-Control-Allow-Origin'] = '*';
+      headers['Access-Control-Allow-Headers'] = 'Range';
+      headers['Access-Control-Expose-Headers'] = 'Content-Range, Content-Length, Accept-Ranges, ETag, Last-Modified';
+      if (req.method === 'OPTIONS') {
+        res.writeHead(204, { ...headers, 'Access-Control-Allow-Methods': 'GET, HEAD' });
+        return res.end();
+      }
     }
     const fail = (code, msg) => {
       res.writeHead(code, { ...headers, 'Content-Type': 'text/plain; charset=utf-8' });
@@ -106,10 +121,14 @@ export async function startServer({ mounts, isolation = true, port = 0 } = {}) {
       headers['Content-Length'] = size === 0 ? 0 : end - start + 1;
       res.writeHead(status, headers);
       if (req.method === 'HEAD' || size === 0) return res.end();
-      const stream = fs.createReadStream(file, { start, end });
+      const key = `${urlPath} ${req.headers.range ?? ''}`;
+      const cut = flaky && urlPath.startsWith(flaky.prefix) && !cutOnce.has(key) && end - start + 1 > flaky.cutAfter;
+      if (cut) cutOnce.add(key);
+      const stream = fs.createReadStream(file, { start, end: cut ? start + flaky.cutAfter - 1 : end });
+      if (cut) stream.on('end', () => res.destroy());
       stream.on('error', () => res.destroy());
       res.on('close', () => stream.destroy()); // client went away: stop reading
-      stream.pipe(res);
+      stream.pipe(res, { end: !cut });
     }
   });
 
@@ -134,7 +153,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   const { origin } = await startServer({
     port: Number(process.argv[2] || 8080),
     mounts: {
-      '/pkg/': path.join(repo, 'target/wasm-pkg'),
+      '/pkg/': path.join(repo, 'crate/npm/wasm'),
       '/models/': path.join(repo, 'models'),
       '/wllama/': path.join(repo, 'scripts/browser/node_modules/@wllama/wllama'),
       '/': path.join(repo, 'scripts/browser'),

@@ -42,7 +42,7 @@ function compare(name, got, expected) {
 
 const server = await startServer({
   mounts: {
-    '/pkg/': resolve(root, 'target/wasm-pkg'),
+    '/pkg/': resolve(root, 'crate/npm/wasm'),
     '/models/': resolve(root, 'models'),
     '/': resolve(root, 'crate/tests/browser'),
   },

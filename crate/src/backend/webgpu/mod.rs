@@ -28,7 +28,7 @@ use wgpu::util::DeviceExt;
 use super::{AttentionParams, Backend, Readback, WorkCounts};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgmlType, GgufFile, TensorData, TensorInfo};
-use crate::model::{LanguageModel, Llama};
+use crate::model::{LanguageModel, Llama, LlamaConfig};
 use crate::sampling::DeviceSampling;
 use context::Gpu;
 
@@ -41,14 +41,20 @@ pub fn load_model(file: &GgufFile, source: &dyn ByteSource) -> Result<Box<dyn La
     load_model_on(WebGpuBackend::new()?, file, source)
 }
 
-/// Loads a model onto an opened backend (in a browser: from [`WebGpuBackend::new_async`]).
+/// Loads a model onto an opened backend (in a browser: from [`WebGpuBackend::new_async`]), after
+/// checking that it fits the adapter's limits ([`WebGpuBackend::check_fits`]).
 pub fn load_model_on(
     backend: WebGpuBackend,
     file: &GgufFile,
     source: &dyn ByteSource,
 ) -> Result<Box<dyn LanguageModel>> {
+    backend.check_fits(file, &LlamaConfig::from_gguf(file)?)?;
     Ok(Box::new(Llama::load(backend, file, source)?))
 }
+
+/// The KV cache must hold at least this many positions (or the model's whole context, if shorter)
+/// for a model to count as fitting an adapter: a shorter chat is not worth running.
+pub const MIN_GPU_CONTEXT: usize = 4096;
 
 /// Activations on the GPU: `rows × cols` f32, row-major.
 pub struct GpuTensor {
@@ -288,6 +294,35 @@ impl WebGpuBackend {
 
     pub fn adapter(&self) -> &AdapterSummary {
         &self.gpu.summary
+    }
+
+    /// Whether a model fits this adapter's limits, checked from its header before anything is
+    /// uploaded: every weight row within one binding (`maxStorageBufferBindingSize`, and
+    /// `maxBufferSize`), and each layer's keys or values for [`MIN_GPU_CONTEXT`] positions (or
+    /// the model's context, if shorter) within one binding. The error is `GpuLimit`.
+    pub fn check_fits(&self, file: &GgufFile, config: &LlamaConfig) -> Result<()> {
+        let limit = self.gpu.max_binding_bytes.saturating_sub(4) as u64;
+        for info in &file.tensors {
+            let rows: u64 = info.dims.iter().skip(1).product();
+            let row_bytes = info.n_bytes / rows.max(1);
+            if row_bytes > limit {
+                return Err(Error::GpuLimit {
+                    what: format!("a row of tensor {}", info.name),
+                    needed: row_bytes,
+                    limit,
+                });
+            }
+        }
+        let positions = config.context_length.min(MIN_GPU_CONTEXT) as u64;
+        let kv_bytes = positions * (config.head_count_kv * config.head_dim * 4) as u64;
+        if kv_bytes > self.gpu.max_binding_bytes as u64 {
+            return Err(Error::GpuLimit {
+                what: format!("the keys of one layer for {positions} positions"),
+                needed: kv_bytes,
+                limit: self.gpu.max_binding_bytes as u64,
+            });
+        }
+        Ok(())
     }
 
     fn device(&self) -> &wgpu::Device {

@@ -11,13 +11,8 @@
 //! Consecutive requests that share a prefix (a growing conversation) reuse the cached keys and
 //! values.
 //!
-//! Assistant prefill: when the LAST message has role `assistant`, the server does not start a new
-//! answer. It renders the conversation before that message with the generation prompt, appends the
-//! assistant text (tokenized as plain text) and continues it. The returned content holds only the
-//! continuation, not the prefilled text. The router worker uses this to resume a partial answer.
-//!
-//! Sampling defaults follow OpenAI (temperature 1, top_p 1) plus llama.cpp's server filters
-//! (top-k 40, min-p 0.05), which keep small models coherent at temperature 1.
+//! Requests are read and answers shaped by `edgechat::openai`, shared with the browser package:
+//! see there for assistant prefill (a last `assistant` message is continued) and sampling defaults.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -33,13 +28,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::common::{BackendArg, CliError, CliResult};
-use edgechat::chat::Message;
-use edgechat::sampling::SamplingParams;
+use edgechat::openai::{finish_reason_name, Answer, ChatRequest, PromptError, RequestError};
 use edgechat::session::{CancelToken, Engine, FinishReason};
 
 /// Request bodies larger than this are refused with 413.
@@ -142,16 +135,6 @@ struct ApiError {
 }
 
 impl ApiError {
-    fn invalid_request(message: impl Into<String>, param: Option<&'static str>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-            kind: "invalid_request_error",
-            param,
-            code: None,
-        }
-    }
-
     fn server(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -159,20 +142,6 @@ impl ApiError {
             kind: "server_error",
             param: None,
             code: None,
-        }
-    }
-
-    /// OpenAI's wording. The prompt must leave room for at least one generated token.
-    fn context_length_exceeded(prompt_tokens: usize, limit: usize) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            message: format!(
-                "This model's maximum context length is {limit} tokens. However, your messages resulted in \
-                 {prompt_tokens} tokens, which leaves no room for the completion."
-            ),
-            kind: "invalid_request_error",
-            param: Some("messages"),
-            code: Some("context_length_exceeded"),
         }
     }
 
@@ -187,14 +156,28 @@ impl ApiError {
 
     /// What an engine error means to the client.
     fn from_engine(e: edgechat::Error) -> Self {
+        Self::from_prompt(PromptError::from(e))
+    }
+
+    fn from_prompt(e: PromptError) -> Self {
         match e {
-            edgechat::Error::ContextLength { needed, limit } => {
-                Self::context_length_exceeded(needed, limit)
+            PromptError::Request(e) => e.into(),
+            PromptError::Engine(edgechat::Error::ContextLength { needed, limit }) => {
+                RequestError::context_length_exceeded(needed, limit).into()
             }
-            edgechat::Error::Template(m) => {
-                Self::invalid_request(format!("chat template: {m}"), Some("messages"))
-            }
-            other => Self::server(other.to_string()),
+            PromptError::Engine(other) => Self::server(other.to_string()),
+        }
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: e.message,
+            kind: "invalid_request_error",
+            param: e.param,
+            code: e.code,
         }
     }
 }
@@ -276,242 +259,11 @@ async fn get_model(
 }
 
 // ---------------------------------------------------------------------------------------------
-// The request.
-
-/// The fields this server reads. Others are ignored, `model` included: there is one model.
-#[derive(Deserialize)]
-struct ChatRequest {
-    #[serde(default)]
-    messages: Option<Vec<RequestMessage>>,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-    #[serde(default)]
-    max_completion_tokens: Option<u64>,
-    #[serde(default)]
-    temperature: Option<f32>,
-    #[serde(default)]
-    top_p: Option<f32>,
-    #[serde(default)]
-    seed: Option<i64>,
-    #[serde(default)]
-    stop: Option<StopField>,
-    #[serde(default)]
-    frequency_penalty: Option<f32>,
-    #[serde(default)]
-    presence_penalty: Option<f32>,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
-    #[serde(default)]
-    n: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct RequestMessage {
-    role: String,
-    /// A string, an array of `{type: "text", text}` parts, or null; checked in `message_text`.
-    #[serde(default)]
-    content: Value,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum StopField {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize, Default)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: Option<bool>,
-}
-
-/// A request checked and turned into what the engine needs.
-struct ValidRequest {
-    messages: Vec<Message>,
-    /// The last message is an assistant prefill to continue.
-    continue_last: bool,
-    params: SamplingParams,
-    stream: bool,
-    include_usage: bool,
-}
-
-fn parse_request(body: &[u8], context_length: usize) -> Result<ValidRequest, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid_request(format!("The request body is not valid JSON: {e}"), None)
-    })?;
-    if !value.is_object() {
-        return Err(ApiError::invalid_request(
-            "The request body must be a JSON object",
-            None,
-        ));
-    }
-    let request: ChatRequest = serde_json::from_value(value)
-        .map_err(|e| ApiError::invalid_request(format!("Invalid request: {e}"), None))?;
-
-    let Some(raw_messages) = request.messages else {
-        return Err(ApiError::invalid_request(
-            "Missing required parameter: 'messages'.",
-            Some("messages"),
-        ));
-    };
-    if raw_messages.is_empty() {
-        return Err(ApiError::invalid_request(
-            "'messages' must contain at least one message.",
-            Some("messages"),
-        ));
-    }
-    let mut messages = Vec::with_capacity(raw_messages.len());
-    for (i, m) in raw_messages.into_iter().enumerate() {
-        let role = match m.role.as_str() {
-            "system" | "developer" => "system",
-            "user" => "user",
-            "assistant" => "assistant",
-            other => {
-                return Err(ApiError::invalid_request(
-                    format!("messages[{i}].role `{other}` is not supported (system, developer, user, assistant)"),
-                    Some("messages"),
-                ))
-            }
-        };
-        let content = message_text(i, m.content)?;
-        messages.push(Message {
-            role: role.to_string(),
-            content,
-        });
-    }
-    let continue_last = messages.last().is_some_and(|m| m.role == "assistant");
-
-    let max_tokens = match request.max_completion_tokens.or(request.max_tokens) {
-        Some(0) => {
-            return Err(ApiError::invalid_request(
-                "max_tokens must be at least 1",
-                Some("max_tokens"),
-            ))
-        }
-        Some(n) => n.min(context_length as u64) as usize,
-        // No limit asked for: the answer may fill the context.
-        None => context_length,
-    };
-    let temperature = request.temperature.unwrap_or(1.0);
-    if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::invalid_request(
-            "temperature must be between 0 and 2",
-            Some("temperature"),
-        ));
-    }
-    let top_p = request.top_p.unwrap_or(1.0);
-    if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::invalid_request(
-            "top_p must be in (0, 1]",
-            Some("top_p"),
-        ));
-    }
-    let frequency_penalty = request.frequency_penalty.unwrap_or(0.0);
-    let presence_penalty = request.presence_penalty.unwrap_or(0.0);
-    for (name, v) in [
-        ("frequency_penalty", frequency_penalty),
-        ("presence_penalty", presence_penalty),
-    ] {
-        if !(-2.0..=2.0).contains(&v) {
-            return Err(ApiError::invalid_request(
-                format!("{name} must be between -2 and 2"),
-                None,
-            ));
-        }
-    }
-    if request.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::invalid_request(
-            "Only n = 1 is supported",
-            Some("n"),
-        ));
-    }
-    let stop = match request.stop {
-        None => Vec::new(),
-        Some(StopField::One(s)) => vec![s],
-        Some(StopField::Many(v)) => v,
-    };
-    if stop.len() > 4 {
-        return Err(ApiError::invalid_request(
-            "At most 4 stop sequences are allowed",
-            Some("stop"),
-        ));
-    }
-    let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
-
-    let params = SamplingParams {
-        temperature,
-        top_k: 40,
-        top_p,
-        min_p: 0.05,
-        repetition_penalty: 1.0,
-        frequency_penalty,
-        presence_penalty,
-        penalty_last_n: 64,
-        seed: request.seed.map(|s| s as u64),
-        max_tokens,
-        stop,
-    };
-    let stream = request.stream.unwrap_or(false);
-    let include_usage = stream
-        && request
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
-    Ok(ValidRequest {
-        messages,
-        continue_last,
-        params,
-        stream,
-        include_usage,
-    })
-}
-
-/// The text of a message's `content`: a string, or the concatenated `text` of an array of
-/// `{type: "text", text}` parts (other part types, such as images, are refused). Null is empty
-/// (an assistant message that only called tools).
-fn message_text(index: usize, content: Value) -> Result<String, ApiError> {
-    let invalid = |why: &str| {
-        ApiError::invalid_request(format!("messages[{index}].content {why}"), Some("messages"))
-    };
-    match content {
-        Value::Null => Ok(String::new()),
-        Value::String(text) => Ok(text),
-        Value::Array(parts) => {
-            let mut text = String::new();
-            for part in parts {
-                match (
-                    part.get("type").and_then(Value::as_str),
-                    part.get("text").and_then(Value::as_str),
-                ) {
-                    (Some("text"), Some(t)) => text.push_str(t),
-                    (Some("text"), None) => {
-                        return Err(invalid("has a text part without a `text` string"))
-                    }
-                    (Some(kind), _) => {
-                        return Err(invalid(&format!(
-                            "has a part of type `{kind}`; only text is supported"
-                        )))
-                    }
-                    (None, _) => return Err(invalid("has a part without a `type`")),
-                }
-            }
-            Ok(text)
-        }
-        _ => Err(invalid("must be a string or an array of text parts")),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // The engine thread.
 
 /// One request for the engine thread.
 struct ChatJob {
-    messages: Vec<Message>,
-    continue_last: bool,
-    params: SamplingParams,
+    request: ChatRequest,
     cancel: CancelToken,
     events: mpsc::UnboundedSender<JobEvent>,
 }
@@ -571,17 +323,17 @@ fn run_job(engine: &mut Engine, job: ChatJob) {
     if job.cancel.is_cancelled() || job.events.is_closed() {
         return;
     }
-    let prompt = match job_prompt(engine, &job.messages, job.continue_last) {
+    let prompt = match job.request.prompt(engine) {
         Ok(prompt) => prompt,
         Err(e) => {
-            let _ = job.events.send(JobEvent::Failed(e));
+            let _ = job.events.send(JobEvent::Failed(ApiError::from_prompt(e)));
             return;
         }
     };
     let _ = job.events.send(JobEvent::Started);
     let events = &job.events;
     let cancel = &job.cancel;
-    let result = engine.generate(&prompt, &job.params, cancel, &mut |text: &str| {
+    let result = engine.generate(&prompt, &job.request.params, cancel, &mut |text: &str| {
         // A closed channel means the client is gone: stop generating.
         if events.send(JobEvent::Text(text.to_string())).is_err() {
             cancel.cancel();
@@ -601,62 +353,13 @@ fn run_job(engine: &mut Engine, job: ChatJob) {
     }
     let event = match result {
         Ok(completion) => JobEvent::Finished {
-            finish_reason: match completion.finish_reason {
-                FinishReason::Length => "length",
-                FinishReason::Stop | FinishReason::Cancelled => "stop",
-            },
+            finish_reason: finish_reason_name(completion.finish_reason),
             prompt_tokens: completion.stats.prompt_tokens,
             completion_tokens: completion.stats.completion_tokens,
         },
         Err(e) => JobEvent::Failed(ApiError::from_engine(e)),
     };
     let _ = events.send(event);
-}
-
-/// The prompt tokens of a request, checked against the context (which must leave room for at
-/// least one new token). With `continue_last`, the last (assistant) message is not rendered as a
-/// finished turn: the conversation before it gets the generation prompt and the assistant text
-/// follows as plain text, so the model continues it.
-fn job_prompt(
-    engine: &Engine,
-    messages: &[Message],
-    continue_last: bool,
-) -> Result<Vec<u32>, ApiError> {
-    let template = engine.template();
-    let tokenizer = engine.tokenizer();
-    let prompt = if continue_last {
-        let (prefill, before) = messages.split_last().ok_or_else(|| {
-            ApiError::invalid_request(
-                "'messages' must contain at least one message.",
-                Some("messages"),
-            )
-        })?;
-        let mut prompt = template
-            .render(tokenizer, before, true)
-            .map_err(ApiError::from_engine)?;
-        prompt.extend(
-            tokenizer
-                .encode(&prefill.content)
-                .map_err(ApiError::from_engine)?,
-        );
-        prompt
-    } else {
-        template
-            .render(tokenizer, messages, true)
-            .map_err(ApiError::from_engine)?
-    };
-    // The checks `generate` makes, answered in the API's terms (`check_prompt` fails with
-    // ContextLength for a prompt that is too long, otherwise only for an empty one).
-    match engine.check_prompt(&prompt) {
-        Ok(()) => Ok(prompt),
-        Err(edgechat::Error::ContextLength { limit, .. }) => {
-            Err(ApiError::context_length_exceeded(prompt.len(), limit))
-        }
-        Err(_) => Err(ApiError::invalid_request(
-            "The conversation renders to an empty prompt",
-            Some("messages"),
-        )),
-    }
 }
 
 /// Puts `job` in the engine's queue without waiting; when the queue is full, the answer is a 503
@@ -729,10 +432,11 @@ async fn chat_completions(State(state): State<AppState>, request: Request) -> Re
             .into_response();
         }
     };
-    let request = match parse_request(&body, state.context_length) {
+    let request = match ChatRequest::parse(&body, state.context_length) {
         Ok(r) => r,
-        Err(e) => return e.into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
     };
+    let (stream, include_usage) = (request.stream, request.include_usage);
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let cancel = CancelToken::new();
@@ -741,9 +445,7 @@ async fn chat_completions(State(state): State<AppState>, request: Request) -> Re
         armed: true,
     };
     let job = ChatJob {
-        messages: request.messages,
-        continue_last: request.continue_last,
-        params: request.params,
+        request,
         cancel,
         events: events_tx,
     };
@@ -765,11 +467,14 @@ async fn chat_completions(State(state): State<AppState>, request: Request) -> Re
         }
     }
 
-    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let created = unix_time();
-    let model = state.model_name.clone();
+    let answer = Answer {
+        id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        created: unix_time(),
+        model: state.model_name.clone(),
+        include_usage,
+    };
 
-    if !request.stream {
+    if !stream {
         let mut content = String::new();
         loop {
             match events.recv().await {
@@ -780,19 +485,12 @@ async fn chat_completions(State(state): State<AppState>, request: Request) -> Re
                     completion_tokens,
                 }) => {
                     guard.armed = false;
-                    return Json(json!({
-                        "id": id,
-                        "object": "chat.completion",
-                        "created": created,
-                        "model": model,
-                        "choices": [{
-                            "index": 0,
-                            "message": { "role": "assistant", "content": content },
-                            "logprobs": null,
-                            "finish_reason": finish_reason,
-                        }],
-                        "usage": usage(prompt_tokens, completion_tokens),
-                    }))
+                    return Json(answer.completion(
+                        &content,
+                        finish_reason,
+                        prompt_tokens,
+                        completion_tokens,
+                    ))
                     .into_response();
                 }
                 Some(JobEvent::Failed(e)) => {
@@ -808,17 +506,11 @@ async fn chat_completions(State(state): State<AppState>, request: Request) -> Re
         }
     }
 
-    let chunk = ChunkWriter {
-        id,
-        created,
-        model,
-        include_usage: request.include_usage,
-    };
-    let first = chunk.delta(json!({ "role": "assistant", "content": "" }), None);
+    let first = event(answer.chunk(json!({ "role": "assistant", "content": "" }), None));
     let stream_state = StreamState {
         events,
         guard,
-        chunk,
+        answer,
         done: false,
     };
     let rest = futures::stream::unfold(stream_state, |mut s| async move {
@@ -826,7 +518,7 @@ async fn chat_completions(State(state): State<AppState>, request: Request) -> Re
             return None;
         }
         let out = match s.events.recv().await {
-            Some(JobEvent::Text(t)) => vec![s.chunk.delta(json!({ "content": t }), None)],
+            Some(JobEvent::Text(t)) => vec![event(s.answer.chunk(json!({ "content": t }), None))],
             Some(JobEvent::Started) => Vec::new(),
             Some(JobEvent::Finished {
                 finish_reason,
@@ -835,9 +527,11 @@ async fn chat_completions(State(state): State<AppState>, request: Request) -> Re
             }) => {
                 s.guard.armed = false;
                 s.done = true;
-                let mut out = vec![s.chunk.delta(json!({}), Some(finish_reason))];
-                if s.chunk.include_usage {
-                    out.push(s.chunk.usage_chunk(prompt_tokens, completion_tokens));
+                let mut out = vec![event(s.answer.chunk(json!({}), Some(finish_reason)))];
+                if s.answer.include_usage {
+                    out.push(event(
+                        s.answer.usage_chunk(prompt_tokens, completion_tokens),
+                    ));
                 }
                 out.push(Event::default().data("[DONE]"));
                 out
@@ -866,52 +560,12 @@ async fn chat_completions(State(state): State<AppState>, request: Request) -> Re
 struct StreamState {
     events: mpsc::UnboundedReceiver<JobEvent>,
     guard: CancelOnDrop,
-    chunk: ChunkWriter,
+    answer: Answer,
     done: bool,
 }
 
-/// Builds `chat.completion.chunk` events for one response.
-struct ChunkWriter {
-    id: String,
-    created: u64,
-    model: String,
-    include_usage: bool,
-}
-
-impl ChunkWriter {
-    fn delta(&self, delta: Value, finish_reason: Option<&str>) -> Event {
-        let mut chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }],
-        });
-        if self.include_usage {
-            chunk["usage"] = Value::Null;
-        }
-        Event::default().data(chunk.to_string())
-    }
-
-    fn usage_chunk(&self, prompt_tokens: usize, completion_tokens: usize) -> Event {
-        let chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "usage": usage(prompt_tokens, completion_tokens),
-        });
-        Event::default().data(chunk.to_string())
-    }
-}
-
-fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
-    json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    })
+fn event(chunk: Value) -> Event {
+    Event::default().data(chunk.to_string())
 }
 
 fn unix_time() -> u64 {

@@ -1,8 +1,5 @@
-//! JavaScript bindings of the engine for the browser (wasm-bindgen): load a GGUF on WebGPU or the
-//! CPU, decode greedily, and measure. `scripts/build-wasm` packages them for `--target web`.
-//!
-//! Everything that waits for the GPU is async here (a browser never blocks): methods return
-//! promises. One call at a time per model; a second concurrent call is an error, not a queue.
+//! A bare model for tests and benchmarks in the browser: load a GGUF on WebGPU or the CPU, decode
+//! greedily (teacher forcing allowed), and measure. The package's API is [`super::WasmEngine`].
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -29,10 +26,10 @@ fn js_error(e: crate::Error) -> JsError {
 /// GPU settings a page may force (otherwise chosen for the adapter).
 #[derive(serde::Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
-struct GpuSettings {
-    matmul_threads_per_row: Option<u32>,
-    shader_f16: Option<bool>,
-    subgroups: Option<bool>,
+pub(super) struct GpuSettings {
+    pub matmul_threads_per_row: Option<u32>,
+    pub shader_f16: Option<bool>,
+    pub subgroups: Option<bool>,
 }
 
 const GREEDY: Output = Output::Sample(DeviceSampling {
@@ -125,6 +122,27 @@ impl WasmModel {
                 input = vec![fed.unwrap_or(token)];
             }
             Ok(js_sys::Uint32Array::from(&tokens[..]).into())
+        })
+    }
+
+    /// The last row's logits after `prompt` (token ids), from an empty cache.
+    pub fn logits(&self, prompt: Vec<u32>) -> js_sys::Promise {
+        let model = self.model.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut model = model
+                .try_borrow_mut()
+                .map_err(|_| JsError::new("the model is busy with another call"))?;
+            model.truncate_cache(0);
+            let pending = model
+                .start_forward(&prompt, Output::Logits)
+                .map_err(js_error)?;
+            let logits = match pending.wait_async().await.map_err(js_error)? {
+                Forwarded::Logits(logits) => logits,
+                Forwarded::Token(_) => {
+                    return Err(JsError::new("asked for logits, got a token").into())
+                }
+            };
+            Ok(js_sys::Float32Array::from(&logits[..]).into())
         })
     }
 

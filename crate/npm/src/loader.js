@@ -1,0 +1,390 @@
+// Model sources, inside the package's Web Worker. Each gives the engine `{ size, read(offset, view) }`
+// with a synchronous `read` (worker-only APIs), so weights go from storage to the GPU in bounded
+// pieces and the model is never whole in memory:
+// - a URL is downloaded with HTTP range requests, several at a time, into the Origin Private File
+//   System, and read back through a `FileSystemSyncAccessHandle`. A download that breaks off
+//   resumes where it stopped (within a run, and in the next run from the chunks already stored).
+//   The next load of the same URL reads the stored copy and makes no request at all.
+// - a `File` or `Blob` is read in place with `FileReaderSync`.
+// - `cache:<id>` names a model already stored (see `listCachedModels`).
+
+import { EdgechatError } from './errors.js';
+
+export const CACHE_DIRECTORY = 'edgechat-models';
+// Download piece and parallelism: 8 MiB ranges keep each request's memory small and make a resume
+// lose little; 4 at a time fills a fast link without tripping per-host connection limits.
+const CHUNK_BYTES = 8 << 20;
+const PARALLEL_REQUESTS = 4;
+const MAX_RETRIES = 5;
+const VERIFY_PIECE_BYTES = 8 << 20;
+
+export async function cacheDirectory() {
+  if (!navigator.storage?.getDirectory) {
+    throw new EdgechatError('download_failed',
+      'this browser has no Origin Private File System (navigator.storage.getDirectory) to keep a downloaded model in');
+  }
+  const root = await navigator.storage.getDirectory();
+  return root.getDirectoryHandle(CACHE_DIRECTORY, { create: true });
+}
+
+// A cache entry's id: the first 32 hex digits of the SHA-256 of its URL.
+export async function cacheId(url) {
+  const digest = await crypto.subtle.digest('SHA-256', new TextEncoder().encode(url));
+  return [...new Uint8Array(digest)].slice(0, 16).map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+async function readMeta(dir, id) {
+  try {
+    const file = await (await dir.getFileHandle(`${id}.json`)).getFile();
+    return JSON.parse(await file.text());
+  } catch {
+    return null;
+  }
+}
+
+async function writeMeta(dir, id, meta) {
+  const handle = await dir.getFileHandle(`${id}.json`, { create: true });
+  const access = await handle.createSyncAccessHandle();
+  try {
+    const bytes = new TextEncoder().encode(JSON.stringify(meta));
+    access.truncate(0);
+    access.write(bytes, { at: 0 });
+    access.flush();
+  } finally {
+    access.close();
+  }
+}
+
+export async function listCachedModels() {
+  const dir = await cacheDirectory();
+  const models = [];
+  for await (const [name] of dir.entries()) {
+    if (!name.endsWith('.json')) continue;
+    const id = name.slice(0, -5);
+    const meta = await readMeta(dir, id);
+    if (meta) models.push({ id, url: meta.url, size: meta.size, complete: !!meta.complete, sha256: meta.sha256 ?? null });
+  }
+  return models;
+}
+
+export async function deleteCachedModel(idOrUrl) {
+  const dir = await cacheDirectory();
+  const id = /^[0-9a-f]{32}$/.test(idOrUrl) ? idOrUrl : await cacheId(idOrUrl);
+  let removed = false;
+  for (const name of [`${id}.gguf`, `${id}.json`]) {
+    try {
+      await dir.removeEntry(name);
+      removed = true;
+    } catch (e) {
+      if (e?.name !== 'NotFoundError') throw e;
+    }
+  }
+  return removed;
+}
+
+// Open sync access handles by cache id: a file has at most one, so a reload of the model in use
+// shares it.
+const openFiles = new Map();
+
+async function openCacheFile(dir, id) {
+  let entry = openFiles.get(id);
+  if (!entry) {
+    const handle = await dir.getFileHandle(`${id}.gguf`, { create: true });
+    let access;
+    try {
+      access = await handle.createSyncAccessHandle();
+    } catch (e) {
+      throw new EdgechatError('read_error',
+        `the cached model is in use elsewhere (another tab?): ${e.message}`);
+    }
+    entry = { access, users: 0 };
+    openFiles.set(id, entry);
+  }
+  entry.users += 1;
+  let closed = false;
+  return {
+    access: entry.access,
+    close() {
+      if (closed) return;
+      closed = true;
+      entry.users -= 1;
+      if (entry.users === 0) {
+        entry.access.close();
+        openFiles.delete(id);
+      }
+    },
+  };
+}
+
+function fileSource(file, size, phaseOf) {
+  return {
+    size,
+    read(offset, view) {
+      // A read may return fewer bytes than asked for (seen on large reads): go on until full.
+      for (let done = 0; done < view.length;) {
+        const n = file.access.read(done === 0 ? view : view.subarray(done), { at: offset + done });
+        if (n === 0) throw new Error(`the cached file ended at byte ${offset + done}`);
+        done += n;
+      }
+    },
+    close: () => file.close(),
+    phaseOf,
+  };
+}
+
+// Opens a model: `model` is a URL string, `cache:<id>`, a File or a Blob.
+// `progress(phase, loaded, total)` reports download and verification.
+export async function openModel(model, { sha256, size: expectedSize, progress, signal } = {}) {
+  if (typeof Blob !== 'undefined' && model instanceof Blob) {
+    return blobSource(model);
+  }
+  if (typeof model !== 'string' || model.length === 0) {
+    throw new EdgechatError('invalid_options', '`model` must be a URL, a File or Blob, or "cache:<id>"');
+  }
+  const dir = await cacheDirectory();
+  if (model.startsWith('cache:')) {
+    const id = model.slice(6);
+    const meta = await readMeta(dir, id);
+    if (!meta?.complete) throw new EdgechatError('not_cached', `no complete model with id ${id} in the cache`);
+    const file = await openCacheFile(dir, id);
+    return { ...fileSource(file, meta.size, cachedPhase), id, url: meta.url, fromCache: true };
+  }
+  const url = new URL(model, self.location.href).href;
+  const id = await cacheId(url);
+  let meta = await readMeta(dir, id);
+  const wanted = (m) => m?.complete
+    && (expectedSize == null || m.size === expectedSize)
+    && (sha256 == null || m.sha256 === sha256.toLowerCase());
+  if (wanted(meta)) {
+    const file = await openCacheFile(dir, id);
+    return { ...fileSource(file, meta.size, cachedPhase), id, url, fromCache: true };
+  }
+  if (meta?.complete) meta = null; // complete but not what the caller asks for: fetch again
+  const file = await openCacheFile(dir, id);
+  try {
+    meta = await download({ dir, id, url, meta, file, progress, signal });
+    const bad = (why) => new EdgechatError('integrity', `${url}: ${why}; the download was discarded`);
+    if (expectedSize != null && meta.size !== expectedSize) {
+      throw bad(`${meta.size} bytes where ${expectedSize} were expected`);
+    }
+    if (sha256 != null) {
+      const digest = await hashFile(file.access, meta.size, progress);
+      if (digest !== sha256.toLowerCase()) throw bad(`SHA-256 ${digest} where ${sha256} was expected`);
+      meta.sha256 = digest;
+    }
+    meta.complete = true;
+    await writeMeta(dir, id, meta);
+  } catch (e) {
+    file.close();
+    if (e.code === 'integrity') await deleteCachedModel(id).catch(() => {});
+    throw e;
+  }
+  return { ...fileSource(file, meta.size, cachedPhase), id, url, fromCache: false };
+}
+
+// The engine reads the header and weights from storage in every case but a File/Blob.
+function cachedPhase(enginePhase) {
+  return enginePhase === 'header' ? 'cache-read' : enginePhase;
+}
+
+function blobSource(blob) {
+  const reader = new FileReaderSync();
+  return {
+    size: blob.size,
+    read(offset, view) {
+      const bytes = reader.readAsArrayBuffer(blob.slice(offset, offset + view.length));
+      if (bytes.byteLength !== view.length) throw new Error(`the file ended at byte ${offset + bytes.byteLength}`);
+      view.set(new Uint8Array(bytes));
+    },
+    close() {},
+    phaseOf: (enginePhase) => (enginePhase === 'header' ? 'file-read' : enginePhase),
+    fromCache: false,
+  };
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function httpError(url, response) {
+  return new EdgechatError('download_failed',
+    `GET ${url}: HTTP ${response.status}${response.statusText ? ` ${response.statusText}` : ''}`);
+}
+
+// Whether an HTTP status is worth retrying (the server is busy or failing, not refusing).
+const retryable = (status) => status === 408 || status === 429 || status >= 500;
+
+function throwIfAborted(signal) {
+  if (signal?.aborted) throw new EdgechatError('aborted', 'the download was aborted');
+}
+
+// Downloads `url` into the open cache file, resuming from `meta` (chunks already stored).
+async function download({ dir, id, url, meta, file, progress, signal }) {
+  const probe = await fetchWithRetries(url, { headers: { Range: 'bytes=0-0' } }, signal);
+  const ranged = probe.status === 206;
+  let size = null;
+  if (ranged) {
+    const total = /\/(\d+)\s*$/.exec(probe.headers.get('content-range') ?? '');
+    size = total ? Number(total[1]) : null;
+  } else {
+    const length = probe.headers.get('content-length');
+    size = length != null ? Number(length) : null;
+  }
+  const validator = probe.headers.get('etag') ?? probe.headers.get('last-modified') ?? '';
+  if (meta && !(ranged && meta.size === size && meta.validator === validator && meta.url === url)) {
+    meta = null; // the file changed, or the server no longer serves ranges: start over
+  }
+  if (!meta) meta = { url, size, validator, chunkBytes: CHUNK_BYTES, done: [], complete: false };
+  const stored = meta.done.reduce((sum, i) => sum + chunkLength(meta, i), 0);
+  await checkQuota(size, stored);
+
+  if (!ranged) {
+    // No range support: one sequential stream (no parallelism, no resume), still to disk.
+    file.access.truncate(0);
+    let written = 0;
+    const reader = probe.body.getReader();
+    for (;;) {
+      throwIfAborted(signal);
+      const { done, value } = await reader.read();
+      if (done) break;
+      writeAll(file.access, value, written);
+      written += value.length;
+      progress?.('download', written, size);
+    }
+    if (size != null && written !== size) {
+      throw new EdgechatError('download_failed', `${url}: the connection closed after ${written} of ${size} bytes`);
+    }
+    file.access.flush();
+    return { ...meta, size: written, done: [] };
+  }
+  await probe.body?.cancel();
+  if (size == null) throw new EdgechatError('download_failed', `${url}: the server did not say the file's size (Content-Range)`);
+  if (file.access.getSize() !== size) file.access.truncate(size);
+
+  const chunks = Math.ceil(size / meta.chunkBytes);
+  const done = new Set(meta.done);
+  const todo = [];
+  for (let i = 0; i < chunks; i++) if (!done.has(i)) todo.push(i);
+  let loaded = stored;
+  progress?.('download', loaded, size);
+  let saving = Promise.resolve();
+  const worker = async () => {
+    while (todo.length > 0) {
+      const i = todo.shift();
+      const start = i * meta.chunkBytes;
+      await fetchRange(url, start, start + chunkLength(meta, i), signal, (at, bytes) => {
+        writeAll(file.access, bytes, at);
+        loaded += bytes.length;
+        progress?.('download', loaded, size);
+      });
+      done.add(i);
+      meta.done = [...done];
+      // The record of stored chunks lets a later run resume; written one at a time.
+      saving = saving.then(() => { file.access.flush(); return writeMeta(dir, id, meta); });
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: Math.min(PARALLEL_REQUESTS, todo.length) }, worker));
+  } finally {
+    await saving.catch(() => {});
+  }
+  file.access.flush();
+  return meta;
+}
+
+// Stores bytes at an offset; storage that takes fewer (full disk, quota) is an error, not a hole.
+function writeAll(access, bytes, at) {
+  const n = access.write(bytes, { at });
+  if (n !== bytes.length) {
+    throw new EdgechatError('quota_exceeded', `the browser stored ${n} of ${bytes.length} bytes at offset ${at}: its storage is full`);
+  }
+}
+
+function chunkLength(meta, i) {
+  return Math.min(meta.chunkBytes, meta.size - i * meta.chunkBytes);
+}
+
+async function checkQuota(size, stored) {
+  if (size == null || !navigator.storage?.estimate) return;
+  const { quota, usage } = await navigator.storage.estimate();
+  const needed = size - stored;
+  if (quota != null && usage != null && quota - usage < needed) {
+    const gb = (b) => `${(b / 1e9).toFixed(2)} GB`;
+    throw new EdgechatError('quota_exceeded',
+      `the model needs ${gb(needed)} more of storage but this site has ${gb(Math.max(0, quota - usage))} left of its ${gb(quota)} quota`);
+  }
+}
+
+async function fetchWithRetries(url, init, signal) {
+  for (let attempt = 0; ; attempt++) {
+    throwIfAborted(signal);
+    let response;
+    try {
+      response = await fetch(url, { ...init, cache: 'no-store', signal });
+    } catch (e) {
+      throwIfAborted(signal);
+      if (attempt >= MAX_RETRIES) {
+        throw new EdgechatError('download_failed', `GET ${url}: ${e.message} (after ${MAX_RETRIES} retries)`);
+      }
+      await sleep(backoff(attempt));
+      continue;
+    }
+    if (response.ok) return response;
+    if (!retryable(response.status) || attempt >= MAX_RETRIES) throw httpError(url, response);
+    await response.body?.cancel();
+    await sleep(backoff(attempt));
+  }
+}
+
+const backoff = (attempt) => Math.min(250 * 2 ** attempt, 4000);
+
+// Fetches bytes [start, end) and hands them to `write(at, bytes)` as they arrive. A connection
+// that breaks off is asked again for the rest only; retries count from the last progress.
+async function fetchRange(url, start, end, signal, write) {
+  let at = start;
+  let failures = 0;
+  while (at < end) {
+    let response;
+    try {
+      response = await fetchWithRetries(url, { headers: { Range: `bytes=${at}-${end - 1}` } }, signal);
+      if (response.status !== 206) {
+        await response.body?.cancel();
+        throw new EdgechatError('download_failed', `GET ${url}: the server stopped serving byte ranges (HTTP ${response.status})`);
+      }
+      const reader = response.body.getReader();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        const take = Math.min(value.length, end - at);
+        write(at, take === value.length ? value : value.subarray(0, take));
+        at += take;
+        failures = 0;
+      }
+      if (at < end) throw new Error(`the connection closed ${end - at} bytes early`);
+    } catch (e) {
+      if (e instanceof EdgechatError || signal?.aborted) throw e;
+      if (++failures > MAX_RETRIES) {
+        throw new EdgechatError('download_failed', `GET ${url} bytes ${at}-${end - 1}: ${e.message} (after ${MAX_RETRIES} retries)`);
+      }
+      await sleep(backoff(failures));
+    }
+  }
+}
+
+// SHA-256 of the stored file, read in pieces (the wasm hasher keeps the state).
+async function hashFile(access, size, progress) {
+  const { Sha256 } = await import('../wasm/edgechat.js');
+  const hasher = new Sha256();
+  const piece = new Uint8Array(VERIFY_PIECE_BYTES);
+  try {
+    for (let at = 0; at < size;) {
+      const n = access.read(piece.subarray(0, Math.min(piece.length, size - at)), { at });
+      if (n === 0) throw new EdgechatError('integrity', `the stored file ended at byte ${at}`);
+      hasher.update(piece.subarray(0, n));
+      at += n;
+      progress?.('verify', at, size);
+      if ((at / VERIFY_PIECE_BYTES) % 16 === 0) await sleep(0); // let an abort through
+    }
+    return hasher.finish();
+  } finally {
+    hasher.free();
+  }
+}

@@ -1,0 +1,140 @@
+// The package's Web Worker: owns the wasm engine, the model file and the GPU device, and answers
+// the page's messages one at a time, in order (a load, a chat request, an unload). An abort is
+// handled at once: the engine stops at its next token, since it yields to this event loop between
+// tokens.
+//
+// Messages in:  {id, type: 'load', model, options} | {id, type: 'chat', request} |
+//               {id, type: 'abort', target} | {id, type: 'unload'}
+// Messages out: {id, type: 'progress', progress} | {id, type: 'chunk', chunk} |
+//               {id, type: 'result', value} | {id, type: 'error', error}
+
+import init, { WasmEngine } from '../wasm/edgechat.js';
+import { serializeError, EdgechatError } from './errors.js';
+import { openModel, deleteCachedModel } from './loader.js';
+
+const wasmReady = init(); // resolves to the wasm exports (its `memory` among them)
+let current = null; // { engine: WasmEngine, source, info }
+let queue = Promise.resolve();
+const pending = new Map(); // id -> { aborted, abort() }: requests queued or running
+
+function post(message) {
+  self.postMessage(message);
+}
+
+// Progress events, at most one per 50 ms per phase (and always the last of a phase).
+function progressReporter(id) {
+  let last = { phase: null, at: 0 };
+  return (phase, loaded, total, force = false) => {
+    const now = performance.now();
+    const finished = total != null && loaded >= total;
+    if (!force && phase === last.phase && now - last.at < 50 && !finished) return;
+    last = { phase, at: now };
+    post({ id, type: 'progress', progress: { phase, loaded, total, fraction: total ? Math.min(1, loaded / total) : null } });
+  };
+}
+
+async function load(id, model, options, control) {
+  const wasm = await wasmReady;
+  const progress = progressReporter(id);
+  const source = await openModel(model, {
+    sha256: options.sha256, size: options.size, progress, signal: control.signal,
+  });
+  try {
+    // A bad or unsupported file fails here, before the model in use is given up.
+    try {
+      WasmEngine.inspect(source.size, source.read);
+    } catch (e) {
+      if (source.id && (e.code === 'bad_model_file' || e.code === 'unsupported_model')) {
+        source.close();
+        await deleteCachedModel(source.id).catch(() => {});
+      }
+      throw e;
+    }
+    if (control.aborted) throw new EdgechatError('aborted', 'the load was aborted');
+    unloadCurrent();
+    let phase = null;
+    let phaseTotal = 0;
+    let phaseRead = 0;
+    const read = (offset, view) => {
+      source.read(offset, view);
+      phaseRead += view.length;
+      if (phase) progress(phase, Math.min(phaseRead, phaseTotal || phaseRead), phaseTotal || null);
+    };
+    const onPhase = (enginePhase, total) => {
+      phase = source.phaseOf(enginePhase);
+      phaseTotal = total;
+      phaseRead = 0;
+      progress(phase, 0, total || null, true);
+    };
+    const engineOptions = { backend: options.backend ?? 'auto', gpu: options.gpu ?? {}, name: options.name ?? undefined };
+    const engine = await WasmEngine.load(source.size, read, JSON.stringify(engineOptions), onPhase);
+    // wasm memory only grows, so its size now is the peak while loading.
+    const info = {
+      ...engine.info(),
+      source: { fromCache: source.fromCache, cacheId: source.id ?? null, url: source.url ?? null },
+      wasm_memory_bytes: wasm.memory.buffer.byteLength,
+    };
+    current = { engine, source, info };
+    return info;
+  } catch (e) {
+    if (current?.source !== source) source.close();
+    throw e;
+  }
+}
+
+function unloadCurrent() {
+  if (!current) return;
+  current.engine.unload();
+  current.engine.free();
+  current.source.close();
+  current = null;
+}
+
+async function chat(id, request, control) {
+  if (!current) throw new EdgechatError('not_loaded', 'no model is loaded');
+  const { engine } = current;
+  control.abort = () => engine.cancel();
+  if (control.aborted) throw new EdgechatError('aborted', 'the request was aborted');
+  return engine.chat(JSON.stringify(request), (chunk) => post({ id, type: 'chunk', chunk }));
+}
+
+const handlers = {
+  load: (m, control) => load(m.id, m.model, m.options ?? {}, control),
+  chat: (m, control) => chat(m.id, m.request, control),
+  unload: async () => {
+    unloadCurrent();
+    return null;
+  },
+  info: async () => current?.info ?? null,
+};
+
+self.onmessage = (event) => {
+  const message = event.data;
+  if (message.type === 'abort') {
+    const control = pending.get(message.target);
+    if (control) {
+      control.aborted = true;
+      control.controller.abort();
+      control.abort?.();
+    }
+    return;
+  }
+  const handler = handlers[message.type];
+  if (!handler) {
+    post({ id: message.id, type: 'error', error: serializeError(new EdgechatError('invalid_request', `unknown message ${message.type}`)) });
+    return;
+  }
+  const controller = new AbortController();
+  const control = { aborted: false, controller, signal: controller.signal, abort: null };
+  pending.set(message.id, control);
+  queue = queue.then(async () => {
+    try {
+      const value = await handler(message, control);
+      post({ id: message.id, type: 'result', value });
+    } catch (e) {
+      post({ id: message.id, type: 'error', error: serializeError(e) });
+    } finally {
+      pending.delete(message.id);
+    }
+  });
+};

@@ -1,0 +1,82 @@
+//! JavaScript bindings of the engine for the browser (wasm-bindgen), packaged by
+//! `scripts/build-wasm` for `--target web`:
+//! - [`WasmEngine`]: what the npm package drives (load from a byte source, OpenAI-shaped chat);
+//! - [`WasmModel`]: a bare model for tests and benchmarks (greedy steps, timing);
+//! - [`Sha256`]: the integrity check of a downloaded model.
+//!
+//! Everything that waits for the GPU is async here (a browser never blocks): methods return
+//! promises. One call at a time per engine; a second concurrent call is an error, not a queue.
+
+mod engine;
+mod hash;
+mod model;
+mod source;
+
+pub use engine::WasmEngine;
+pub use hash::Sha256;
+pub use model::WasmModel;
+pub use source::JsSource;
+
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+
+/// Lets the event loop run (a message from the page, such as an abort) and resumes as soon as it
+/// has: a message-channel round trip, which unlike `setTimeout(0)` is never clamped to 4 ms.
+pub async fn yield_now() {
+    let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+        let global = js_sys::global();
+        let Ok(constructor) = js_sys::Reflect::get(&global, &"MessageChannel".into())
+            .and_then(|c| c.dyn_into::<js_sys::Function>())
+        else {
+            // No MessageChannel (an unusual host): resolve at once; the microtask still yields.
+            let _ = resolve.call0(&JsValue::NULL);
+            return;
+        };
+        let Ok(channel) = js_sys::Reflect::construct(&constructor, &js_sys::Array::new()) else {
+            let _ = resolve.call0(&JsValue::NULL);
+            return;
+        };
+        let port = |name: &str| js_sys::Reflect::get(&channel, &name.into()).unwrap_or_default();
+        let (receiver, sender) = (port("port1"), port("port2"));
+        let _ = js_sys::Reflect::set(&receiver, &"onmessage".into(), &resolve);
+        if let Ok(post) = js_sys::Reflect::get(&sender, &"postMessage".into())
+            .and_then(|p| p.dyn_into::<js_sys::Function>())
+        {
+            let _ = post.call1(&sender, &JsValue::NULL);
+        } else {
+            let _ = resolve.call0(&JsValue::NULL);
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
+
+/// An `Error` for JavaScript with a machine-readable `code` (and `param` for a request field),
+/// named `EdgechatError`.
+pub(crate) fn coded_error(code: &str, message: &str, param: Option<&str>) -> JsValue {
+    let error = js_sys::Error::new(message);
+    error.set_name("EdgechatError");
+    let _ = js_sys::Reflect::set(&error, &"code".into(), &code.into());
+    if let Some(param) = param {
+        let _ = js_sys::Reflect::set(&error, &"param".into(), &param.into());
+    }
+    error.into()
+}
+
+/// The code a caller can act on for each engine error.
+pub(crate) fn engine_error(e: &crate::Error) -> JsValue {
+    use crate::Error;
+    let code = match e {
+        Error::Gguf(crate::gguf::GgufError::Io(_)) | Error::Io(_) => "read_error",
+        Error::Gguf(_) => "bad_model_file",
+        Error::Model(_) | Error::TensorShape { .. } | Error::Tokenizer(_) | Error::Template(_) => {
+            "unsupported_model"
+        }
+        Error::TokenOutOfRange { .. } => "invalid_request",
+        Error::ContextLength { .. } => "context_length_exceeded",
+        Error::Cancelled => "aborted",
+        Error::Backend(_) => "backend_error",
+        Error::GpuLimit { .. } => "gpu_limit",
+        Error::DeviceLost(_) => "device_lost",
+    };
+    coded_error(code, &e.to_string(), None)
+}
