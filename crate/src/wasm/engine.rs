@@ -13,7 +13,7 @@ use super::{coded_error, engine_error, JsSource};
 use crate::chat::ChatTemplate;
 use crate::gguf::GgufFile;
 use crate::model::{LanguageModel, LlamaConfig};
-use crate::openai::{finish_reason_name, Answer, ChatRequest, PromptError};
+use crate::openai::{finish_reason_name, Answer, ChatRequest, PromptError, RequestError};
 use crate::session::{CancelToken, Engine, FinishReason};
 use crate::tokenizer::Tokenizer;
 
@@ -275,11 +275,9 @@ impl WasmEngine {
                 .ok_or_else(|| coded_error("unloaded", "the model was unloaded", None))?;
             let context_length = engine.config().context_length;
             let request = serde_json::from_str(&request)
-                .map_err(|e| e.to_string())
-                .and_then(|value| {
-                    ChatRequest::from_value(value, context_length).map_err(|e| e.message)
-                })
-                .map_err(|message| coded_error("invalid_request", &message, None))?;
+                .map_err(|e| RequestError::invalid(format!("the request is not JSON: {e}"), None))
+                .and_then(|value| ChatRequest::from_value(value, context_length))
+                .map_err(|e| coded_error("invalid_request", &e.message, e.param))?;
             let prompt = request.prompt(engine).map_err(|e| match e {
                 PromptError::Request(e) => {
                     coded_error(e.code.unwrap_or("invalid_request"), &e.message, e.param)

@@ -156,6 +156,28 @@ await test('a URL loads on WebGPU with progress, and a streamed greedy answer sa
   return `${info.description}; ${ranges.length} range requests; answer ${JSON.stringify(answer.text)}; usage ${JSON.stringify(last.usage)}`;
 });
 
+await test('stop, seed, top_p and max_tokens work as in OpenAI', async () => {
+  const result = await page.evaluate(async (messages) => {
+    const create = (extra) => window.engine.chat.completions.create({ messages, ...extra });
+    const stopped = await create({ temperature: 0, max_tokens: 24, stop: [' Paris'] });
+    const short = await create({ temperature: 0, max_tokens: 3 });
+    const seeded = [];
+    for (let i = 0; i < 2; i++) seeded.push((await create({ temperature: 1, top_p: 0.9, seed: 7, max_tokens: 6 })).choices[0].message.content);
+    const bad = await create({ temperature: 5 }).then(() => null, (e) => ({ code: e.code, param: e.param, message: e.message }));
+    return {
+      stopped: [stopped.choices[0].message.content, stopped.choices[0].finish_reason],
+      short: [short.choices[0].message.content, short.choices[0].finish_reason, short.usage.completion_tokens],
+      seeded,
+      bad,
+    };
+  }, QUESTION);
+  check(result.stopped[0] === 'The capital of France is' && result.stopped[1] === 'stop', `stop: ${JSON.stringify(result.stopped)}`);
+  check(result.short[1] === 'length' && result.short[2] === 3, `max_tokens: ${JSON.stringify(result.short)}`);
+  check(result.seeded[0] === result.seeded[1], `seed: ${JSON.stringify(result.seeded)}`);
+  check(result.bad?.code === 'invalid_request' && result.bad.param === 'temperature', `bad request: ${JSON.stringify(result.bad)}`);
+  return JSON.stringify(result);
+});
+
 await test('abort stops an answer mid-way and the next request works', async () => {
   const aborted = await ask(page, { maxTokens: 200, abortAfterChunks: 3 });
   check(aborted.error?.name === 'AbortError', `expected an AbortError, got ${JSON.stringify(aborted.error)}`);
