@@ -97,9 +97,11 @@ export class Engine {
    * Loads a model (a URL, a File or Blob, or "cache:<id>"), replacing the one loaded. A model that
    * fails to load leaves the one in use in place when its file is at fault.
    */
-  async load(model, { onProgress, backend, gpu, sha256, size, name, signal } = {}) {
-    if (model == null) throw new EdgechatError('invalid_options', 'createEngine needs a `model`: a URL, a File or Blob, or "cache:<id>"');
-    const options = { backend, gpu, sha256, size, name };
+  async load(model, { onProgress, backend, gpu, sha256, size, name, signal, fallback, wasmMemoryLimit } = {}) {
+    if (model == null && fallback?.mode !== 'hosted-only') {
+      throw new EdgechatError('invalid_options', 'createEngine needs a `model`: a URL, a File or Blob, or "cache:<id>"');
+    }
+    const options = { backend, gpu, sha256, size, name, fallback, wasmMemoryLimit };
     this.#info = await this.#call('load', { model, options }, { onProgress, signal });
     return this.#info;
   }

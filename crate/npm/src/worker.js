@@ -35,6 +35,29 @@ function progressReporter(id) {
 
 async function load(id, model, options, control) {
   const wasm = await wasmReady;
+  const fallback = options.fallback ? JSON.stringify(options.fallback) : null;
+  const mode = options.fallback?.mode ?? 'prefer-local';
+  const hosted = (reason, localError = null) => {
+    unloadCurrent();
+    const engine = WasmEngine.hosted(fallback, reason);
+    const info = { ...engine.info(), local_error: localError, wasm_memory_bytes: wasm.memory.buffer.byteLength };
+    current = { engine, source: null, info };
+    return info;
+  };
+  if (fallback && mode === 'hosted-only') return hosted('hosted-only mode');
+  try {
+    return await loadLocal(id, model, options, control, wasm, fallback);
+  } catch (e) {
+    // Local first: a model that cannot run here (or fails to load) leaves the hosted route, unless
+    // a model already loaded is still in place (its file was not at fault).
+    if (fallback && mode === 'prefer-local' && e.code !== 'aborted' && !current) {
+      return hosted(`the local model could not be loaded: ${e.message}`, serializeError(e));
+    }
+    throw e;
+  }
+}
+
+async function loadLocal(id, model, options, control, wasm, fallback) {
   const progress = progressReporter(id);
   const source = await openModel(model, {
     sha256: options.sha256, size: options.size, progress, signal: control.signal,
@@ -66,8 +89,12 @@ async function load(id, model, options, control) {
       phaseRead = 0;
       progress(phase, 0, total || null, true);
     };
-    const engineOptions = { backend: options.backend ?? 'auto', gpu: options.gpu ?? {}, name: options.name ?? undefined };
+    const engineOptions = {
+      backend: options.backend ?? 'auto', gpu: options.gpu ?? {}, name: options.name ?? undefined,
+      wasmMemoryLimit: options.wasmMemoryLimit ?? undefined,
+    };
     const engine = await WasmEngine.load(source.size, read, JSON.stringify(engineOptions), onPhase);
+    if (fallback) engine.setFallback(fallback);
     // wasm memory only grows, so its size now is the peak while loading.
     const info = {
       ...engine.info(),
@@ -86,7 +113,7 @@ function unloadCurrent() {
   if (!current) return;
   current.engine.unload();
   current.engine.free();
-  current.source.close();
+  current.source?.close();
   current = null;
 }
 

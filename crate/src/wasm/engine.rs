@@ -8,13 +8,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use wasm_bindgen::prelude::*;
 
+use super::answer::{answer, Context};
 use super::model::GpuSettings;
-use super::{coded_error, engine_error, JsSource};
+use super::{coded_error, engine_error, to_js, JsSource};
 use crate::chat::ChatTemplate;
 use crate::gguf::GgufFile;
+use crate::hybrid::{Fallback, Local};
 use crate::model::{LanguageModel, LlamaConfig};
-use crate::openai::{finish_reason_name, Answer, ChatRequest, PromptError, RequestError};
-use crate::session::{CancelToken, Engine, FinishReason};
+use crate::session::{CancelToken, Engine};
 use crate::tokenizer::Tokenizer;
 
 /// wasm32 memory ends at 4 GiB; the CPU backend holds the weights, the KV cache and the
@@ -41,15 +42,21 @@ struct LoadOptions {
     gpu: GpuSettings,
     /// The name answers carry in `model` (else the GGUF's `general.name`).
     name: Option<String>,
+    /// The most wasm memory the CPU backend may use (default and most: 4 GiB).
+    wasm_memory_limit: Option<u64>,
 }
 
 /// A loaded model with its tokenizer and chat template.
 #[wasm_bindgen]
 pub struct WasmEngine {
-    /// `None` after `unload`.
+    /// `None` after `unload`, and for the hosted route alone.
     engine: Rc<RefCell<Option<Engine>>>,
-    /// The running request's token (a new one per request).
-    cancel: Rc<RefCell<CancelToken>>,
+    /// Whether the local model can answer (a lost device makes it unavailable).
+    local: Rc<RefCell<Local>>,
+    /// The hosted route, when the caller gave one.
+    fallback: Option<Fallback>,
+    /// The running request's tokens: the caller's abort, and the local generation's stop.
+    cancel: Rc<RefCell<Vec<CancelToken>>>,
     info: Value,
     model_name: String,
 }
@@ -103,8 +110,9 @@ fn call_phase(on_phase: &js_sys::Function, phase: &str, total: u64) {
     );
 }
 
-fn to_js(value: &Value) -> JsValue {
-    js_sys::JSON::parse(&value.to_string()).unwrap_or(JsValue::NULL)
+fn parse_fallback(json: &str) -> Result<Fallback, JsValue> {
+    serde_json::from_str(json)
+        .map_err(|e| coded_error("invalid_options", &format!("fallback: {e}"), None))
 }
 
 #[wasm_bindgen]
@@ -140,7 +148,11 @@ impl WasmEngine {
         let facts = model_facts(&file, &config);
         let weight_bytes = file.file_len.saturating_sub(file.data_offset);
         let wasm_needed = wasm_bytes_needed(&file, &config);
-        let wasm_fits = wasm_needed <= WASM_MEMORY_BYTES;
+        let wasm_limit = options
+            .wasm_memory_limit
+            .unwrap_or(WASM_MEMORY_BYTES)
+            .min(WASM_MEMORY_BYTES);
+        let wasm_fits = wasm_needed <= wasm_limit;
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
 
         // WebGPU first unless the caller chose wasm; the reason for the choice is kept for info().
@@ -166,7 +178,11 @@ impl WasmEngine {
             }
         }
         let wasm_reason = |prefix: &str| {
-            format!("{prefix}; the wasm CPU backend holds it ({:.2} GiB of at most 4 GiB of wasm memory)", gib(wasm_needed))
+            format!(
+                "{prefix}; the wasm CPU backend holds it ({:.2} GiB of at most {:.2} GiB of wasm memory)",
+                gib(wasm_needed),
+                gib(wasm_limit)
+            )
         };
         let (model, backend_name, reason, adapter): (Box<dyn LanguageModel>, _, _, _) = match (
             chosen,
@@ -192,8 +208,9 @@ impl WasmEngine {
                 };
                 if !wasm_fits {
                     let too_big = format!(
-                            "the model needs {:.2} GiB in the wasm CPU backend, more than its 4 GiB of memory",
-                            gib(wasm_needed)
+                            "the model needs {:.2} GiB in the wasm CPU backend, more than its {:.2} GiB of memory",
+                            gib(wasm_needed),
+                            gib(wasm_limit)
                         );
                     let (code, message) = match &why_not {
                         Some((e, code, what)) if options.backend == BackendChoice::Webgpu => {
@@ -244,7 +261,9 @@ impl WasmEngine {
         call_phase(&on_phase, "ready", 0);
         Ok(WasmEngine {
             engine: Rc::new(RefCell::new(Some(engine))),
-            cancel: Rc::new(RefCell::new(CancelToken::new())),
+            local: Rc::new(RefCell::new(Local::Ready)),
+            fallback: None,
+            cancel: Rc::new(RefCell::new(Vec::new())),
             info,
             model_name,
         })
@@ -255,86 +274,64 @@ impl WasmEngine {
         to_js(&self.info)
     }
 
-    /// Runs an OpenAI chat-completions request (JSON). With `stream: true`, `on_chunk(chunk)` gets
-    /// each `chat.completion.chunk` (the usage in a last chunk when `stream_options.include_usage`)
-    /// and the promise resolves to null; otherwise it resolves to the `chat.completion`. Each
-    /// answer also carries `edgechat: {backend, stats}`. A cancelled request rejects with code
-    /// `aborted`.
-    pub fn chat(&self, request: String, on_chunk: js_sys::Function) -> js_sys::Promise {
-        let engine = self.engine.clone();
-        let cancel = CancelToken::new();
-        *self.cancel.borrow_mut() = cancel.clone();
-        let backend = self.info["backend"].clone();
-        let model_name = self.model_name.clone();
-        wasm_bindgen_futures::future_to_promise(async move {
-            let mut slot = engine.try_borrow_mut().map_err(|_| {
-                coded_error("busy", "the engine is answering another request", None)
-            })?;
-            let engine = slot
-                .as_mut()
-                .ok_or_else(|| coded_error("unloaded", "the model was unloaded", None))?;
-            let context_length = engine.config().context_length;
-            let request = serde_json::from_str(&request)
-                .map_err(|e| RequestError::invalid(format!("the request is not JSON: {e}"), None))
-                .and_then(|value| ChatRequest::from_value(value, context_length))
-                .map_err(|e| coded_error("invalid_request", &e.message, e.param))?;
-            let prompt = request.prompt(engine).map_err(|e| match e {
-                PromptError::Request(e) => {
-                    coded_error(e.code.unwrap_or("invalid_request"), &e.message, e.param)
-                }
-                PromptError::Engine(e) => engine_error(&e),
-            })?;
-            let answer = Answer {
-                id: format!("chatcmpl-{:016x}", rand::random::<u64>()),
-                created: (js_sys::Date::now() / 1000.0) as u64,
-                model: model_name,
-                include_usage: request.include_usage,
-            };
-            let emit = |chunk: Value| {
-                let _ = on_chunk.call1(&JsValue::NULL, &to_js(&chunk));
-            };
-            if request.stream {
-                emit(answer.chunk(json!({ "role": "assistant", "content": "" }), None));
-            }
-            let completion = engine
-                .generate_async(&prompt, &request.params, &cancel, &mut |text: &str| {
-                    if request.stream {
-                        emit(answer.chunk(json!({ "content": text }), None));
-                    }
-                })
-                .await
-                .map_err(|e| engine_error(&e))?;
-            if completion.finish_reason == FinishReason::Cancelled {
-                return Err(coded_error("aborted", "the request was aborted", None));
-            }
-            let stats = &completion.stats;
-            let extra = json!({ "backend": backend, "stats": stats });
-            let finish = finish_reason_name(completion.finish_reason);
-            if request.stream {
-                let mut last = answer.chunk(json!({}), Some(finish));
-                if request.include_usage {
-                    emit(last);
-                    last = answer.usage_chunk(stats.prompt_tokens, stats.completion_tokens);
-                }
-                last["edgechat"] = extra;
-                emit(last);
-                Ok(JsValue::NULL)
-            } else {
-                let mut done = answer.completion(
-                    &completion.text,
-                    finish,
-                    stats.prompt_tokens,
-                    stats.completion_tokens,
-                );
-                done["edgechat"] = extra;
-                Ok(to_js(&done))
-            }
+    /// An engine with no local model: every request goes to the hosted route. `fallback` is the
+    /// route (JSON, see [`Fallback`]); `reason` says why there is no local model.
+    pub fn hosted(fallback: String, reason: String) -> Result<WasmEngine, JsValue> {
+        let fallback = parse_fallback(&fallback)?;
+        let info = json!({
+            "backend": "hosted",
+            "reason": reason,
+            "adapter": null,
+            "model": null,
+            "model_name": fallback.model,
+            "mode": fallback.mode,
+        });
+        Ok(WasmEngine {
+            engine: Rc::new(RefCell::new(None)),
+            local: Rc::new(RefCell::new(Local::Unavailable(reason))),
+            model_name: fallback.model.clone(),
+            fallback: Some(fallback),
+            cancel: Rc::new(RefCell::new(Vec::new())),
+            info,
         })
+    }
+
+    /// Gives a loaded engine a hosted route (JSON, see [`Fallback`]): requests follow its mode,
+    /// and a local answer that fails or is too slow goes on there.
+    #[wasm_bindgen(js_name = setFallback)]
+    pub fn set_fallback(&mut self, fallback: String) -> Result<(), JsValue> {
+        let fallback = parse_fallback(&fallback)?;
+        self.info["mode"] = json!(fallback.mode);
+        self.fallback = Some(fallback);
+        Ok(())
+    }
+
+    /// Runs an OpenAI chat-completions request (JSON) on the route the policy picks (see
+    /// [`super::answer`]). With `stream: true`, `on_chunk(chunk)` gets each
+    /// `chat.completion.chunk` (the usage in a last chunk when `stream_options.include_usage`) and
+    /// the promise resolves to null; otherwise it resolves to the `chat.completion`. Each chunk
+    /// carries `edgechat: {backend, provider}`, and the last `edgechat: {backend, stats, cost_usd,
+    /// hosted}`. A cancelled request rejects with code `aborted`.
+    pub fn chat(&self, request: String, on_chunk: js_sys::Function) -> js_sys::Promise {
+        let (cancel, local_stop) = (CancelToken::new(), CancelToken::new());
+        *self.cancel.borrow_mut() = vec![cancel.clone(), local_stop.clone()];
+        let context = Context {
+            engine: self.engine.clone(),
+            local: self.local.clone(),
+            fallback: self.fallback.clone(),
+            backend: self.info["backend"].as_str().unwrap_or("local").to_string(),
+            model_name: self.model_name.clone(),
+            cancel,
+            local_stop,
+        };
+        wasm_bindgen_futures::future_to_promise(answer(context, request, on_chunk))
     }
 
     /// Stops the running request at its next token (it rejects with code `aborted`).
     pub fn cancel(&self) {
-        self.cancel.borrow().cancel();
+        for token in self.cancel.borrow().iter() {
+            token.cancel();
+        }
     }
 
     /// Frees the model (GPU buffers and device, or wasm memory). False while a request runs:

@@ -7,6 +7,7 @@
 //! Everything that waits for the GPU is async here (a browser never blocks): methods return
 //! promises. One call at a time per engine; a second concurrent call is an error, not a queue.
 
+mod answer;
 mod engine;
 mod hash;
 mod model;
@@ -48,6 +49,10 @@ pub async fn yield_now() {
         }
     });
     let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
+
+pub(crate) fn to_js(value: &serde_json::Value) -> JsValue {
+    js_sys::JSON::parse(&value.to_string()).unwrap_or(JsValue::NULL)
 }
 
 /// An `Error` for JavaScript with a machine-readable `code` (and `param` for a request field),

@@ -581,9 +581,11 @@ mod tests {
 
     fn job() -> ChatJob {
         ChatJob {
-            messages: Vec::new(),
-            continue_last: false,
-            params: SamplingParams::default(),
+            request: ChatRequest::from_value(
+                json!({"messages": [{"role": "user", "content": "Hi"}]}),
+                16,
+            )
+            .unwrap(),
             cancel: CancelToken::new(),
             events: mpsc::unbounded_channel().0,
         }
