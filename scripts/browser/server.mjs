@@ -57,11 +57,12 @@ function parseRange(header, size) {
   return { start, end };
 }
 
+// `hold: { prefix, until }`: requests under `prefix` wait for the promise `until` (a slow network).
 // `cors`: any origin may fetch (as from a model host such as Hugging Face), Range included.
 // Options for tests: `log` (an array) records each request's path and Range header; under a
 // `flaky.prefix` path, the first response to each distinct request is cut off after
 // `flaky.cutAfter` bytes (a dropped connection, for resumable downloads).
-export async function startServer({ mounts, isolation = true, port = 0, log = null, flaky = null, cors = false } = {}) {
+export async function startServer({ mounts, isolation = true, port = 0, log = null, flaky = null, cors = false, hold = null } = {}) {
   if (!mounts || typeof mounts !== 'object') throw new Error('startServer: mounts required');
   const cutOnce = new Set();
 
@@ -89,46 +90,51 @@ export async function startServer({ mounts, isolation = true, port = 0, log = nu
     if (req.method !== 'GET' && req.method !== 'HEAD') return fail(405, 'method not allowed');
 
     const urlPath = new URL(req.url, 'http://x').pathname;
-    let file = resolve(mounts, urlPath);
-    if (!file) return fail(urlPath.includes('..') ? 403 : 404, 'not found');
+    if (hold && urlPath.startsWith(hold.prefix)) hold.until.then(() => serveFile(urlPath));
+    else serveFile(urlPath);
 
-    fs.stat(file, (err, st) => {
-      if (!err && st.isDirectory()) {
-        file = path.join(file, 'index.html');
-        return fs.stat(file, (err2, st2) => send(err2, st2));
-      }
-      send(err, st);
-    });
+    function serveFile(urlPath) {
+      let file = resolve(mounts, urlPath);
+      if (!file) return fail(urlPath.includes('..') ? 403 : 404, 'not found');
 
-    function send(err, st) {
-      if (err || !st.isFile()) return fail(404, 'not found');
-      const size = st.size;
-      headers['Content-Type'] = TYPES[path.extname(file).toLowerCase()] || 'application/octet-stream';
-      headers['Last-Modified'] = st.mtime.toUTCString();
-
-      let status = 200, start = 0, end = size - 1;
-      if (req.headers.range) {
-        const r = parseRange(req.headers.range, size);
-        if (r === 'invalid') {
-          res.writeHead(416, { ...headers, 'Content-Range': `bytes */${size}`, 'Content-Length': 0 });
-          return res.end();
+      fs.stat(file, (err, st) => {
+        if (!err && st.isDirectory()) {
+          file = path.join(file, 'index.html');
+          return fs.stat(file, (err2, st2) => send(err2, st2));
         }
-        if (r) {
-          status = 206; start = r.start; end = r.end;
-          headers['Content-Range'] = `bytes ${start}-${end}/${size}`;
+        send(err, st);
+      });
+
+      function send(err, st) {
+        if (err || !st.isFile()) return fail(404, 'not found');
+        const size = st.size;
+        headers['Content-Type'] = TYPES[path.extname(file).toLowerCase()] || 'application/octet-stream';
+        headers['Last-Modified'] = st.mtime.toUTCString();
+
+        let status = 200, start = 0, end = size - 1;
+        if (req.headers.range) {
+          const r = parseRange(req.headers.range, size);
+          if (r === 'invalid') {
+            res.writeHead(416, { ...headers, 'Content-Range': `bytes */${size}`, 'Content-Length': 0 });
+            return res.end();
+          }
+          if (r) {
+            status = 206; start = r.start; end = r.end;
+            headers['Content-Range'] = `bytes ${start}-${end}/${size}`;
+          }
         }
+        headers['Content-Length'] = size === 0 ? 0 : end - start + 1;
+        res.writeHead(status, headers);
+        if (req.method === 'HEAD' || size === 0) return res.end();
+        const key = `${urlPath} ${req.headers.range ?? ''}`;
+        const cut = flaky && urlPath.startsWith(flaky.prefix) && !cutOnce.has(key) && end - start + 1 > flaky.cutAfter;
+        if (cut) cutOnce.add(key);
+        const stream = fs.createReadStream(file, { start, end: cut ? start + flaky.cutAfter - 1 : end });
+        if (cut) stream.on('end', () => res.destroy());
+        stream.on('error', () => res.destroy());
+        res.on('close', () => stream.destroy()); // client went away: stop reading
+        stream.pipe(res, { end: !cut });
       }
-      headers['Content-Length'] = size === 0 ? 0 : end - start + 1;
-      res.writeHead(status, headers);
-      if (req.method === 'HEAD' || size === 0) return res.end();
-      const key = `${urlPath} ${req.headers.range ?? ''}`;
-      const cut = flaky && urlPath.startsWith(flaky.prefix) && !cutOnce.has(key) && end - start + 1 > flaky.cutAfter;
-      if (cut) cutOnce.add(key);
-      const stream = fs.createReadStream(file, { start, end: cut ? start + flaky.cutAfter - 1 : end });
-      if (cut) stream.on('end', () => res.destroy());
-      stream.on('error', () => res.destroy());
-      res.on('close', () => stream.destroy()); // client went away: stop reading
-      stream.pipe(res, { end: !cut });
     }
   });
 

@@ -122,6 +122,32 @@ export interface LoadOptions {
   gpu?: { matmul_threads_per_row?: number; shader_f16?: boolean; subgroups?: boolean };
   /** Stops a download. */
   signal?: AbortSignal;
+  /** The hosted route (the edgechat router): used as `fallback.mode` says. */
+  fallback?: Fallback;
+  /** The most wasm memory the CPU backend may use, in bytes (default and most: 4 GiB). */
+  wasmMemoryLimit?: number;
+}
+
+export interface Fallback {
+  /** The router's base URL, e.g. "https://router.example.com/v1". */
+  url: string;
+  /** The caller's router token. */
+  token: string;
+  /** The router's name for this model, e.g. "ministral-8b". */
+  model: string;
+  /** "cheapest", "fastest" or a provider's name. */
+  policy?: string;
+  /**
+   * prefer-local (default): local when it works and keeps up, else hosted (mid-answer too);
+   * local-only: never hosted; hosted-only: no local model at all.
+   */
+  mode?: 'prefer-local' | 'local-only' | 'hosted-only';
+  /** Hand a local answer off to the hosted route when decoding runs slower than this (tokens/s). */
+  minTokensPerSecond?: number;
+  /** Tokens decoded before speed is judged (default 8). */
+  warmupTokens?: number;
+  /** prefer-local: answer from the hosted route while the local model downloads and loads. */
+  answerWhileLoading?: boolean;
 }
 
 export interface EngineOptions extends LoadOptions {
@@ -132,7 +158,8 @@ export interface EngineOptions extends LoadOptions {
 }
 
 export interface EngineInfo {
-  backend: 'webgpu' | 'wasm';
+  /** hosted: no local model (hosted-only, could not load, or still loading). */
+  backend: 'webgpu' | 'wasm' | 'hosted';
   /** Why this backend: the adapter that holds the model, or why WebGPU was not used. */
   reason: string;
   description: string;
@@ -147,7 +174,8 @@ export interface EngineInfo {
     kernel_variant: string;
     matmul_threads_per_row: number;
   };
-  model: {
+  /** Null without a local model. */
+  model: null | {
     name: string | null;
     architecture: 'llama';
     file_bytes: number;
@@ -165,6 +193,10 @@ export interface EngineInfo {
   };
   model_name: string;
   source: { fromCache: boolean; cacheId: string | null; url: string | null };
+  /** Why the local model could not load, when the hosted route took over. */
+  local_error?: { code: string; message: string } | null;
+  /** The local model is still loading (see `localReady`). */
+  loading?: boolean;
   /** The worker's wasm memory after loading: its peak, since wasm memory never shrinks. */
   wasm_memory_bytes: number;
 }
@@ -196,6 +228,8 @@ export declare class Engine {
   info(): EngineInfo | null;
   /** Frees the model's GPU (or wasm) memory. */
   unload(): Promise<void>;
+  /** Settles when the local model is in use (later with `fallback.answerWhileLoading`). */
+  readonly localReady: Promise<EngineInfo>;
   /** Stops the worker; the engine cannot be used after. */
   terminate(): void;
 }

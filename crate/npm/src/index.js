@@ -34,6 +34,8 @@ export class Engine {
   #calls = new Map(); // id -> { resolve, reject, onProgress, onChunk }
   #info = null;
   #broken = null;
+  #onProgress = null;
+  #localReady = null;
 
   constructor({ worker } = {}) {
     this.#worker = worker ?? new Worker(new URL('./worker.js', import.meta.url), { type: 'module', name: 'edgechat' });
@@ -50,6 +52,16 @@ export class Engine {
   }
 
   #receive(message) {
+    if (message.id === 0) {
+      // A model loading in the background while the hosted route answers.
+      if (message.type === 'progress') this.#onProgress?.(message.progress);
+      if (message.type === 'local-ready') {
+        this.#info = message.info;
+        this.#localReady?.resolve(message.info);
+      }
+      if (message.type === 'local-failed') this.#localReady?.reject(deserializeError(message.error));
+      return;
+    }
     const call = this.#calls.get(message.id);
     if (!call) return;
     switch (message.type) {
@@ -102,8 +114,23 @@ export class Engine {
       throw new EdgechatError('invalid_options', 'createEngine needs a `model`: a URL, a File or Blob, or "cache:<id>"');
     }
     const options = { backend, gpu, sha256, size, name, fallback, wasmMemoryLimit };
+    this.#onProgress = onProgress;
+    let resolve;
+    let reject;
+    const localReady = new Promise((ok, ko) => { resolve = ok; reject = ko; });
+    localReady.catch(() => {}); // a caller that never asks is not told twice
+    this.#localReady = { resolve, reject, promise: localReady };
     this.#info = await this.#call('load', { model, options }, { onProgress, signal });
+    if (!this.#info.loading) resolve(this.#info);
     return this.#info;
+  }
+
+  /**
+   * Settles when the local model is in use: at once after a local load, later with
+   * `fallback.answerWhileLoading` (the hosted route answers meanwhile). Rejects if it failed.
+   */
+  get localReady() {
+    return this.#localReady?.promise ?? Promise.reject(new EdgechatError('not_loaded', 'no model is loading'));
   }
 
   /** The backend (webgpu or wasm) and why, the adapter and its limits, and the model. */

@@ -45,6 +45,12 @@ async function load(id, model, options, control) {
     return info;
   };
   if (fallback && mode === 'hosted-only') return hosted('hosted-only mode');
+  if (fallback && mode === 'prefer-local' && options.fallback.answerWhileLoading && !current) {
+    // Answer from the hosted route now; the local model takes over once it has loaded.
+    const info = { ...hosted('the local model is still loading'), loading: true };
+    loadInBackground(model, options, wasm, fallback);
+    return info;
+  }
   try {
     return await loadLocal(id, model, options, control, wasm, fallback);
   } catch (e) {
@@ -109,6 +115,16 @@ async function loadLocal(id, model, options, control, wasm, fallback) {
   }
 }
 
+// Progress and the outcome of a background load go to the engine, not to a call (id 0).
+function loadInBackground(model, options, wasm, fallback) {
+  const controller = new AbortController();
+  const control = { aborted: false, controller, signal: controller.signal, abort: null };
+  loadLocal(0, model, options, control, wasm, fallback).then(
+    (info) => post({ id: 0, type: 'local-ready', info }),
+    (error) => post({ id: 0, type: 'local-failed', error: serializeError(error) }),
+  );
+}
+
 function unloadCurrent() {
   if (!current) return;
   current.engine.unload();
@@ -120,7 +136,13 @@ function unloadCurrent() {
 async function chat(id, request, control) {
   if (!current) throw new EdgechatError('not_loaded', 'no model is loaded');
   const { engine } = current;
-  control.abort = () => engine.cancel();
+  control.abort = () => {
+    try {
+      engine.cancel();
+    } catch {
+      // The engine was replaced (a background load finished) and its request ends on its own.
+    }
+  };
   if (control.aborted) throw new EdgechatError('aborted', 'the request was aborted');
   return engine.chat(JSON.stringify(request), (chunk) => post({ id, type: 'chunk', chunk }));
 }

@@ -39,6 +39,9 @@ pub struct Fallback {
     /// Tokens decoded before speed is judged (the first ones include warm-up costs).
     #[serde(default = "default_warmup_tokens")]
     pub warmup_tokens: usize,
+    /// Answer from the hosted route while the local model loads (the package's worker acts on it).
+    #[serde(default)]
+    pub answer_while_loading: bool,
 }
 
 fn default_warmup_tokens() -> usize {
@@ -56,6 +59,7 @@ impl std::fmt::Debug for Fallback {
             .field("mode", &self.mode)
             .field("min_tokens_per_second", &self.min_tokens_per_second)
             .field("warmup_tokens", &self.warmup_tokens)
+            .field("answer_while_loading", &self.answer_while_loading)
             .finish()
     }
 }
@@ -166,6 +170,7 @@ mod tests {
             mode,
             min_tokens_per_second: min,
             warmup_tokens: 3,
+            answer_while_loading: false,
         }
     }
 

@@ -187,6 +187,33 @@ try {
     return `${failed.message} (${Date.now() - started} ms)`;
   });
 
+  await test('while the local model downloads the hosted route answers, then the local model takes over', async () => {
+    let release;
+    const until = new Promise((ok) => { release = ok; });
+    const slow = await startServer({ mounts: { '/models/': resolve(root, 'models') }, cors: true, hold: { prefix: '/models/', until } });
+    try {
+      const page = await openPage(plain, 'while-loading');
+      const { info, error } = await load(page, {
+        model: `${slow.origin}/models/${MODEL}`, fallback: { ...fallback, answerWhileLoading: true },
+      });
+      check(!error && info.backend === 'hosted' && info.loading, `createEngine: ${JSON.stringify(error ?? info)}`);
+      const early = await ask(page);
+      check(!early.error && textOf(early.chunks, 'hosted').length > 0 && textOf(early.chunks, 'wasm') === '',
+        `while loading: ${JSON.stringify(early)}`);
+      release();
+      const ready = await page.evaluate(() => window.engine.localReady.then((i) => i.backend));
+      check(ready === 'wasm', `local ready on ${ready}`);
+      const later = await ask(page);
+      const content = later.chunks.filter((c) => c.choices[0]?.delta?.content);
+      check(!later.error && content.length > 0 && content.every((c) => c.edgechat?.backend === 'wasm'), `after loading: ${JSON.stringify(later)}`);
+      await page.close();
+      return `hosted ${JSON.stringify(textOf(early.chunks))}, then local ${JSON.stringify(textOf(later.chunks))}`;
+    } finally {
+      release();
+      await slow.close();
+    }
+  });
+
   await test('a GPU device lost during an answer: the answer completes through the hosted route', async () => {
     const page = await openPage(gpu, 'device-lost');
     const { info, error } = await load(page, { model: modelUrl, fallback });
