@@ -1,7 +1,7 @@
 // The hosted route for browser tests: the real router worker on workerd (`wrangler dev`, a fresh
 // local D1 with one caller token) in front of `edgechat serve` on SmolLM2 as its provider.
 //
-//   const router = await startRouter({ allowOrigin: 'http://127.0.0.1:1234' });
+//   const router = await startRouter({ allowOrigin: 'http://127.0.0.1:1234' }); // or an array
 //   router.url (…/v1), router.token, router.model, router.engineUrl (the provider itself),
 //   await router.restartProvider(), await router.usage(), await router.close()
 //
@@ -75,7 +75,7 @@ export async function startRouter({ allowOrigin, build = true } = {}) {
 
     const config = {
       default_policy: 'cheapest',
-      cors_allow_origins: allowOrigin ? [allowOrigin] : [],
+      cors_allow_origins: [allowOrigin ?? []].flat(),
       providers: [{
         name: 'local-engine', base_url: engineUrl, prefill: 'trailing_assistant',
         models: [{ model: ROUTER_MODEL, upstream_model: 'smollm2-135m-instruct', input_usd_per_mtok: 0.1, output_usd_per_mtok: 0.2, context_length: 8192 }],

@@ -113,6 +113,8 @@ export class Engine {
     if (model == null && fallback?.mode !== 'hosted-only') {
       throw new EdgechatError('invalid_options', 'createEngine needs a `model`: a URL, a File or Blob, or "cache:<id>"');
     }
+    // A relative URL means the page's, not the worker script's.
+    if (typeof model === 'string' && !model.startsWith('cache:')) model = new URL(model, globalThis.document?.baseURI ?? location.href).href;
     const options = { backend, gpu, sha256, size, name, fallback, wasmMemoryLimit };
     this.#onProgress = onProgress;
     let resolve;

@@ -134,7 +134,7 @@ function fileSource(file, size, phaseOf) {
 
 // Opens a model: `model` is a URL string, `cache:<id>`, a File or a Blob.
 // `progress(phase, loaded, total)` reports download and verification.
-export async function openModel(model, { sha256, size: expectedSize, progress, signal } = {}) {
+export async function openModel(model, { sha256, size: expectedSize, progress, signal, newHasher } = {}) {
   if (typeof Blob !== 'undefined' && model instanceof Blob) {
     return blobSource(model);
   }
@@ -168,7 +168,7 @@ export async function openModel(model, { sha256, size: expectedSize, progress, s
       throw bad(`${meta.size} bytes where ${expectedSize} were expected`);
     }
     if (sha256 != null) {
-      const digest = await hashFile(file.access, meta.size, progress);
+      const digest = await hashFile(file.access, meta.size, progress, newHasher);
       if (digest !== sha256.toLowerCase()) throw bad(`SHA-256 ${digest} where ${sha256} was expected`);
       meta.sha256 = digest;
     }
@@ -369,10 +369,9 @@ async function fetchRange(url, start, end, signal, write) {
   }
 }
 
-// SHA-256 of the stored file, read in pieces (the wasm hasher keeps the state).
-async function hashFile(access, size, progress) {
-  const { Sha256 } = await import('../wasm/edgechat.js');
-  const hasher = new Sha256();
+// SHA-256 of the stored file, read in pieces (`newHasher()` gives the wasm incremental hasher).
+async function hashFile(access, size, progress, newHasher) {
+  const hasher = newHasher();
   const piece = new Uint8Array(VERIFY_PIECE_BYTES);
   try {
     for (let at = 0; at < size;) {

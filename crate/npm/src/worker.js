@@ -8,7 +8,7 @@
 // Messages out: {id, type: 'progress', progress} | {id, type: 'chunk', chunk} |
 //               {id, type: 'result', value} | {id, type: 'error', error}
 
-import init, { WasmEngine } from '../wasm/edgechat.js';
+import init, { Sha256, WasmEngine } from '../wasm/edgechat.js';
 import { serializeError, EdgechatError } from './errors.js';
 import { openModel, deleteCachedModel } from './loader.js';
 
@@ -66,7 +66,7 @@ async function load(id, model, options, control) {
 async function loadLocal(id, model, options, control, wasm, fallback) {
   const progress = progressReporter(id);
   const source = await openModel(model, {
-    sha256: options.sha256, size: options.size, progress, signal: control.signal,
+    sha256: options.sha256, size: options.size, progress, signal: control.signal, newHasher: () => new Sha256(),
   });
   try {
     // A bad or unsupported file fails here, before the model in use is given up.

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use wasm_bindgen::prelude::*;
 
 use super::answer::{answer, Context};
+use super::gpu;
 use super::model::GpuSettings;
 use super::{coded_error, engine_error, to_js, JsSource};
 use crate::chat::ChatTemplate;
@@ -156,25 +157,12 @@ impl WasmEngine {
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
 
         // WebGPU first unless the caller chose wasm; the reason for the choice is kept for info().
-        let mut why_not_gpu = None;
-        let mut chosen = None;
+        let (mut chosen, mut why_not_gpu) = (None, None);
         if options.backend != BackendChoice::Wasm {
             call_phase(&on_phase, "shader-compile", 0);
-            let gpu_options = crate::backend::webgpu::GpuOptions {
-                matmul_threads_per_row: options.gpu.matmul_threads_per_row,
-                shader_f16: options.gpu.shader_f16,
-                subgroups: options.gpu.subgroups,
-                ..Default::default()
-            };
-            match crate::backend::webgpu::WebGpuBackend::new_async(gpu_options).await {
-                Err(e) => why_not_gpu = Some((e, "webgpu_unavailable", "WebGPU is not available")),
-                Ok(gpu) => match gpu.check_fits(&file, &config) {
-                    Err(e) => {
-                        why_not_gpu =
-                            Some((e, "gpu_limit", "the model does not fit the GPU adapter"))
-                    }
-                    Ok(()) => chosen = Some(gpu),
-                },
+            match gpu::open(&options.gpu, &file, &config).await {
+                Ok(gpu) => chosen = Some(gpu),
+                Err(not_used) => why_not_gpu = Some(not_used),
             }
         }
         let wasm_reason = |prefix: &str| {
@@ -189,16 +177,9 @@ impl WasmEngine {
             why_not_gpu,
         ) {
             (Some(gpu), _) => {
-                let adapter = gpu.adapter().clone();
-                let reason = format!(
-                        "WebGPU adapter {} holds the model (largest weight row and a {}-token KV cache fit its {} MiB bindings)",
-                        adapter.name,
-                        config.context_length.min(crate::backend::webgpu::MIN_GPU_CONTEXT),
-                        adapter.max_storage_binding.min(adapter.max_buffer_size) >> 20,
-                    );
+                let (reason, adapter) = gpu.describe(&config);
                 call_phase(&on_phase, "gpu-upload", weight_bytes);
-                let model = crate::backend::webgpu::load_model_on(gpu, &file, &source)
-                    .map_err(|e| engine_error(&e))?;
+                let model = gpu.load(&file, &source).map_err(|e| engine_error(&e))?;
                 (model, "webgpu", reason, Some(adapter))
             }
             (None, why_not) => {
@@ -244,17 +225,7 @@ impl WasmEngine {
             "backend": backend_name,
             "reason": reason,
             "description": description,
-            "adapter": adapter.map(|a| json!({
-                "name": a.name,
-                "backend": a.backend,
-                "driver": a.driver,
-                "shader_f16": a.shader_f16,
-                "subgroups": a.subgroups,
-                "max_buffer_size": a.max_buffer_size,
-                "max_storage_buffer_binding_size": a.max_storage_binding,
-                "kernel_variant": a.kernel_variant,
-                "matmul_threads_per_row": a.matmul_threads_per_row,
-            })),
+            "adapter": adapter,
             "model": facts,
             "model_name": model_name,
         });

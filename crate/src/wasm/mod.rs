@@ -9,6 +9,7 @@
 
 mod answer;
 mod engine;
+mod gpu;
 mod hash;
 mod model;
 mod source;
