@@ -28,6 +28,7 @@ let engine = null;
 let conversation = null;
 let answering = null; // AbortController of the running answer
 let droppedFile = null;
+let loadGeneration = 0; // callbacks of a replaced engine are ignored
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers.
@@ -116,21 +117,27 @@ async function loadEngine() {
   settings = { ...settings, model: $('model-select').value, modelUrl: $('model-url').value };
   saveSettings(settings);
   $('load').disabled = true;
+  const generation = ++loadGeneration;
+  const current = () => generation === loadGeneration;
   engine?.terminate();
   engine = null;
   renderRoute(null);
+  $('progress-box').hidden = true;
+  $('progress-text').textContent = '';
   try {
-    const onProgress = progressReporter();
+    const report = progressReporter();
+    const onProgress = (p) => current() && report(p);
     engine = await createEngine({ model: fallback?.mode === 'hosted-only' ? undefined : model, fallback, onProgress });
     renderRoute(engine.info());
     if (engine.info().loading) {
       // The hosted route answers until the local model has loaded.
       engine.localReady.then((info) => {
+        if (!current()) return;
         renderRoute(info);
         renderCapabilities();
         $('progress-box').hidden = true;
         window.edgechatPage.loads += 1;
-      }, (e) => showError(e));
+      }, (e) => current() && showError(e));
     } else {
       $('progress-box').hidden = true;
       window.edgechatPage.loads += 1;

@@ -143,13 +143,20 @@ try {
   const hostedStats = await lastAnswer().locator('[data-testid="stats"]').innerText();
   check(/hosted · local-engine/.test(hostedStats), `hosted stats: ${hostedStats}`);
   check(/\$\d/.test(hostedStats), `no cost: ${hostedStats}`);
+  check(await page.locator('#progress-box').isHidden(), 'a progress bar is left over from the local model');
   await shot('hosted');
   console.log(`ok edit-and-resend, hosted only: ${JSON.stringify(await lastAnswer().locator('.body').innerText())} (${hostedStats})`);
 
   // 7. Dark theme and a phone-sized screen.
   await page.click('[data-testid="theme"]');
   await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForTimeout(400); // the conversation list slides away
+  check(await page.locator('#sidebar').evaluate((e) => e.getBoundingClientRect().right <= 0), 'the conversation list covers the chat');
   await shot('phone-dark');
+  await page.click('#toggle-sidebar');
+  await page.waitForTimeout(400);
+  check(await page.locator('#sidebar').evaluate((e) => e.getBoundingClientRect().left >= 0), 'the conversation list does not open');
+  await shot('phone-conversations');
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
   check(!overflow, 'the page is wider than a phone screen');
   console.log('ok dark theme and a phone-sized screen');
