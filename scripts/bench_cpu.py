@@ -1,8 +1,11 @@
-"""edgechat vs llama.cpp on the CPU: prefill and decode tok/s on the same file, same threads.
+"""edgechat vs llama.cpp on the CPU: prefill and decode tok/s on the same file, same threads,
+next to the machine's measured memory bandwidth; and the perplexity of each engine on the same
+text and file, so a speed-up never hides a numerical regression.
 
 Each engine runs the same token counts; edgechat reports through `edgechat bench --json`, llama.cpp
 is timed here through llama-cpp-python's low-level API. Figures are ratios (ours / llama.cpp):
-absolute times on a shared 2-core machine do not carry.
+absolute times on a shared 2-core machine do not carry. Perplexity follows llama.cpp's
+llama-perplexity on both sides (chunks of --ctx tokens, BOS first, the second half scored).
 """
 import argparse
 import json
@@ -11,7 +14,11 @@ import subprocess
 import sys
 import time
 
+import ctypes
+import re
+
 import llama_cpp
+import numpy as np
 
 DEFAULT_MODELS = ["models/smollm2-135m-instruct-q4_1.gguf", "models/tiny-mistral.gguf"]
 
@@ -58,6 +65,68 @@ def bench_llama_cpp(path, prompt_tokens, gen_tokens, threads, repetitions, use_e
     return {"prefill_tok_s": best_prefill, "decode_tok_s": best_decode}
 
 
+def memory_bandwidth_gb_s(gib=1, repetitions=3):
+    """Read bandwidth of one core: the best of a few sums over `gib` GiB of float32."""
+    data = np.ones(gib * (1 << 30) // 4, dtype=np.float32)
+    best = 0.0
+    for _ in range(repetitions):
+        start = time.perf_counter()
+        data.sum()
+        best = max(best, data.nbytes / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def perplexity_llama_cpp(path, text, n_ctx, max_chunks, threads):
+    params = llama_cpp.llama_model_default_params()
+    params.use_extra_bufts = False
+    model = llama_cpp.llama_model_load_from_file(path.encode(), params)
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+    cparams = llama_cpp.llama_context_default_params()
+    cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n_ctx
+    cparams.n_threads = cparams.n_threads_batch = threads
+    ctx = llama_cpp.llama_init_from_model(model, cparams)
+    raw = text.encode()
+    buf = (llama_cpp.llama_token * (len(raw) + 16))()
+    n = llama_cpp.llama_tokenize(vocab, raw, len(raw), buf, len(buf), True, False)
+    tokens = list(buf[:n])
+    add_bos = llama_cpp.llama_vocab_get_add_bos(vocab)
+    bos = llama_cpp.llama_vocab_bos(vocab)
+    n_chunks = min(len(tokens) // n_ctx, max_chunks)
+    nll_sum, count = 0.0, 0
+    batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
+    for c in range(n_chunks):
+        chunk = tokens[c * n_ctx:(c + 1) * n_ctx]
+        if add_bos:
+            chunk[0] = bos
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        batch.n_tokens = n_ctx
+        for i, t in enumerate(chunk):
+            batch.token[i] = t
+            batch.pos[i] = i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = 1
+        assert llama_cpp.llama_decode(ctx, batch) == 0
+        for pos in range(n_ctx // 2, n_ctx - 1):
+            row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, pos), shape=(n_vocab,)).astype(np.float64)
+            top = row.max()
+            nll_sum += top + np.log(np.exp(row - top).sum()) - row[chunk[pos + 1]]
+            count += 1
+    llama_cpp.llama_batch_free(batch)
+    llama_cpp.llama_free(ctx)
+    llama_cpp.llama_model_free(model)
+    return {"ppl": float(np.exp(nll_sum / count)), "tokens_scored": count, "text_tokens": len(tokens)}
+
+
+def perplexity_edgechat(path, text_file, n_ctx, max_chunks):
+    run = subprocess.run(["target/release/edgechat", "perplexity", "--model", path, "--file", text_file,
+                          "--ctx", str(n_ctx), "--chunks", str(max_chunks)], check=True, capture_output=True, text=True)
+    ppl = float(re.search(r"PPL = ([0-9.]+)", run.stdout).group(1))
+    scored = int(re.search(r"(\d+) tokens scored", run.stderr).group(1))
+    return {"ppl": ppl, "tokens_scored": scored}
+
+
 def bench_edgechat(path, prompt_tokens, gen_tokens, threads, repetitions):
     out = subprocess.run(
         ["target/release/edgechat", "bench", "--model", path, "--prompt-tokens", str(prompt_tokens),
@@ -73,8 +142,16 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--repetitions", type=int, default=3)
+    ap.add_argument("--text", default="/usr/share/common-licenses/GPL-3",
+                    help="text for the perplexity comparison (an English file every Debian has)")
+    ap.add_argument("--ppl-ctx", type=int, default=512)
+    ap.add_argument("--ppl-chunks", type=int, default=4)
+    ap.add_argument("--ppl-max-bytes", type=int, default=2_000_000_000,
+                    help="skip the perplexity comparison on files larger than this (slow on 2 cores)")
     args = ap.parse_args()
     llama_cpp.llama_backend_init()
+    bandwidth = memory_bandwidth_gb_s()
+    print(json.dumps({"memory_read_gb_s_one_core": bandwidth}), file=sys.stderr)
 
     rows = []
     for path in args.models:
@@ -84,7 +161,8 @@ def main():
         rows.append((path, size, ours, ref))
         print(json.dumps({"model": path, "edgechat": ours, "llama_cpp": ref}), file=sys.stderr)
 
-    print(f"threads {args.threads}, prompt {args.prompt_tokens} tokens, decode {args.gen_tokens} tokens, best of {args.repetitions}\n")
+    print(f"threads {args.threads}, prompt {args.prompt_tokens} tokens, decode {args.gen_tokens} tokens, best of {args.repetitions}; "
+          f"memory read bandwidth {bandwidth:.1f} GB/s (numpy sum over 1 GiB, one core)\n")
     print("| model | file MB | prefill tok/s ours | llama.cpp | ratio | decode tok/s ours | llama.cpp | ratio | decode GB/s ours | llama.cpp |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for path, size, ours, ref in rows:
@@ -93,6 +171,20 @@ def main():
               f"| {ours['prefill_tokens_per_second']:.1f} | {ref['prefill_tok_s']:.1f} | {ours['prefill_tokens_per_second'] / ref['prefill_tok_s']:.2f}x "
               f"| {ours['decode_tokens_per_second']:.1f} | {ref['decode_tok_s']:.1f} | {ours['decode_tokens_per_second'] / ref['decode_tok_s']:.2f}x "
               f"| {ours['decode_tokens_per_second'] * gb_per_token:.2f} | {ref['decode_tok_s'] * gb_per_token:.2f} |")
+
+    text = open(args.text, encoding="utf-8").read()
+    print(f"\nPerplexity on {args.text} ({args.ppl_chunks} chunks of {args.ppl_ctx} tokens, the second half of each scored)\n")
+    print("| model | ours | llama.cpp | ratio | tokens scored (ours / llama.cpp) |")
+    print("|---|---|---|---|---|")
+    for path, size, _, _ in rows:
+        if size > args.ppl_max_bytes:
+            print(f"| {os.path.basename(path)} | skipped ({size / 1e9:.1f} GB) | | | |")
+            continue
+        ours = perplexity_edgechat(path, args.text, args.ppl_ctx, args.ppl_chunks)
+        ref = perplexity_llama_cpp(path, text, args.ppl_ctx, args.ppl_chunks, args.threads)
+        print(json.dumps({"model": path, "perplexity": {"edgechat": ours, "llama_cpp": ref}}), file=sys.stderr)
+        print(f"| {os.path.basename(path)} | {ours['ppl']:.4f} | {ref['ppl']:.4f} | {ours['ppl'] / ref['ppl']:.4f} "
+              f"| {ours['tokens_scored']} / {ref['tokens_scored']} |")
 
 
 if __name__ == "__main__":
