@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 
-import ctypes
 import re
 
 import llama_cpp
@@ -23,21 +22,24 @@ import numpy as np
 DEFAULT_MODELS = ["models/smollm2-135m-instruct-q4_1.gguf", "models/tiny-mistral.gguf"]
 
 
-def bench_llama_cpp(path, prompt_tokens, gen_tokens, threads, repetitions, use_extra_bufts=False):
-    # use_extra_bufts=False keeps llama.cpp on its AVX2/AVX-512 CPU kernels: its AMX repacked
-    # buffers (chosen by default on Sapphire Rapids) crash in llama_decode with this build.
+def load_llama(path, n_ctx, n_batch, threads, use_extra_bufts=False):
+    """llama.cpp's model and a context of `n_ctx` tokens. use_extra_bufts=False keeps llama.cpp on
+    its AVX2/AVX-512 CPU kernels: its AMX repacked buffers (chosen by default on Sapphire Rapids)
+    crash in llama_decode with this build."""
     params = llama_cpp.llama_model_default_params()
     params.use_extra_bufts = use_extra_bufts
     model = llama_cpp.llama_model_load_from_file(path.encode(), params)
     vocab = llama_cpp.llama_model_get_vocab(model)
-    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
     cparams = llama_cpp.llama_context_default_params()
-    cparams.n_ctx = prompt_tokens + gen_tokens + 16
-    cparams.n_batch = prompt_tokens
-    cparams.n_ubatch = prompt_tokens
-    cparams.n_threads = threads
-    cparams.n_threads_batch = threads
+    cparams.n_ctx = n_ctx
+    cparams.n_batch = cparams.n_ubatch = n_batch
+    cparams.n_threads = cparams.n_threads_batch = threads
     ctx = llama_cpp.llama_init_from_model(model, cparams)
+    return model, vocab, llama_cpp.llama_vocab_n_tokens(vocab), ctx
+
+
+def bench_llama_cpp(path, prompt_tokens, gen_tokens, threads, repetitions, use_extra_bufts=False):
+    model, vocab, n_vocab, ctx = load_llama(path, prompt_tokens + gen_tokens + 16, prompt_tokens, threads, use_extra_bufts)
     # Deterministic, varied token ids (the content does not change the work done).
     tokens = [(i * 7919 + 13) % n_vocab for i in range(prompt_tokens + gen_tokens)]
 
@@ -77,15 +79,7 @@ def memory_bandwidth_gb_s(gib=1, repetitions=3):
 
 
 def perplexity_llama_cpp(path, text, n_ctx, max_chunks, threads):
-    params = llama_cpp.llama_model_default_params()
-    params.use_extra_bufts = False
-    model = llama_cpp.llama_model_load_from_file(path.encode(), params)
-    vocab = llama_cpp.llama_model_get_vocab(model)
-    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
-    cparams = llama_cpp.llama_context_default_params()
-    cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n_ctx
-    cparams.n_threads = cparams.n_threads_batch = threads
-    ctx = llama_cpp.llama_init_from_model(model, cparams)
+    model, vocab, n_vocab, ctx = load_llama(path, n_ctx, n_ctx, threads)
     raw = text.encode()
     buf = (llama_cpp.llama_token * (len(raw) + 16))()
     n = llama_cpp.llama_tokenize(vocab, raw, len(raw), buf, len(buf), True, False)

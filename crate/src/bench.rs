@@ -25,13 +25,7 @@ pub fn bench_token(i: usize, vocab_size: usize) -> u32 {
     ((i as u64).wrapping_mul(2_654_435_761).wrapping_add(12_345) % vocab_size.max(1) as u64) as u32
 }
 
-const GREEDY: Output = Output::Sample(DeviceSampling {
-    temperature: 0.0,
-    top_k: 0,
-    top_p: 1.0,
-    min_p: 0.0,
-    uniform: 0.0,
-});
+const GREEDY: Output = Output::Sample(DeviceSampling::GREEDY);
 
 /// Empties the cache, prefills `prompt_tokens` tokens, then decodes `gen_tokens` steps. The
 /// decode input is fixed (not the model's choice) so every run does identical work.

@@ -106,6 +106,17 @@ pub struct DeviceSampling {
     pub uniform: f32,
 }
 
+impl DeviceSampling {
+    /// The most likely token (lowest id on ties).
+    pub const GREEDY: DeviceSampling = DeviceSampling {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        uniform: 0.0,
+    };
+}
+
 /// A uniform draw in [0, 1) for one token choice.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Draw {

@@ -32,13 +32,7 @@ pub(super) struct GpuSettings {
     pub subgroups: Option<bool>,
 }
 
-const GREEDY: Output = Output::Sample(DeviceSampling {
-    temperature: 0.0,
-    top_k: 0,
-    top_p: 1.0,
-    min_p: 0.0,
-    uniform: 0.0,
-});
+const GREEDY: Output = Output::Sample(DeviceSampling::GREEDY);
 
 #[wasm_bindgen]
 impl WasmModel {

@@ -7,7 +7,8 @@
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { launchChromium, pipeConsole } from '../../../scripts/browser/chromium.mjs';
+import { launchChromium } from '../../../scripts/browser/chromium.mjs';
+import { check, failed, openPackagePage, test } from './harness.mjs';
 import { startRouter } from '../../../scripts/browser/router.mjs';
 import { startServer } from '../../../scripts/browser/server.mjs';
 
@@ -24,18 +25,6 @@ const modelUrl = `${models.origin}/models/${MODEL}`;
 const router = await startRouter({ allowOrigin: pages.origin });
 const fallback = { url: router.url, token: router.token, model: router.model };
 
-let failures = 0;
-async function test(name, body) {
-  const started = Date.now();
-  try {
-    const detail = await body();
-    console.log(`ok ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)${detail ? `: ${detail}` : ''}`);
-  } catch (e) {
-    failures += 1;
-    console.error(`FAILED ${name}: ${e.stack ?? e}`);
-  }
-}
-
 // Requests in the caller's router ledger (the ledger is written just after an answer: wait for it).
 async function ledgerCount(atLeast = 0) {
   for (let tries = 0; ; tries++) {
@@ -44,10 +33,6 @@ async function ledgerCount(atLeast = 0) {
     if (usage.requests.length >= atLeast || tries >= 25) return usage.requests.length;
     await new Promise((ok) => setTimeout(ok, 200));
   }
-}
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
 }
 
 // The router's provider asked directly (no router), fresh as it was when the router asked it:
@@ -62,13 +47,7 @@ async function providerAnswer(messages, maxTokens) {
   return (await response.json()).choices[0].message.content;
 }
 
-async function openPage(browser, label) {
-  const page = await browser.newPage();
-  pipeConsole(page, `[${label}]`);
-  await page.goto(`${pages.origin}/package.html`);
-  await page.waitForFunction(() => window.ready === true);
-  return page;
-}
+const openPage = (where, label) => openPackagePage(where, pages.origin, label);
 
 async function load(page, options) {
   return page.evaluate(async (options) => {
@@ -250,8 +229,8 @@ try {
   await pages.close();
   await models.close();
 }
-if (failures > 0) {
-  console.error(`${failures} hybrid test(s) failed`);
+if (failed() > 0) {
+  console.error(`${failed()} hybrid test(s) failed`);
   process.exit(1);
 }
 console.log('all hybrid tests passed');

@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { launchChromium, pipeConsole } from '../../../scripts/browser/chromium.mjs';
+import { launchChromium } from '../../../scripts/browser/chromium.mjs';
+import { check, failed, openPackagePage, test } from './harness.mjs';
 import { startServer } from '../../../scripts/browser/server.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -49,30 +50,8 @@ const modelsPort = new URL(models.origin).port;
 const modelUrl = (path) => `${models.origin}${path}`;
 
 const browser = await launchChromium({ webgpu: true });
-let failures = 0;
 
-async function test(name, body) {
-  const started = Date.now();
-  try {
-    const detail = await body();
-    console.log(`ok ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)${detail ? `: ${detail}` : ''}`);
-  } catch (e) {
-    failures += 1;
-    console.error(`FAILED ${name}: ${e.stack ?? e}`);
-  }
-}
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-async function openPage(context, label) {
-  const page = await context.newPage();
-  pipeConsole(page, `[${label}]`);
-  await page.goto(`${pages.origin}/package.html`);
-  await page.waitForFunction(() => window.ready === true);
-  return page;
-}
+const openPage = (where, label) => openPackagePage(where, pages.origin, label);
 
 // In the page: loads a model (keeping the engine as window.engine) and reports progress seen.
 async function load(page, model, options = {}) {
@@ -319,8 +298,8 @@ await browser.close();
 await pages.close();
 await models.close();
 rmSync(broken, { recursive: true, force: true });
-if (failures > 0) {
-  console.error(`${failures} package test(s) failed`);
+if (failed() > 0) {
+  console.error(`${failed()} package test(s) failed`);
   process.exit(1);
 }
 console.log('all package tests passed');
