@@ -16,6 +16,8 @@ export const CACHE_DIRECTORY = 'edgechat-models';
 const CHUNK_BYTES = 8 << 20;
 const PARALLEL_REQUESTS = 4;
 const MAX_RETRIES = 5;
+// A range request with no data for this long is given up and asked again.
+const STALL_MS = 30_000;
 const VERIFY_PIECE_BYTES = 8 << 20;
 
 export async function cacheDirectory() {
@@ -337,14 +339,25 @@ async function fetchWithRetries(url, init, signal) {
 const backoff = (attempt) => Math.min(250 * 2 ** attempt, 4000);
 
 // Fetches bytes [start, end) and hands them to `write(at, bytes)` as they arrive. A connection
-// that breaks off is asked again for the rest only; retries count from the last progress.
+// that breaks off, or stalls for STALL_MS, is asked again for the rest only; retries count from
+// the last progress.
 async function fetchRange(url, start, end, signal, write) {
   let at = start;
   let failures = 0;
   while (at < end) {
-    let response;
+    // Aborted by the caller, or by the stall timer (which each arriving piece resets).
+    const request = new AbortController();
+    const stop = () => request.abort();
+    signal?.addEventListener('abort', stop, { once: true });
+    let stalled = false;
+    let timer = null;
+    const arm = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => { stalled = true; request.abort(); }, STALL_MS);
+    };
     try {
-      response = await fetchWithRetries(url, { headers: { Range: `bytes=${at}-${end - 1}` } }, signal);
+      arm();
+      const response = await fetchWithRetries(url, { headers: { Range: `bytes=${at}-${end - 1}` } }, request.signal);
       if (response.status !== 206) {
         await response.body?.cancel();
         throw new EdgechatError('download_failed', `GET ${url}: the server stopped serving byte ranges (HTTP ${response.status})`);
@@ -353,6 +366,7 @@ async function fetchRange(url, start, end, signal, write) {
       for (;;) {
         const { done, value } = await reader.read();
         if (done) break;
+        arm();
         const take = Math.min(value.length, end - at);
         write(at, take === value.length ? value : value.subarray(0, take));
         at += take;
@@ -360,11 +374,16 @@ async function fetchRange(url, start, end, signal, write) {
       }
       if (at < end) throw new Error(`the connection closed ${end - at} bytes early`);
     } catch (e) {
-      if (e instanceof EdgechatError || signal?.aborted) throw e;
+      if (signal?.aborted) throw new EdgechatError('aborted', 'the download was aborted');
+      if (e instanceof EdgechatError && !stalled) throw e;
       if (++failures > MAX_RETRIES) {
-        throw new EdgechatError('download_failed', `GET ${url} bytes ${at}-${end - 1}: ${e.message} (after ${MAX_RETRIES} retries)`);
+        const why = stalled ? `no data for ${STALL_MS / 1000} s` : e.message;
+        throw new EdgechatError('download_failed', `GET ${url} bytes ${at}-${end - 1}: ${why} (after ${MAX_RETRIES} retries)`);
       }
       await sleep(backoff(failures));
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', stop);
     }
   }
 }

@@ -22,32 +22,61 @@ pub use source::JsSource;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
+/// The message channel `yield_now` posts through, kept for the life of the module: a channel that
+/// nothing references may be garbage-collected with its message undelivered, and the engine would
+/// then wait forever.
+struct Yielder {
+    sender: web_sys::MessagePort,
+    _receiver: web_sys::MessagePort,
+    _on_message: Closure<dyn FnMut()>,
+    /// Resolvers of the yields in flight, in posting order.
+    waiting: std::rc::Rc<std::cell::RefCell<std::collections::VecDeque<js_sys::Function>>>,
+}
+
+thread_local! {
+    static YIELDER: Option<Yielder> = Yielder::new();
+}
+
+impl Yielder {
+    fn new() -> Option<Self> {
+        let channel = web_sys::MessageChannel::new().ok()?;
+        let waiting: std::rc::Rc<std::cell::RefCell<std::collections::VecDeque<js_sys::Function>>> =
+            Default::default();
+        let queue = waiting.clone();
+        let on_message = Closure::<dyn FnMut()>::new(move || {
+            if let Some(resolve) = queue.borrow_mut().pop_front() {
+                let _ = resolve.call0(&JsValue::NULL);
+            }
+        });
+        let receiver = channel.port1();
+        receiver.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        Some(Self {
+            sender: channel.port2(),
+            _receiver: receiver,
+            _on_message: on_message,
+            waiting,
+        })
+    }
+}
+
 /// Lets the event loop run (a message from the page, such as an abort) and resumes as soon as it
 /// has: a message-channel round trip, which unlike `setTimeout(0)` is never clamped to 4 ms.
 pub async fn yield_now() {
     let promise = js_sys::Promise::new(&mut |resolve, _reject| {
-        let global = js_sys::global();
-        let Ok(constructor) = js_sys::Reflect::get(&global, &"MessageChannel".into())
-            .and_then(|c| c.dyn_into::<js_sys::Function>())
-        else {
+        YIELDER.with(|yielder| match yielder {
+            Some(y) => {
+                y.waiting.borrow_mut().push_back(resolve);
+                if y.sender.post_message(&JsValue::NULL).is_err() {
+                    if let Some(resolve) = y.waiting.borrow_mut().pop_back() {
+                        let _ = resolve.call0(&JsValue::NULL);
+                    }
+                }
+            }
             // No MessageChannel (an unusual host): resolve at once; the microtask still yields.
-            let _ = resolve.call0(&JsValue::NULL);
-            return;
-        };
-        let Ok(channel) = js_sys::Reflect::construct(&constructor, &js_sys::Array::new()) else {
-            let _ = resolve.call0(&JsValue::NULL);
-            return;
-        };
-        let port = |name: &str| js_sys::Reflect::get(&channel, &name.into()).unwrap_or_default();
-        let (receiver, sender) = (port("port1"), port("port2"));
-        let _ = js_sys::Reflect::set(&receiver, &"onmessage".into(), &resolve);
-        if let Ok(post) = js_sys::Reflect::get(&sender, &"postMessage".into())
-            .and_then(|p| p.dyn_into::<js_sys::Function>())
-        {
-            let _ = post.call1(&sender, &JsValue::NULL);
-        } else {
-            let _ = resolve.call0(&JsValue::NULL);
-        }
+            None => {
+                let _ = resolve.call0(&JsValue::NULL);
+            }
+        });
     });
     let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
 }

@@ -45,8 +45,9 @@ try {
   writeFileSync(join(project, 'src/main.js'), `import { createEngine } from 'edgechat';
 
 const model = new URLSearchParams(location.search).get('model');
+window.progress = [];
 window.result = (async () => {
-  const engine = await createEngine({ model });
+  const engine = await createEngine({ model, onProgress: (p) => window.progress.push(p.phase + ' ' + p.loaded) });
   const messages = [{ role: 'user', content: 'What is the capital of France?' }];
   let text = '';
   for await (const chunk of await engine.chat.completions.create({ messages, stream: true, temperature: 0, max_tokens: 24 })) {
@@ -64,7 +65,13 @@ window.result = (async () => {
   const page = await browser.newPage();
   pipeConsole(page, '[vite]');
   await page.goto(`${server.origin}/?model=/models/${MODEL}`);
-  const result = await page.evaluate(() => window.result);
+  // Never wait forever: a stuck page says where it stopped.
+  const result = await Promise.race([
+    page.evaluate(() => window.result),
+    new Promise((ok) => setTimeout(ok, 180_000)).then(() => page.evaluate(() => ({
+      error: `no answer in 180 s; progress ${JSON.stringify(window.progress?.slice(-5))}; page ${document.body.innerText.slice(0, 200)}`,
+    }))),
+  ]);
   if (result.error || !/Paris/.test(result.text)) throw new Error(`the Vite build answered ${JSON.stringify(result)}`);
   console.log(`ok the packed package installs into a fresh Vite ${viteVersion} project and answers there (${result.backend}): ${JSON.stringify(result.text)}`);
 } catch (e) {
