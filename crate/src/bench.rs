@@ -18,6 +18,16 @@ pub struct BenchRun {
     pub dispatches_per_token: f64,
     /// Command-buffer submissions per decoded token (0 on the CPU).
     pub submissions_per_token: f64,
+    /// GPU time per decoded token by kernel, the longest first (only when the backend profiles).
+    pub kernel_time_per_token: Vec<KernelShare>,
+}
+
+/// One kernel's part of a decoded token's GPU time.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelShare {
+    pub kernel: String,
+    pub calls: f64,
+    pub microseconds: f64,
 }
 
 /// The `i`-th token of the benchmark's input: a linear congruential walk over the vocabulary.
@@ -56,10 +66,25 @@ pub async fn bench_run(
     let after = model.work_counts();
     model.truncate_cache(0);
     let per_token = |n: u64| n as f64 / gen_tokens.max(1) as f64;
+    let mut kernel_time_per_token: Vec<KernelShare> = after
+        .kernel_time
+        .iter()
+        .map(|(kernel, time)| {
+            let earlier = before.kernel_time.get(kernel).copied().unwrap_or_default();
+            KernelShare {
+                kernel: kernel.clone(),
+                calls: per_token(time.calls - earlier.calls),
+                microseconds: per_token(time.nanos - earlier.nanos) / 1e3,
+            }
+        })
+        .filter(|share| share.calls > 0.0)
+        .collect();
+    kernel_time_per_token.sort_by(|a, b| b.microseconds.total_cmp(&a.microseconds));
     Ok(BenchRun {
         prefill_tok_s: prompt_tokens as f64 / prefill_seconds,
         decode_tok_s: gen_tokens as f64 / decode_seconds,
         dispatches_per_token: per_token(after.dispatches - before.dispatches),
         submissions_per_token: per_token(after.submissions - before.submissions),
+        kernel_time_per_token,
     })
 }

@@ -471,3 +471,41 @@ fn a_model_that_does_not_fit_the_adapter_is_refused_before_upload() {
         }
     }
 }
+
+/// With the profile on, every dispatch of a forward call is timed under its kernel's label: the
+/// calls add up to the dispatches, the tiny model's matrices show up by type, and the time is
+/// real (more than zero) and bounded by the call's wall time.
+#[test]
+fn the_kernel_profile_times_every_dispatch_under_its_kernel() {
+    use edgechat::backend::webgpu::load_model_on;
+    use edgechat::gguf::{FileSource, GgufFile};
+    let path = common::model_path(common::TINY_MISTRAL);
+    let source = FileSource::open(&path).unwrap();
+    let file = GgufFile::read(&source).unwrap();
+    let backend = WebGpuBackend::with_options(GpuOptions {
+        profile: Some(true),
+        ..Default::default()
+    })
+    .expect("lavapipe has timestamp queries");
+    let mut model = load_model_on(backend, &file, &source).unwrap();
+    let before = model.work_counts();
+    let started = std::time::Instant::now();
+    model.forward(&[1, 2, 3, 4, 5]).unwrap();
+    let wall = started.elapsed();
+    let after = model.work_counts();
+    let timed: u64 = after.kernel_time.values().map(|k| k.calls).sum::<u64>()
+        - before.kernel_time.values().map(|k| k.calls).sum::<u64>();
+    assert_eq!(timed, after.dispatches - before.dispatches);
+    for kernel in ["matmul_tiled_q4_k", "attention", "rms_norm", "rope"] {
+        assert!(
+            after.kernel_time.contains_key(kernel),
+            "{kernel} in {:?}",
+            after.kernel_time.keys()
+        );
+    }
+    let nanos: u64 = after.kernel_time.values().map(|k| k.nanos).sum();
+    assert!(
+        nanos > 0 && nanos < wall.as_nanos() as u64,
+        "{nanos} ns of GPU time in {wall:?}"
+    );
+}

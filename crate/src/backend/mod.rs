@@ -85,7 +85,7 @@ impl Readback {
 }
 
 /// GPU work recorded since the backend opened, for reports (dispatches and submissions per token).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct WorkCounts {
     /// Compute dispatches.
     pub dispatches: u64,
@@ -93,6 +93,16 @@ pub struct WorkCounts {
     pub submissions: u64,
     /// Bind groups created (dispatches reuse them while shapes stay the same).
     pub bind_groups_made: u64,
+    /// GPU time per kernel (pipeline label), when the backend was opened to profile
+    /// (`EDGECHAT_GPU_PROFILE=1`); empty otherwise.
+    pub kernel_time: std::collections::BTreeMap<String, KernelTime>,
+}
+
+/// Dispatches of one kernel and the GPU time they took (timestamp queries).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelTime {
+    pub calls: u64,
+    pub nanos: u64,
 }
 
 /// Little-endian f32 values from bytes (readbacks are whole words).

@@ -30,6 +30,8 @@ pub struct AdapterSummary {
 }
 
 pub(super) struct Kernels {
+    /// Each pipeline's label, for the profile.
+    names: HashMap<wgpu::ComputePipeline, Arc<str>>,
     matmul: HashMap<GgmlType, wgpu::ComputePipeline>,
     matmul_tiled: HashMap<GgmlType, wgpu::ComputePipeline>,
     embed: HashMap<GgmlType, wgpu::ComputePipeline>,
@@ -52,6 +54,12 @@ impl Kernels {
     }
     pub fn embed(&self, ty: GgmlType) -> &wgpu::ComputePipeline {
         &self.embed[&ty]
+    }
+    pub fn name(&self, pipeline: &wgpu::ComputePipeline) -> Arc<str> {
+        self.names
+            .get(pipeline)
+            .cloned()
+            .unwrap_or_else(|| "unlabelled".into())
     }
 }
 
@@ -102,6 +110,9 @@ pub struct GpuOptions {
     pub max_binding_bytes: Option<u64>,
     /// Bytes of a tensor held on the host at once while uploading (default 16 MiB).
     pub upload_piece_bytes: Option<usize>,
+    /// GPU time per kernel with timestamp queries (natively also `EDGECHAT_GPU_PROFILE=1`);
+    /// waits for the GPU after every submission.
+    pub profile: Option<bool>,
 }
 
 pub(super) struct Gpu {
@@ -117,6 +128,8 @@ pub(super) struct Gpu {
     /// Bytes between dispatch parameters in a uniform buffer (the adapter's offset alignment).
     pub uniform_slot_bytes: usize,
     pub upload_piece_bytes: usize,
+    /// GPU time per kernel, when asked for.
+    pub profiler: Option<super::profile::Profiler>,
     /// The first validation, out-of-memory or device-lost error, reported at the next flush.
     error: Arc<Mutex<Option<GpuFault>>>,
 }
@@ -136,10 +149,26 @@ impl Gpu {
         let limits = adapter.limits();
         let features = adapter.features();
         let variant = Variant::choose(&options, &info, features)?;
+        let profile = options
+            .profile
+            .or(env_choice(
+                "EDGECHAT_GPU_PROFILE",
+                &[("0", false), ("1", true)],
+            )?)
+            .unwrap_or(false)
+            && cfg!(not(target_arch = "wasm32"));
+        if profile && !features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Err(Error::Backend(format!(
+                "a kernel profile was asked for, but the adapter {} ({:?}) has no timestamp queries",
+                info.name, info.backend
+            )));
+        }
+        let mut required_features = variant.features;
+        required_features.set(wgpu::Features::TIMESTAMP_QUERY, profile);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("edgechat"),
-                required_features: variant.features,
+                required_features,
                 required_limits: limits.clone(),
                 ..Default::default()
             })
@@ -178,6 +207,7 @@ impl Gpu {
             & !3;
         let threads_per_row = variant.threads_per_row;
         let kernels = Kernels::compile(&device, &variant);
+        let profiler = profile.then(|| super::profile::Profiler::new(&device, &queue));
         let gpu = Gpu {
             device,
             queue,
@@ -188,6 +218,7 @@ impl Gpu {
             matmul_rows_per_group: 64 / threads_per_row as usize,
             uniform_slot_bytes: (limits.min_uniform_buffer_offset_alignment as usize).max(256),
             upload_piece_bytes: options.upload_piece_bytes.unwrap_or(16 << 20),
+            profiler,
             error,
         };
         gpu.check()?;
@@ -415,12 +446,13 @@ fn select_lines(source: &str, flags: &[&str]) -> String {
 impl Kernels {
     fn compile(device: &wgpu::Device, variant: &Variant) -> Kernels {
         let matmul_constants = [("THREADS_PER_ROW", f64::from(variant.threads_per_row))];
+        let names = std::cell::RefCell::new(HashMap::new());
         let pipeline = |label: &str, source: String, entry: &str| {
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(label),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             });
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(label),
                 layout: None,
                 module: &module,
@@ -434,7 +466,11 @@ impl Kernels {
                     ..Default::default()
                 },
                 cache: None,
-            })
+            });
+            names
+                .borrow_mut()
+                .insert(pipeline.clone(), Arc::from(label));
+            pipeline
         };
         let typed = |name: &str, entry: &str, source: &dyn Fn(GgmlType) -> String| {
             super::SUPPORTED_TYPES
@@ -465,6 +501,7 @@ impl Kernels {
                 ATTENTION.into(),
                 "split_combine",
             ),
+            names: names.into_inner(),
         }
     }
 }

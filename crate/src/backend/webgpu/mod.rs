@@ -15,6 +15,7 @@
 //! adapter's features.
 
 mod context;
+mod profile;
 mod readback;
 mod sample;
 
@@ -529,15 +530,28 @@ impl WebGpuBackend {
         };
         drop(bind_groups);
         drop(blocks);
+        let timestamp_writes = self
+            .gpu
+            .profiler
+            .as_ref()
+            .and_then(|p| p.pass_writes(&self.kernel_name(pipeline)));
         let encoder = self.encoder(&mut frame);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: None,
-            timestamp_writes: None,
+            timestamp_writes,
         });
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(groups.0, groups.1, 1);
         self.dispatches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The pipeline's label, for the profile.
+    fn kernel_name(&self, pipeline: &wgpu::ComputePipeline) -> std::sync::Arc<str> {
+        match self.sample_kernels.get() {
+            Some(sample) if sample.is(pipeline) => "sample".into(),
+            _ => self.gpu.kernels.name(pipeline),
+        }
     }
 
     /// Workgroups for `n` elements at 256 per group, laid out in 2-D under the per-dimension limit.
@@ -573,14 +587,20 @@ impl WebGpuBackend {
     /// Submits what was recorded.
     fn flush(&self) -> Result<()> {
         let frame = std::mem::take(&mut *self.frame.lock().expect("frame lock"));
-        if let Some(encoder) = frame.encoder {
+        if let Some(mut encoder) = frame.encoder {
             let blocks = self.uniform_blocks.lock().expect("uniform lock");
             let block_bytes = SLOTS_PER_BLOCK * self.gpu.uniform_slot_bytes;
             for (block, params) in blocks.iter().zip(frame.params.chunks(block_bytes)) {
                 self.gpu.queue.write_buffer(block, 0, params);
             }
+            if let Some(profiler) = &self.gpu.profiler {
+                profiler.resolve(&mut encoder);
+            }
             self.gpu.queue.submit([encoder.finish()]);
             self.submissions.fetch_add(1, Ordering::Relaxed);
+            if let Some(profiler) = &self.gpu.profiler {
+                profiler.collect(&self.gpu.device)?;
+            }
         }
         // The next call's allocations start over at the arena's first buffer.
         self.arena.lock().expect("arena lock").next = 0;
@@ -784,6 +804,12 @@ impl Backend for WebGpuBackend {
             dispatches: self.dispatches.load(Ordering::Relaxed),
             submissions: self.submissions.load(Ordering::Relaxed),
             bind_groups_made: self.bind_groups_made.load(Ordering::Relaxed),
+            kernel_time: self
+                .gpu
+                .profiler
+                .as_ref()
+                .map(|p| p.totals())
+                .unwrap_or_default(),
         }
     }
 

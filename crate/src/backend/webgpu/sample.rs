@@ -36,6 +36,10 @@ impl SampleKernels {
         });
         SampleKernels { sample }
     }
+
+    pub(super) fn is(&self, pipeline: &wgpu::ComputePipeline) -> bool {
+        &self.sample == pipeline
+    }
 }
 
 /// `Params` in kernels/sample.wgsl.

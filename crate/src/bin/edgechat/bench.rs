@@ -73,6 +73,7 @@ pub fn main(args: Args) -> CliResult {
     let mut prefill_rates = Vec::new();
     let mut decode_rates = Vec::new();
     let mut work = (0.0, 0.0);
+    let mut kernel_time = Vec::new();
     // Run 0 warms up caches and allocations and is not counted.
     for run in 0..=args.repetitions {
         let result = pollster::block_on(bench_run(
@@ -84,6 +85,7 @@ pub fn main(args: Args) -> CliResult {
             prefill_rates.push(result.prefill_tok_s);
             decode_rates.push(result.decode_tok_s);
             work = (result.dispatches_per_token, result.submissions_per_token);
+            kernel_time = result.kernel_time_per_token;
         }
     }
     let (dispatches_per_token, submissions_per_token) = work;
@@ -113,6 +115,7 @@ pub fn main(args: Args) -> CliResult {
             "decode_effective_gb_per_second": decode_gbps,
             "dispatches_per_token": dispatches_per_token,
             "submissions_per_token": submissions_per_token,
+            "kernel_time_per_token": kernel_time,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -140,6 +143,24 @@ pub fn main(args: Args) -> CliResult {
                 "GPU work per decoded token: {dispatches_per_token:.0} dispatches, \
                  {submissions_per_token:.0} submission(s)"
             );
+        }
+        if !kernel_time.is_empty() {
+            // Timestamps around each dispatch; waiting for them slows the decode itself down.
+            let busy: f64 = kernel_time.iter().map(|k| k.microseconds).sum();
+            println!("GPU time per decoded token (timestamp queries): {busy:.1} µs in all");
+            println!(
+                "{:<24} {:>8} {:>12} {:>7}",
+                "kernel", "calls", "µs", "share"
+            );
+            for k in &kernel_time {
+                println!(
+                    "{:<24} {:>8.1} {:>12.1} {:>6.1}%",
+                    k.kernel,
+                    k.calls,
+                    k.microseconds,
+                    100.0 * k.microseconds / busy.max(1e-9)
+                );
+            }
         }
     }
     Ok(())
