@@ -60,7 +60,12 @@ def main():
             f"- measured memory bandwidth ({bandwidth['device']}, PyTorch, 4 GiB): "
             f"read {bandwidth['read_gb_s']:.0f} GB/s, copy {bandwidth['copy_gb_s']:.0f} GB/s (bytes read + written)"
         )
-    print("- prompt 512 tokens, decode 128 tokens, 2 measured runs after a warm-up (llama-bench: 2 repetitions), greedy\n")
+    any_run = next(iter(sorted(glob.glob(os.path.join(raw, "edgechat-*.json")))), None)
+    prompt = (read_json(any_run) or {}).get("prompt_tokens", "?") if any_run else "?"
+    print(
+        f"- prompt {prompt} tokens, then 128 decoded tokens; edgechat: 2 measured runs after a warm-up, "
+        "decode after the prompt; llama-bench: 2 repetitions, decode from an empty context\n"
+    )
 
     print("### Correctness: perplexity of the same file and text (README.md, chunks of 256)\n")
     print("| model | webgpu | cpu | webgpu / cpu |")
@@ -73,7 +78,8 @@ def main():
         print(f"| {name} | {gpu or '–'} | {cpu or '–'} | {ratio} |")
     print()
 
-    models = sorted({os.path.basename(p)[len("edgechat-") :].rsplit("-", 1)[0] for p in glob.glob(os.path.join(raw, "edgechat-*.json"))})
+    # Every model has a default run; variant names hold dashes, so models are found by it.
+    models = sorted(os.path.basename(p)[len("edgechat-") : -len("-default.json")] for p in glob.glob(os.path.join(raw, "edgechat-*-default.json")))
     print("### Speed\n")
     print("| model | engine | variant | kernels | prefill tok/s | decode tok/s | decode GB/s | % of read bandwidth | decode vs llama.cpp |")
     print("|---|---|---|---|--:|--:|--:|--:|--:|")
@@ -81,7 +87,7 @@ def main():
         l_prefill, l_decode, l_backend = llama_rates(os.path.join(raw, f"llama-{model}.json"))
         for path in sorted(glob.glob(os.path.join(raw, f"edgechat-{model}-*.json"))):
             variant = os.path.basename(path)[len(f"edgechat-{model}-") : -len(".json")]
-            if variant == "profile":
+            if variant.endswith("profile"):
                 continue
             report = read_json(path)
             if not report:
@@ -103,25 +109,28 @@ def main():
     print()
 
     for model in models:
-        profile = read_json(os.path.join(raw, f"edgechat-{model}-profile.json"))
-        default = read_json(os.path.join(raw, f"edgechat-{model}-default.json"))
-        if not profile or not profile.get("kernel_time_per_token"):
-            continue
-        kernels = profile["kernel_time_per_token"]
-        busy = sum(k["microseconds"] for k in kernels)
-        print(f"### Where the decode time goes ({model}: timestamp queries around each dispatch)\n")
-        if default:
-            wall = 1e6 / default["decode_tokens_per_second"]
-            print(
-                f"GPU busy {busy:.0f} µs per decoded token, against {wall:.0f} µs per token of the unprofiled "
-                f"decode: the GPU works {100 * busy / wall:.0f} % of the time; the rest is submission, "
-                f"readback and gaps between dispatches.\n"
-            )
-        print("| kernel | calls per token | µs per token | share of GPU time |")
-        print("|---|--:|--:|--:|")
-        for k in kernels:
-            print(f"| {k['kernel']} | {k['calls']:.0f} | {k['microseconds']:.1f} | {100 * k['microseconds'] / busy:.1f} % |")
-        print()
+        for path in sorted(glob.glob(os.path.join(raw, f"edgechat-{model}-*profile.json"))):
+            variant = os.path.basename(path)[len(f"edgechat-{model}-") : -len(".json")]
+            unprofiled = variant[: -len("profile")].rstrip("-") or "default"
+            profile = read_json(path)
+            default = read_json(os.path.join(raw, f"edgechat-{model}-{unprofiled}.json"))
+            if not profile or not profile.get("kernel_time_per_token"):
+                continue
+            kernels = profile["kernel_time_per_token"]
+            busy = sum(k["microseconds"] for k in kernels)
+            print(f"### Where the decode time goes ({model}, {unprofiled}: timestamp queries around each dispatch)\n")
+            if default:
+                wall = 1e6 / default["decode_tokens_per_second"]
+                print(
+                    f"GPU busy {busy:.0f} µs per decoded token, against {wall:.0f} µs per token of the unprofiled "
+                    f"decode: the GPU works {100 * busy / wall:.0f} % of the time; the rest is submission, "
+                    f"readback and gaps between dispatches.\n"
+                )
+            print("| kernel | calls per token | µs per token | share of GPU time |")
+            print("|---|--:|--:|--:|")
+            for k in kernels:
+                print(f"| {k['kernel']} | {k['calls']:.0f} | {k['microseconds']:.1f} | {100 * k['microseconds'] / busy:.1f} % |")
+            print()
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,7 @@
 //! One timed prefill and decode run, shared by `edgechat bench` and the browser build, so both
-//! measure the same thing: a fixed pseudo-random prompt, then decode steps that each read back only
-//! the chosen token (greedy, chosen on the device where the backend can).
+//! measure the same thing: a fixed pseudo-random prompt, then greedy decode steps as generation
+//! runs them (each on the token the previous step chose, on the device where the backend can,
+//! the next step queued while the host reads this one).
 
 use serde::Serialize;
 use web_time::Instant;
@@ -37,8 +38,8 @@ pub fn bench_token(i: usize, vocab_size: usize) -> u32 {
 
 const GREEDY: Output = Output::Sample(DeviceSampling::GREEDY);
 
-/// Empties the cache, prefills `prompt_tokens` tokens, then decodes `gen_tokens` steps. The
-/// decode input is fixed (not the model's choice) so every run does identical work.
+/// Empties the cache, prefills `prompt_tokens` tokens, then decodes `gen_tokens` greedy steps
+/// (the same tokens in every run, so every run does the same work).
 pub async fn bench_run(
     model: &mut dyn LanguageModel,
     prompt_tokens: usize,
@@ -53,14 +54,27 @@ pub async fn bench_run(
 
     let before = model.work_counts();
     let started = Instant::now();
-    for i in 0..gen_tokens {
-        let token = bench_token(prompt_tokens + i, vocab);
-        if let Forwarded::Logits(logits) =
-            model.start_forward(&[token], GREEDY)?.wait_async().await?
-        {
+    // As generation decodes: each step starts on the token the previous one chose, and where the
+    // device samples, the next call is already queued while the host waits for this one.
+    let mut pending = model.start_forward(&[bench_token(prompt_tokens, vocab)], GREEDY)?;
+    for step in 1..=gen_tokens {
+        let queued = if step < gen_tokens {
+            model.start_forward_sampled(GREEDY)?
+        } else {
+            None
+        };
+        let token = match pending.wait_async().await? {
+            Forwarded::Token(token) => token,
             // A host-side backend: choose as generation would.
-            std::hint::black_box(crate::sampling::argmax(&logits));
+            Forwarded::Logits(logits) => crate::sampling::argmax(&logits),
+        };
+        if step == gen_tokens {
+            break;
         }
+        pending = match queued {
+            Some(next) => next,
+            None => model.start_forward(&[token], GREEDY)?,
+        };
     }
     let decode_seconds = started.elapsed().as_secs_f64();
     let after = model.work_counts();

@@ -345,3 +345,34 @@ fn matmul_speed_of_every_variant() {
         }
     }
 }
+
+/// More row groups than one dispatch dimension holds (65,535 on most adapters; one row per group
+/// at 64 threads per row): the rest run in the grid's z dimension and every row is computed, for
+/// a single token and for a prefill.
+#[test]
+fn a_matrix_with_more_row_groups_than_a_dispatch_dimension_is_computed_whole() {
+    let b = forced(false, false, Some(64));
+    let (rows, cols) = (70_000, 32);
+    let (info, bytes, w) = encoded(GgmlType::Q8_0, rows, cols, 5);
+    let m = matrix(&b, &info, &bytes);
+    for tokens in [1, 2] {
+        let xs = values(tokens * cols, 11);
+        let x = upload(&b, tokens, cols, &xs);
+        let y = b.to_vec(&b.matmul(&x, &m).unwrap()).unwrap();
+        let (expected, norms): (Vec<f64>, Vec<f64>) = (0..tokens * rows)
+            .map(|i| {
+                let (t, r) = (i / rows, i % rows);
+                let terms = (0..cols).map(|j| w[r * cols + j] as f64 * xs[t * cols + j] as f64);
+                (
+                    terms.clone().sum::<f64>(),
+                    terms.map(|v| v * v).sum::<f64>().sqrt(),
+                )
+            })
+            .unzip();
+        let err = relative_error(&y, &expected, &norms);
+        assert!(
+            err < F32_TOLERANCE,
+            "{tokens} token(s): relative error {err}"
+        );
+    }
+}

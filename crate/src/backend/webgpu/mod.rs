@@ -228,7 +228,7 @@ struct AttentionKernelParams {
 
 /// Decode attends over key ranges of this many positions in parallel (flash-decoding) once the
 /// visible context is longer than one range.
-const KEYS_PER_SPLIT: usize = 128;
+const KEYS_PER_SPLIT: usize = 64;
 
 /// Tokens per workgroup of the prefill matmul (`TOKENS` in kernels/matmul.wgsl).
 const MATMUL_TOKENS_PER_GROUP: usize = 8;
@@ -313,6 +313,12 @@ impl WebGpuBackend {
                     limit,
                 });
             }
+        }
+        if config.head_dim > 256 || !config.head_dim.is_multiple_of(4) {
+            return Err(Error::Backend(format!(
+                "head_dim {}: the attention kernel takes multiples of 4 up to 256",
+                config.head_dim
+            )));
         }
         let positions = config.context_length.min(MIN_GPU_CONTEXT) as u64;
         let kv_bytes = positions * (config.head_count_kv * config.head_dim * 4) as u64;
@@ -460,7 +466,13 @@ impl WebGpuBackend {
             .enumerate()
             .map(|(i, b)| (i as u32, *b))
             .collect();
-        self.dispatch_bound(pipeline, &bound, buffers.len() as u32, params, groups);
+        self.dispatch_bound(
+            pipeline,
+            &bound,
+            buffers.len() as u32,
+            params,
+            (groups.0, groups.1, 1),
+        );
     }
 
     /// Records one dispatch with storage buffers at the given bindings and `params` as the uniform
@@ -471,7 +483,7 @@ impl WebGpuBackend {
         buffers: &[(u32, &wgpu::Buffer)],
         uniform_binding: u32,
         params: &P,
-        groups: (u32, u32),
+        groups: (u32, u32, u32),
     ) {
         let slot_bytes = self.gpu.uniform_slot_bytes;
         let mut frame = self.frame.lock().expect("frame lock");
@@ -542,7 +554,7 @@ impl WebGpuBackend {
         });
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, 1);
+        pass.dispatch_workgroups(groups.0, groups.1, groups.2);
         self.dispatches.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -730,12 +742,14 @@ impl WebGpuBackend {
                 tokens: u32_of(x.rows, "tokens")?,
                 epilogue: code,
             };
+            // Row groups beyond the per-dimension limit (a large vocabulary at many threads per
+            // row) continue in z; the kernel numbers them x + z · (groups in x).
+            let row_groups = chunk.rows.div_ceil(self.gpu.matmul_rows_per_group);
+            let max = self.gpu.max_groups_per_dim as usize;
             let groups = (
-                u32_of(
-                    chunk.rows.div_ceil(self.gpu.matmul_rows_per_group),
-                    "row groups",
-                )?,
+                u32_of(row_groups.min(max), "row groups")?,
                 u32_of(x.rows.div_ceil(tokens_per_group), "token groups")?,
+                u32_of(row_groups.div_ceil(max), "row groups")?,
             );
             self.dispatch_bound(
                 pipeline,
@@ -1034,9 +1048,9 @@ impl Backend for WebGpuBackend {
         });
         cache.len = needed;
         let y = self.tensor(rows, params.head_count * params.head_dim);
-        if params.head_dim > 256 {
+        if params.head_dim > 256 || !params.head_dim.is_multiple_of(4) {
             return Err(Error::Backend(format!(
-                "head_dim {} is above the attention kernel's 256",
+                "head_dim {}: the attention kernel takes multiples of 4 up to 256",
                 params.head_dim
             )));
         }
@@ -1078,14 +1092,14 @@ impl Backend for WebGpuBackend {
                 &[(0, &q.buffer), (1, &cache.k), (2, &cache.v), (5, &partials)],
                 4,
                 &kernel_params,
-                (kernel_params.heads, kernel_params.splits),
+                (kernel_params.heads, kernel_params.splits, 1),
             );
             self.dispatch_bound(
                 &self.gpu.kernels.attention_split_combine,
                 &[(3, &y.buffer), (5, &partials)],
                 4,
                 &kernel_params,
-                (kernel_params.heads, 1),
+                (kernel_params.heads, 1, 1),
             );
         }
         Ok(y)

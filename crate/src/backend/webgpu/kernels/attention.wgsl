@@ -19,7 +19,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
-@group(0) @binding(1) var<storage, read> k_cache: array<f32>;
+// Keys four dimensions at a time (head_dim is a multiple of 4, checked at load): a quarter of the
+// serial loads in each thread's dot product.
+@group(0) @binding(1) var<storage, read> k_cache: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> v_cache: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
@@ -28,7 +30,7 @@ struct Params {
 
 const CHUNK: u32 = 64u;
 const MAX_HEAD_DIM: u32 = 256u;
-var<workgroup> qv: array<f32, 256>;
+var<workgroup> qv: array<vec4<f32>, 64>; // MAX_HEAD_DIM / 4
 var<workgroup> weights: array<f32, 64>;
 var<workgroup> reduce: array<f32, 64>;
 
@@ -40,8 +42,10 @@ fn attend(head: u32, row: u32, first: u32, last: u32, tid: u32) -> vec2<f32> {
     let kv_head = head / (p.heads / p.kv_heads);
     let kv_stride = p.kv_heads * p.head_dim;
     let q_base = row * p.heads * p.head_dim + head * p.head_dim;
-    for (var d = tid; d < p.head_dim; d += CHUNK) {
-        qv[d] = q[q_base + d] * p.scale;
+    let quads = p.head_dim / 4u;
+    for (var d = tid; d < quads; d += CHUNK) {
+        let at = q_base + 4u * d;
+        qv[d] = vec4<f32>(q[at], q[at + 1u], q[at + 2u], q[at + 3u]) * p.scale;
     }
     workgroupBarrier();
     var running_max = -3.4e38;
@@ -51,11 +55,12 @@ fn attend(head: u32, row: u32, first: u32, last: u32, tid: u32) -> vec2<f32> {
         let key = start + tid;
         var score = -3.4e38;
         if (key <= last) {
-            let k_base = key * kv_stride + kv_head * p.head_dim;
-            score = 0.0;
-            for (var d = 0u; d < p.head_dim; d++) {
-                score += qv[d] * k_cache[k_base + d];
+            let k_base = (key * kv_stride + kv_head * p.head_dim) / 4u;
+            var dots = vec4<f32>(0.0);
+            for (var d = 0u; d < quads; d++) {
+                dots = fma(qv[d], k_cache[k_base + d], dots);
             }
+            score = dots.x + dots.y + dots.z + dots.w;
         }
         reduce[tid] = score;
         workgroupBarrier();

@@ -7,9 +7,9 @@
 //
 // One workgroup of 64 threads: 64 / THREADS_PER_ROW weight rows for one token; the threads of a row
 // stride over its 32-value sub-blocks, then add up. THREADS_PER_ROW is set per adapter when the
-// pipeline is built: 8 on GPUs (neighbouring threads read neighbouring blocks), 1 on CPU
+// pipeline is built: 32 on GPUs (a row's sub-blocks read by neighbouring threads), 1 on CPU
 // implementations such as lavapipe and SwiftShader (each SIMD lane takes a row and x is read once
-// for all lanes).
+// for all lanes). Row groups past the adapter's per-dimension dispatch limit continue in z.
 //
 // Variants (context.rs resolves the `// #if FLAG` / `// #else` / `// #endif` lines and prepends the
 // `enable` directives):
@@ -77,8 +77,12 @@ fn row_sum(v: f32) -> f32 {
 // #endif
 
 @compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    let row = wg.x * ROWS + tid / THREADS_PER_ROW;
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let row = (wg.x + wg.z * groups.x) * ROWS + tid / THREADS_PER_ROW;
     let lane = tid % THREADS_PER_ROW;
     let token = wg.y;
     let subs = p.k / 32u;
@@ -90,7 +94,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
 // #if F16
             acc += dot32h(decode32h_TYPE(row_offset, s), xo + s * 32u, BIASED_TYPE);
 // #else
-            acc += dot32(decode32_TYPE(row_offset, s), xo + s * 32u);
+            acc += dot32_TYPE(row_offset, s, xo + s * 32u);
 // #endif
         }
     }
@@ -121,8 +125,12 @@ var<workgroup> partial_tokens: array<f32, 512>; // 64 threads × TOKENS
 // #endif
 
 @compute @workgroup_size(64)
-fn tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    let row = wg.x * ROWS + tid / THREADS_PER_ROW;
+fn tiled(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let row = (wg.x + wg.z * groups.x) * ROWS + tid / THREADS_PER_ROW;
     let lane = tid % THREADS_PER_ROW;
     let first_token = wg.y * TOKENS;
     let tokens = min(TOKENS, p.tokens - first_token);

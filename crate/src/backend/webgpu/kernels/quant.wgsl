@@ -6,6 +6,9 @@
 // eighth of a block):
 //   decode32_T(row, s) = W[row][32·s .. 32·s + 32] as 8 vec4s, `row` the byte offset of the row
 //   dot32(w, xo)       = Σ_{i<32} w[i] · x[xo + i] for a decoded sub-block
+//   dot32_T(row, s, xo) = dot32(decode32_T(row, s), xo); for the K-quants computed without the
+//                        decoded sub-block (Σ q·x and Σ x, the scales applied once): no 32-value
+//                        array per step, which GPU compilers can leave in slow local memory
 // All arithmetic is f32 (the path every adapter supports); f16 values are read with unpack2x16float.
 // With `F16` (adapters with shader-f16; context.rs resolves the `// #if` lines) the matmul uses
 // decode32h_T and dot32h instead: the sub-block as small integers q (exact in f16) with its scales,
@@ -166,6 +169,62 @@ fn dot32(wv: array<vec4<f32>, 8>, xo: u32) -> f32 {
         acc += dot(wv[k], x4(xo + 4u * k));
     }
     return acc;
+}
+
+fn dot32_f32(row: u32, s: u32, xo: u32) -> f32 {
+    return dot32(decode32_f32(row, s), xo);
+}
+fn dot32_f16(row: u32, s: u32, xo: u32) -> f32 {
+    return dot32(decode32_f16(row, s), xo);
+}
+fn dot32_q4_0(row: u32, s: u32, xo: u32) -> f32 {
+    return dot32(decode32_q4_0(row, s), xo);
+}
+fn dot32_q4_1(row: u32, s: u32, xo: u32) -> f32 {
+    return dot32(decode32_q4_1(row, s), xo);
+}
+fn dot32_q8_0(row: u32, s: u32, xo: u32) -> f32 {
+    return dot32(decode32_q8_0(row, s), xo);
+}
+// d·scale·Σ q·x − dmin·min·Σ x.
+fn dot32_q4_k(row: u32, s: u32, xo: u32) -> f32 {
+    let base = row + (s / 8u) * 144u;
+    let sub = s % 8u;
+    let scale_min = q4_k_scale_min(base, sub);
+    let qs = (base + 16u + (sub / 2u) * 32u) >> 2u;
+    let shift = (sub % 2u) * 4u;
+    var qx = vec4<f32>(0.0);
+    var xs = vec4<f32>(0.0);
+    for (var k = 0u; k < 8u; k++) {
+        let xv = x4(xo + 4u * k);
+        qx = fma(unsigned4((w[qs + k] >> shift) & 0x0f0f0f0fu), xv, qx);
+        xs += xv;
+    }
+    let ones = vec4<f32>(1.0);
+    return scale_min.x * dot(qx, ones) - scale_min.y * dot(xs, ones);
+}
+// Each half's scale times Σ (q − 32)·x over the half.
+fn dot32_q6_k(row: u32, s: u32, xo: u32) -> f32 {
+    let base = row + (s / 8u) * 210u;
+    let sub = s % 8u;
+    let n = sub / 4u;
+    let quarter = sub % 4u;
+    let ql_at = base + 64u * n + 32u * (quarter % 2u);
+    let qh_at = base + 128u + 32u * n;
+    let nibble_shift = select(0u, 4u, quarter >= 2u);
+    let high_shift = 2u * quarter;
+    var lo = vec4<f32>(0.0);
+    var hi = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        let low_l = (wword(ql_at + 4u * k) >> nibble_shift) & 0x0f0f0f0fu;
+        let high_l = ((wword(qh_at + 4u * k) >> high_shift) & 0x03030303u) << 4u;
+        lo = fma(unsigned4(low_l | high_l) - 32.0, x4(xo + 4u * k), lo);
+        let low_h = (wword(ql_at + 16u + 4u * k) >> nibble_shift) & 0x0f0f0f0fu;
+        let high_h = ((wword(qh_at + 16u + 4u * k) >> high_shift) & 0x03030303u) << 4u;
+        hi = fma(unsigned4(low_h | high_h) - 32.0, x4(xo + 16u + 4u * k), hi);
+    }
+    let ones = vec4<f32>(1.0);
+    return q6_k_scale(base, sub, 0u) * dot(lo, ones) + q6_k_scale(base, sub, 16u) * dot(hi, ones);
 }
 
 // #if F16
