@@ -19,6 +19,9 @@ pub struct BenchRun {
     pub dispatches_per_token: f64,
     /// Command-buffer submissions per decoded token (0 on the CPU).
     pub submissions_per_token: f64,
+    /// Host time per decoded token spent starting the step (recording and submitting GPU work;
+    /// on the CPU backend, the whole step).
+    pub start_ms_per_token: f64,
     /// GPU time per decoded token by kernel, the longest first (only when the backend profiles).
     pub kernel_time_per_token: Vec<KernelShare>,
 }
@@ -56,13 +59,18 @@ pub async fn bench_run(
     let started = Instant::now();
     // As generation decodes: each step starts on the token the previous one chose, and where the
     // device samples, the next call is already queued while the host waits for this one.
+    let mut starting = 0.0;
+    let timed = Instant::now();
     let mut pending = model.start_forward(&[bench_token(prompt_tokens, vocab)], GREEDY)?;
+    starting += timed.elapsed().as_secs_f64();
     for step in 1..=gen_tokens {
+        let timed = Instant::now();
         let queued = if step < gen_tokens {
             model.start_forward_sampled(GREEDY)?
         } else {
             None
         };
+        starting += timed.elapsed().as_secs_f64();
         let token = match pending.wait_async().await? {
             Forwarded::Token(token) => token,
             // A host-side backend: choose as generation would.
@@ -71,10 +79,12 @@ pub async fn bench_run(
         if step == gen_tokens {
             break;
         }
+        let timed = Instant::now();
         pending = match queued {
             Some(next) => next,
             None => model.start_forward(&[token], GREEDY)?,
         };
+        starting += timed.elapsed().as_secs_f64();
     }
     let decode_seconds = started.elapsed().as_secs_f64();
     let after = model.work_counts();
@@ -99,6 +109,7 @@ pub async fn bench_run(
         decode_tok_s: gen_tokens as f64 / decode_seconds,
         dispatches_per_token: per_token(after.dispatches - before.dispatches),
         submissions_per_token: per_token(after.submissions - before.submissions),
+        start_ms_per_token: starting * 1e3 / gen_tokens.max(1) as f64,
         kernel_time_per_token,
     })
 }

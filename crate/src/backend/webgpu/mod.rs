@@ -596,9 +596,10 @@ impl WebGpuBackend {
         Ok(y)
     }
 
-    /// Submits what was recorded.
-    fn flush(&self) -> Result<()> {
+    /// Submits what was recorded; gives the submission's index (none when nothing was recorded).
+    fn flush(&self) -> Result<Option<wgpu::SubmissionIndex>> {
         let frame = std::mem::take(&mut *self.frame.lock().expect("frame lock"));
+        let mut submitted = None;
         if let Some(mut encoder) = frame.encoder {
             let blocks = self.uniform_blocks.lock().expect("uniform lock");
             let block_bytes = SLOTS_PER_BLOCK * self.gpu.uniform_slot_bytes;
@@ -608,7 +609,7 @@ impl WebGpuBackend {
             if let Some(profiler) = &self.gpu.profiler {
                 profiler.resolve(&mut encoder);
             }
-            self.gpu.queue.submit([encoder.finish()]);
+            submitted = Some(self.gpu.queue.submit([encoder.finish()]));
             self.submissions.fetch_add(1, Ordering::Relaxed);
             if let Some(profiler) = &self.gpu.profiler {
                 profiler.collect(&self.gpu.device)?;
@@ -616,7 +617,8 @@ impl WebGpuBackend {
         }
         // The next call's allocations start over at the arena's first buffer.
         self.arena.lock().expect("arena lock").next = 0;
-        self.gpu.check()
+        self.gpu.check()?;
+        Ok(submitted)
     }
 
     /// Uploads a matrix or table: whole rows per buffer (split at the binding limit), each buffer
@@ -954,11 +956,12 @@ impl Backend for WebGpuBackend {
         self.record(|encoder| {
             encoder.copy_buffer_to_buffer(&x.buffer, 0, &staging, 0, size.max(4))
         });
-        self.flush()?;
+        let submission = self.flush()?;
         Ok(Readback::Gpu(GpuReadback::start(
             self.gpu.clone(),
             staging,
             size as usize,
+            submission,
         )))
     }
 

@@ -16,6 +16,10 @@ pub struct GpuReadback {
     staging: wgpu::Buffer,
     len: usize,
     state: Arc<Mutex<MapState>>,
+    /// The submission holding the copy: natively the wait is for it alone, so work queued after
+    /// it (the next decode step, started on the device-chosen token) keeps the GPU busy meanwhile.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    submission: Option<wgpu::SubmissionIndex>,
 }
 
 #[derive(Default)]
@@ -27,7 +31,12 @@ struct MapState {
 
 impl GpuReadback {
     /// Requests the map of `staging` (its copy already submitted); `len` bytes will be read.
-    pub(super) fn start(gpu: Arc<Gpu>, staging: wgpu::Buffer, len: usize) -> Self {
+    pub(super) fn start(
+        gpu: Arc<Gpu>,
+        staging: wgpu::Buffer,
+        len: usize,
+        submission: Option<wgpu::SubmissionIndex>,
+    ) -> Self {
         let state = Arc::new(Mutex::new(MapState::default()));
         let sink = state.clone();
         staging.map_async(wgpu::MapMode::Read, .., move |result| {
@@ -42,6 +51,7 @@ impl GpuReadback {
             staging,
             len,
             state,
+            submission,
         }
     }
 
@@ -69,7 +79,10 @@ impl GpuReadback {
         #[cfg(not(target_arch = "wasm32"))]
         self.gpu
             .device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait {
+                submission_index: self.submission.clone(),
+                timeout: None,
+            })
             .map_err(|e| Error::Backend(format!("waiting for the GPU: {e}")))?;
         Ok(())
     }

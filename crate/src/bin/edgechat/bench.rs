@@ -74,6 +74,7 @@ pub fn main(args: Args) -> CliResult {
     let mut decode_rates = Vec::new();
     let mut work = (0.0, 0.0);
     let mut kernel_time = Vec::new();
+    let mut start_ms = Vec::new();
     // Run 0 warms up caches and allocations and is not counted.
     for run in 0..=args.repetitions {
         let result = pollster::block_on(bench_run(
@@ -86,6 +87,7 @@ pub fn main(args: Args) -> CliResult {
             decode_rates.push(result.decode_tok_s);
             work = (result.dispatches_per_token, result.submissions_per_token);
             kernel_time = result.kernel_time_per_token;
+            start_ms.push(result.start_ms_per_token);
         }
     }
     let (dispatches_per_token, submissions_per_token) = work;
@@ -115,6 +117,7 @@ pub fn main(args: Args) -> CliResult {
             "decode_effective_gb_per_second": decode_gbps,
             "dispatches_per_token": dispatches_per_token,
             "submissions_per_token": submissions_per_token,
+            "start_ms_per_token": mean_and_sd(&start_ms).0,
             "kernel_time_per_token": kernel_time,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -141,7 +144,8 @@ pub fn main(args: Args) -> CliResult {
         if submissions_per_token > 0.0 {
             println!(
                 "GPU work per decoded token: {dispatches_per_token:.0} dispatches, \
-                 {submissions_per_token:.0} submission(s)"
+                 {submissions_per_token:.0} submission(s), recorded and submitted in {:.2} ms",
+                mean_and_sd(&start_ms).0
             );
         }
         if !kernel_time.is_empty() {
