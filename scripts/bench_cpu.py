@@ -142,10 +142,14 @@ def main():
     ap.add_argument("--ppl-chunks", type=int, default=4)
     ap.add_argument("--ppl-max-bytes", type=int, default=2_000_000_000,
                     help="skip the perplexity comparison on files larger than this (slow on 2 cores)")
+    ap.add_argument("--json", help="also write the raw numbers to this file")
     args = ap.parse_args()
+    raw = {"threads": args.threads, "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens,
+           "models": [], "perplexity": []}
     llama_cpp.llama_backend_init()
     bandwidth = memory_bandwidth_gb_s()
     print(json.dumps({"memory_read_gb_s_one_core": bandwidth}), file=sys.stderr)
+    raw["memory_read_gb_s_one_core"] = bandwidth
 
     rows = []
     for path in args.models:
@@ -154,6 +158,7 @@ def main():
         ref = bench_llama_cpp(path, args.prompt_tokens, args.gen_tokens, args.threads, args.repetitions)
         rows.append((path, size, ours, ref))
         print(json.dumps({"model": path, "edgechat": ours, "llama_cpp": ref}), file=sys.stderr)
+        raw["models"].append({"model": os.path.basename(path), "edgechat": ours, "llama_cpp": ref})
 
     print(f"threads {args.threads}, prompt {args.prompt_tokens} tokens, decode {args.gen_tokens} tokens, best of {args.repetitions}; "
           f"memory read bandwidth {bandwidth:.1f} GB/s (numpy sum over 1 GiB, one core)\n")
@@ -177,8 +182,13 @@ def main():
         ours = perplexity_edgechat(path, args.text, args.ppl_ctx, args.ppl_chunks)
         ref = perplexity_llama_cpp(path, text, args.ppl_ctx, args.ppl_chunks, args.threads)
         print(json.dumps({"model": path, "perplexity": {"edgechat": ours, "llama_cpp": ref}}), file=sys.stderr)
+        raw["perplexity"].append({"model": os.path.basename(path), "edgechat": ours, "llama_cpp": ref})
         print(f"| {os.path.basename(path)} | {ours['ppl']:.4f} | {ref['ppl']:.4f} | {ours['ppl'] / ref['ppl']:.4f} "
               f"| {ours['tokens_scored']} / {ref['tokens_scored']} |")
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(raw, f, indent=1)
 
 
 if __name__ == "__main__":
