@@ -19,6 +19,10 @@ pub struct BlockQ8_1 {
     qs: [i8; BLOCK],
     d: f32,
     s: f32,
+    /// `qs` widened to 16 bits once per token, for wasm's `i32x4_dot_i16x8` (otherwise every
+    /// weight row would widen the same activations again).
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    wide: [i16; BLOCK],
 }
 
 /// A `rows × cols` Q4_1 weight matrix in its GGUF encoding.
@@ -137,6 +141,8 @@ fn quantize_block(x: &[f32]) -> BlockQ8_1 {
         qs,
         d,
         s: d * sum as f32,
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        wide: qs.map(i16::from),
     }
 }
 
@@ -222,33 +228,51 @@ unsafe fn dot_avx2(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
     _mm_cvtss_f32(one) + mins
 }
 
+/// f16 → f32 for every bit pattern. wasm has no f16 conversion instruction and the software one
+/// branches; two lookups per 32-value block are cheaper.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn f16_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| f16::from_bits(bits).to_f32())
+            .collect()
+    })
+}
+
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 fn dot_simd128(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
     use std::arch::wasm32::*;
+    let table = f16_table();
     let low_mask = u8x16_splat(0x0F);
     let mut acc = f32x4_splat(0.0);
     let mut mins = 0f32;
     for (block, a) in weights.chunks_exact(BLOCK_BYTES).zip(act) {
-        let (d, m) = scale_and_min(block);
+        let d = table[usize::from(u16::from_le_bytes([block[0], block[1]]))];
+        let m = table[usize::from(u16::from_le_bytes([block[2], block[3]]))];
         mins += m * a.s;
-        // SAFETY: `block` has 20 bytes, so 16 bytes from offset 4 are in bounds; `a.qs` has 32.
-        let (packed, q_lo, q_hi) = unsafe {
+        // SAFETY: `block` has 20 bytes, so 16 bytes from offset 4 are in bounds; `a.wide` holds
+        // 32 i16 (64 bytes), read as four 16-byte vectors.
+        let (packed, a0, a1, a2, a3) = unsafe {
+            let wide = a.wide.as_ptr() as *const v128;
             (
                 v128_load(block.as_ptr().add(4) as *const v128),
-                v128_load(a.qs.as_ptr() as *const v128),
-                v128_load(a.qs.as_ptr().add(16) as *const v128),
+                v128_load(wide),
+                v128_load(wide.add(1)),
+                v128_load(wide.add(2)),
+                v128_load(wide.add(3)),
             )
         };
         let lo = v128_and(packed, low_mask);
         let hi = u8x16_shr(packed, 4);
         let sum = i32x4_add(
             i32x4_add(
-                i32x4_dot_i16x8(u16x8_extend_low_u8x16(lo), i16x8_extend_low_i8x16(q_lo)),
-                i32x4_dot_i16x8(u16x8_extend_high_u8x16(lo), i16x8_extend_high_i8x16(q_lo)),
+                i32x4_dot_i16x8(u16x8_extend_low_u8x16(lo), a0),
+                i32x4_dot_i16x8(u16x8_extend_high_u8x16(lo), a1),
             ),
             i32x4_add(
-                i32x4_dot_i16x8(u16x8_extend_low_u8x16(hi), i16x8_extend_low_i8x16(q_hi)),
-                i32x4_dot_i16x8(u16x8_extend_high_u8x16(hi), i16x8_extend_high_i8x16(q_hi)),
+                i32x4_dot_i16x8(u16x8_extend_low_u8x16(hi), a2),
+                i32x4_dot_i16x8(u16x8_extend_high_u8x16(hi), a3),
             ),
         );
         acc = f32x4_add(

@@ -82,6 +82,18 @@ fn q6_k_scale(base: u32, sub: u32, l: u32) -> f32 {
     let quarter = sub % 4u;
     return wf16(base + 208u) * signed8(wbyte(base + 192u + 8u * n + 2u * quarter + l / 16u));
 }
+// Word k (values 4k .. 4k + 4) of sub-block s of a Q6_K row at byte `row`, as four 6-bit
+// unsigned bytes (q + 32).
+fn q6_k_word(row: u32, s: u32, k: u32) -> u32 {
+    let base = row + (s / 8u) * 210u;
+    let n = (s % 8u) / 4u;
+    let quarter = s % 4u;
+    let ql_at = base + 64u * n + 32u * (quarter % 2u);
+    let qh_at = base + 128u + 32u * n;
+    let low = (wword(ql_at + 4u * k) >> select(0u, 4u, quarter >= 2u)) & 0x0f0f0f0fu;
+    let high = ((wword(qh_at + 4u * k) >> (2u * quarter)) & 0x03030303u) << 4u;
+    return low | high;
+}
 fn decode32_f32(row: u32, s: u32) -> array<vec4<f32>, 8> {
     let base = (row >> 2u) + s * 32u;
     var out: array<vec4<f32>, 8>;
@@ -144,20 +156,11 @@ fn decode32_q4_k(row: u32, s: u32) -> array<vec4<f32>, 8> {
 }
 fn decode32_q6_k(row: u32, s: u32) -> array<vec4<f32>, 8> {
     let base = row + (s / 8u) * 210u;
-    let sub = s % 8u;
-    let n = sub / 4u;
-    let quarter = sub % 4u;
-    let ql_at = base + 64u * n + 32u * (quarter % 2u);
-    let qh_at = base + 128u + 32u * n;
-    let nibble_shift = select(0u, 4u, quarter >= 2u);
-    let high_shift = 2u * quarter;
-    let scale_lo = q6_k_scale(base, sub, 0u);
-    let scale_hi = q6_k_scale(base, sub, 16u);
+    let scale_lo = q6_k_scale(base, s % 8u, 0u);
+    let scale_hi = q6_k_scale(base, s % 8u, 16u);
     var out: array<vec4<f32>, 8>;
     for (var k = 0u; k < 8u; k++) {
-        let low = (wword(ql_at + 4u * k) >> nibble_shift) & 0x0f0f0f0fu;
-        let high = ((wword(qh_at + 4u * k) >> high_shift) & 0x03030303u) << 4u;
-        out[k] = select(scale_hi, scale_lo, k < 4u) * (unsigned4(low | high) - 32.0);
+        out[k] = select(scale_hi, scale_lo, k < 4u) * (unsigned4(q6_k_word(row, s, k)) - 32.0);
     }
     return out;
 }
@@ -205,26 +208,15 @@ fn dot32_q4_k(row: u32, s: u32, xo: u32) -> f32 {
 }
 // Each half's scale times Σ (q − 32)·x over the half.
 fn dot32_q6_k(row: u32, s: u32, xo: u32) -> f32 {
-    let base = row + (s / 8u) * 210u;
-    let sub = s % 8u;
-    let n = sub / 4u;
-    let quarter = sub % 4u;
-    let ql_at = base + 64u * n + 32u * (quarter % 2u);
-    let qh_at = base + 128u + 32u * n;
-    let nibble_shift = select(0u, 4u, quarter >= 2u);
-    let high_shift = 2u * quarter;
     var lo = vec4<f32>(0.0);
     var hi = vec4<f32>(0.0);
     for (var k = 0u; k < 4u; k++) {
-        let low_l = (wword(ql_at + 4u * k) >> nibble_shift) & 0x0f0f0f0fu;
-        let high_l = ((wword(qh_at + 4u * k) >> high_shift) & 0x03030303u) << 4u;
-        lo = fma(unsigned4(low_l | high_l) - 32.0, x4(xo + 4u * k), lo);
-        let low_h = (wword(ql_at + 16u + 4u * k) >> nibble_shift) & 0x0f0f0f0fu;
-        let high_h = ((wword(qh_at + 16u + 4u * k) >> high_shift) & 0x03030303u) << 4u;
-        hi = fma(unsigned4(low_h | high_h) - 32.0, x4(xo + 16u + 4u * k), hi);
+        lo = fma(unsigned4(q6_k_word(row, s, k)) - 32.0, x4(xo + 4u * k), lo);
+        hi = fma(unsigned4(q6_k_word(row, s, k + 4u)) - 32.0, x4(xo + 16u + 4u * k), hi);
     }
+    let base = row + (s / 8u) * 210u;
     let ones = vec4<f32>(1.0);
-    return q6_k_scale(base, sub, 0u) * dot(lo, ones) + q6_k_scale(base, sub, 16u) * dot(hi, ones);
+    return q6_k_scale(base, s % 8u, 0u) * dot(lo, ones) + q6_k_scale(base, s % 8u, 16u) * dot(hi, ones);
 }
 
 // #if F16
@@ -332,20 +324,11 @@ fn decode32h_q4_k(row: u32, s: u32) -> Block16 {
 const BIASED_q6_k = false;
 fn decode32h_q6_k(row: u32, s: u32) -> Block16 {
     let base = row + (s / 8u) * 210u;
-    let sub = s % 8u;
-    let n = sub / 4u;
-    let quarter = sub % 4u;
-    let ql_at = base + 64u * n + 32u * (quarter % 2u);
-    let qh_at = base + 128u + 32u * n;
-    let nibble_shift = select(0u, 4u, quarter >= 2u);
-    let high_shift = 2u * quarter;
     var b: Block16;
     for (var k = 0u; k < 8u; k++) {
-        let low = (wword(ql_at + 4u * k) >> nibble_shift) & 0x0f0f0f0fu;
-        let high = ((wword(qh_at + 4u * k) >> high_shift) & 0x03030303u) << 4u;
-        b.q[k] = bytes_h(low | high, 0x3fu, 32.0h);
+        b.q[k] = bytes_h(q6_k_word(row, s, k), 0x3fu, 32.0h);
     }
-    b.scale = vec2<f32>(q6_k_scale(base, sub, 0u), q6_k_scale(base, sub, 16u));
+    b.scale = vec2<f32>(q6_k_scale(base, s % 8u, 0u), q6_k_scale(base, s % 8u, 16u));
     return b;
 }
 // #endif
