@@ -60,31 +60,33 @@ pub async fn bench_run(
     // As generation decodes: each step starts on the token the previous one chose, and where the
     // device samples, the next call is already queued while the host waits for this one.
     let mut starting = 0.0;
-    let timed = Instant::now();
-    let mut pending = model.start_forward(&[bench_token(prompt_tokens, vocab)], GREEDY)?;
-    starting += timed.elapsed().as_secs_f64();
-    for step in 1..=gen_tokens {
+    if gen_tokens > 0 {
         let timed = Instant::now();
-        let queued = if step < gen_tokens {
-            model.start_forward_sampled(GREEDY)?
-        } else {
-            None
-        };
+        let mut pending = model.start_forward(&[bench_token(prompt_tokens, vocab)], GREEDY)?;
         starting += timed.elapsed().as_secs_f64();
-        let token = match pending.wait_async().await? {
-            Forwarded::Token(token) => token,
-            // A host-side backend: choose as generation would.
-            Forwarded::Logits(logits) => crate::sampling::argmax(&logits),
-        };
-        if step == gen_tokens {
-            break;
+        for step in 1..=gen_tokens {
+            let timed = Instant::now();
+            let queued = if step < gen_tokens {
+                model.start_forward_sampled(GREEDY)?
+            } else {
+                None
+            };
+            starting += timed.elapsed().as_secs_f64();
+            let token = match pending.wait_async().await? {
+                Forwarded::Token(token) => token,
+                // A host-side backend: choose as generation would.
+                Forwarded::Logits(logits) => crate::sampling::argmax(&logits),
+            };
+            if step == gen_tokens {
+                break;
+            }
+            let timed = Instant::now();
+            pending = match queued {
+                Some(next) => next,
+                None => model.start_forward(&[token], GREEDY)?,
+            };
+            starting += timed.elapsed().as_secs_f64();
         }
-        let timed = Instant::now();
-        pending = match queued {
-            Some(next) => next,
-            None => model.start_forward(&[token], GREEDY)?,
-        };
-        starting += timed.elapsed().as_secs_f64();
     }
     let decode_seconds = started.elapsed().as_secs_f64();
     let after = model.work_counts();

@@ -230,6 +230,16 @@ struct AttentionKernelParams {
 /// visible context is longer than one range.
 const KEYS_PER_SPLIT: usize = 64;
 
+/// The attention kernel reads keys four dimensions at a time and holds a query in 256 values.
+fn check_head_dim(head_dim: usize) -> Result<()> {
+    if head_dim > 256 || !head_dim.is_multiple_of(4) {
+        return Err(Error::Backend(format!(
+            "head_dim {head_dim}: the attention kernel takes multiples of 4 up to 256"
+        )));
+    }
+    Ok(())
+}
+
 /// Tokens per workgroup of the prefill matmul (`TOKENS` in kernels/matmul.wgsl).
 const MATMUL_TOKENS_PER_GROUP: usize = 8;
 
@@ -314,12 +324,7 @@ impl WebGpuBackend {
                 });
             }
         }
-        if config.head_dim > 256 || !config.head_dim.is_multiple_of(4) {
-            return Err(Error::Backend(format!(
-                "head_dim {}: the attention kernel takes multiples of 4 up to 256",
-                config.head_dim
-            )));
-        }
+        check_head_dim(config.head_dim)?;
         let positions = config.context_length.min(MIN_GPU_CONTEXT) as u64;
         let kv_bytes = positions * (config.head_count_kv * config.head_dim * 4) as u64;
         if kv_bytes > self.gpu.max_binding_bytes as u64 {
@@ -1051,12 +1056,7 @@ impl Backend for WebGpuBackend {
         });
         cache.len = needed;
         let y = self.tensor(rows, params.head_count * params.head_dim);
-        if params.head_dim > 256 || !params.head_dim.is_multiple_of(4) {
-            return Err(Error::Backend(format!(
-                "head_dim {}: the attention kernel takes multiples of 4 up to 256",
-                params.head_dim
-            )));
-        }
+        check_head_dim(params.head_dim)?;
         let first_key = params
             .sliding_window
             .map_or(0, |w| (params.start_pos + 1).saturating_sub(w));
