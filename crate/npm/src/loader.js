@@ -19,14 +19,39 @@ const MAX_RETRIES = 5;
 // A range request with no data for this long is given up and asked again.
 const STALL_MS = 30_000;
 const VERIFY_PIECE_BYTES = 8 << 20;
+// A call into the browser's storage that has not answered in this long is an error, not a hang.
+// (Chromium's createSyncAccessHandle was seen never to resolve: about once in 150 downloads
+// when a handle was opened per chunk.)
+const STORAGE_ANSWER_MS = 30_000;
+
+// Awaits a storage call, or fails with a clear error once it has not answered in time;
+// `release(value)` frees what a call that answers too late gives (an open handle).
+async function storageCall(promise, what, release = null) {
+  let timer;
+  let late = false;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => {
+      late = true;
+      reject(new EdgechatError('read_error',
+        `the browser's storage did not answer (${what}) in ${STORAGE_ANSWER_MS / 1000} s`));
+    }, STORAGE_ANSWER_MS);
+  });
+  if (release) promise.then((value) => { if (late) release(value); }, () => {});
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+const closeHandle = (access) => access.close();
 
 export async function cacheDirectory() {
   if (!navigator.storage?.getDirectory) {
     throw new EdgechatError('download_failed',
       'this browser has no Origin Private File System (navigator.storage.getDirectory) to keep a downloaded model in');
   }
-  const root = await navigator.storage.getDirectory();
-  return root.getDirectoryHandle(CACHE_DIRECTORY, { create: true });
+  const root = await storageCall(navigator.storage.getDirectory(), 'getDirectory');
+  return storageCall(root.getDirectoryHandle(CACHE_DIRECTORY, { create: true }), 'getDirectoryHandle');
 }
 
 // A cache entry's id: the first 32 hex digits of the SHA-256 of its URL.
@@ -37,24 +62,34 @@ export async function cacheId(url) {
 
 async function readMeta(dir, id) {
   try {
-    const file = await (await dir.getFileHandle(`${id}.json`)).getFile();
+    const handle = await storageCall(dir.getFileHandle(`${id}.json`), 'getFileHandle');
+    const file = await storageCall(handle.getFile(), 'getFile');
     return JSON.parse(await file.text());
   } catch {
     return null;
   }
 }
 
-async function writeMeta(dir, id, meta) {
-  const handle = await dir.getFileHandle(`${id}.json`, { create: true });
-  const access = await handle.createSyncAccessHandle();
-  try {
-    const bytes = new TextEncoder().encode(JSON.stringify(meta));
-    access.truncate(0);
-    access.write(bytes, { at: 0 });
-    access.flush();
-  } finally {
-    access.close();
-  }
+// The record of a download (`<id>.json`: its URL, size, validator and the chunks stored), kept
+// open through one sync access handle for the whole download and rewritten in place after each
+// chunk: opening a handle per write was where Chromium's storage was seen to stop answering.
+async function openMetaFile(dir, id) {
+  const handle = await storageCall(dir.getFileHandle(`${id}.json`, { create: true }), 'getFileHandle');
+  const access = await storageCall(handle.createSyncAccessHandle(), 'createSyncAccessHandle', closeHandle);
+  let closed = false;
+  return {
+    write(meta) {
+      const bytes = new TextEncoder().encode(JSON.stringify(meta));
+      access.truncate(0);
+      writeAll(access, bytes, 0);
+      access.flush();
+    },
+    close() {
+      if (closed) return;
+      closed = true;
+      access.close();
+    },
+  };
 }
 
 export async function listCachedModels() {
@@ -75,7 +110,7 @@ export async function deleteCachedModel(idOrUrl) {
   let removed = false;
   for (const name of [`${id}.gguf`, `${id}.json`]) {
     try {
-      await dir.removeEntry(name);
+      await storageCall(dir.removeEntry(name), 'removeEntry');
       removed = true;
     } catch (e) {
       if (e?.name !== 'NotFoundError') throw e;
@@ -91,11 +126,12 @@ const openFiles = new Map();
 async function openCacheFile(dir, id) {
   let entry = openFiles.get(id);
   if (!entry) {
-    const handle = await dir.getFileHandle(`${id}.gguf`, { create: true });
+    const handle = await storageCall(dir.getFileHandle(`${id}.gguf`, { create: true }), 'getFileHandle');
     let access;
     try {
-      access = await handle.createSyncAccessHandle();
+      access = await storageCall(handle.createSyncAccessHandle(), 'createSyncAccessHandle', closeHandle);
     } catch (e) {
+      if (e instanceof EdgechatError) throw e;
       throw new EdgechatError('read_error',
         `the cached model is in use elsewhere (another tab?): ${e.message}`);
     }
@@ -163,8 +199,10 @@ export async function openModel(model, { sha256, size: expectedSize, progress, s
   }
   if (meta?.complete) meta = null; // complete but not what the caller asks for: fetch again
   const file = await openCacheFile(dir, id);
+  let metaFile = null;
   try {
-    meta = await download({ dir, id, url, meta, file, progress, signal });
+    metaFile = await openMetaFile(dir, id);
+    meta = await download({ url, meta, file, metaFile, progress, signal });
     const bad = (why) => new EdgechatError('integrity', `${url}: ${why}; the download was discarded`);
     if (expectedSize != null && meta.size !== expectedSize) {
       throw bad(`${meta.size} bytes where ${expectedSize} were expected`);
@@ -175,8 +213,10 @@ export async function openModel(model, { sha256, size: expectedSize, progress, s
       meta.sha256 = digest;
     }
     meta.complete = true;
-    await writeMeta(dir, id, meta);
+    metaFile.write(meta);
+    metaFile.close();
   } catch (e) {
+    metaFile?.close();
     file.close();
     if (e.code === 'integrity') await deleteCachedModel(id).catch(() => {});
     throw e;
@@ -219,7 +259,7 @@ function throwIfAborted(signal) {
 }
 
 // Downloads `url` into the open cache file, resuming from `meta` (chunks already stored).
-async function download({ dir, id, url, meta, file, progress, signal }) {
+async function download({ url, meta, file, metaFile, progress, signal }) {
   const probe = await fetchWithRetries(url, { headers: { Range: 'bytes=0-0' } }, signal);
   const ranged = probe.status === 206;
   let size = null;
@@ -267,7 +307,6 @@ async function download({ dir, id, url, meta, file, progress, signal }) {
   for (let i = 0; i < chunks; i++) if (!done.has(i)) todo.push(i);
   let loaded = stored;
   progress?.('download', loaded, size);
-  let saving = Promise.resolve();
   const worker = async () => {
     while (todo.length > 0) {
       const i = todo.shift();
@@ -279,16 +318,12 @@ async function download({ dir, id, url, meta, file, progress, signal }) {
       });
       done.add(i);
       meta.done = [...done];
-      // The record of stored chunks lets a later run resume; written one at a time.
-      saving = saving.then(() => { file.access.flush(); return writeMeta(dir, id, meta); });
+      // The record of stored chunks lets a later run resume: the chunk is on disk before it is.
+      file.access.flush();
+      metaFile.write(meta);
     }
   };
-  try {
-    await Promise.all(Array.from({ length: Math.min(PARALLEL_REQUESTS, todo.length) }, worker));
-  } finally {
-    await saving.catch(() => {});
-  }
-  file.access.flush();
+  await Promise.all(Array.from({ length: Math.min(PARALLEL_REQUESTS, todo.length) }, worker));
   return meta;
 }
 

@@ -261,6 +261,48 @@ await test('a download whose connections break off resumes and gives the same an
   await page.close();
   return `${starts.length} range requests, ${resumed.length} resuming a cut one`;
 });
+
+await test('a load aborted half-way resumes in a new page from the chunks it stored', async () => {
+  const url = modelUrl(`/models/${MODEL}?copy=resume`);
+  page = await openPage(context, 'abort-load');
+  modelLog.length = 0;
+  const first = await page.evaluate(async (url) => {
+    const controller = new AbortController();
+    let loaded = 0;
+    try {
+      await window.edgechat.createEngine({
+        model: url,
+        signal: controller.signal,
+        onProgress: (p) => {
+          if (p.phase !== 'download') return;
+          loaded = p.loaded;
+          if (p.loaded > p.total / 2) controller.abort();
+        },
+      });
+      return { loaded, error: null };
+    } catch (e) {
+      return { loaded, error: e.name };
+    }
+  }, url);
+  check(first.error === 'AbortError', `the aborted load gave ${JSON.stringify(first)}`);
+  const cached = await page.evaluate(() => window.edgechat.listCachedModels());
+  check(cached.some((m) => m.url.endsWith('copy=resume') && !m.complete), `no partial entry: ${JSON.stringify(cached)}`);
+  await page.close();
+
+  modelLog.length = 0;
+  page = await openPage(context, 'resume-load');
+  const { phases, error } = await load(page, url);
+  check(!error, `the resumed load failed: ${JSON.stringify(error)}`);
+  const size = phases.find((p) => p.phase === 'download').total;
+  const firstReport = phases.find((p) => p.phase === 'download').loaded;
+  const requested = modelLog.filter((r) => r.range && r.range !== 'bytes=0-0')
+    .reduce((sum, r) => { const [, a, b] = /^bytes=(\d+)-(\d+)$/.exec(r.range); return sum + Number(b) - Number(a) + 1; }, 0);
+  check(firstReport > 0 && requested <= size - firstReport, `the second load started at ${firstReport} and asked for ${requested} of ${size} bytes`);
+  const answer = await ask(page);
+  check(answer.text === webgpuAnswer, `resumed answer ${JSON.stringify(answer.text)}`);
+  await page.close();
+  return `stopped at ${first.loaded} of ${size} bytes; the next page started at ${firstReport} and fetched ${requested} bytes`;
+});
 await context.close();
 
 // The wasm backend computes as the native CPU backend does (activations quantized per 32 values),
