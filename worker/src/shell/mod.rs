@@ -212,7 +212,26 @@ async fn authenticate(req: &Request, env: &Env) -> Result<TokenRow, ApiError> {
     }
 }
 
-async fn board_snapshot(env: &Env) -> Result<ProviderBoard, ApiError> {
+/// How long a chat request routes on this isolate's last copy of the provider board instead of
+/// asking the board object: a Durable Object round trip off each request's critical path. The
+/// isolate's own reports refresh the copy as the board answers them, and `/v1/models` always
+/// reads the board, so only other isolates' changes (a breaker opening elsewhere) arrive late, by
+/// at most this long.
+const BOARD_COPY_MS: u64 = 1_000;
+
+thread_local! {
+    /// The board as last read or reported to, and when.
+    static BOARD: RefCell<Option<(Rc<ProviderBoard>, u64)>> = const { RefCell::new(None) };
+}
+
+fn keep_board_copy(board: ProviderBoard) -> Rc<ProviderBoard> {
+    let board = Rc::new(board);
+    BOARD.set(Some((board.clone(), Date::now().as_millis())));
+    board
+}
+
+/// The board, read from its Durable Object.
+async fn board_snapshot(env: &Env) -> Result<Rc<ProviderBoard>, ApiError> {
     let stub = env
         .durable_object("PROVIDER_BOARD")
         .and_then(|ns| ns.get_by_name("global"))
@@ -221,10 +240,25 @@ async fn board_snapshot(env: &Env) -> Result<ProviderBoard, ApiError> {
         .fetch_with_str("https://board/")
         .await
         .map_err(|e| internal("provider board", e))?;
-    response
+    let board = response
         .json()
         .await
-        .map_err(|e| internal("provider board", e))
+        .map_err(|e| internal("provider board", e))?;
+    Ok(keep_board_copy(board))
+}
+
+/// The isolate's copy of the board if it is recent, else the board itself.
+async fn recent_board(env: &Env) -> Result<Rc<ProviderBoard>, ApiError> {
+    let now = Date::now().as_millis();
+    let copy = BOARD.with_borrow(|b| {
+        b.as_ref()
+            .filter(|(_, at)| now.saturating_sub(*at) < BOARD_COPY_MS)
+            .map(|(board, _)| board.clone())
+    });
+    match copy {
+        Some(board) => Ok(board),
+        None => board_snapshot(env).await,
+    }
 }
 
 fn token_gate(env: &Env, token_id: &str) -> Result<worker::Stub, ApiError> {
@@ -359,7 +393,7 @@ async fn chat(
     if declared.is_some_and(|l| l > limit) {
         return Err(ApiError::body_too_large(limit));
     }
-    let (gate, board) = futures::join!(pass_gate(env, &token), board_snapshot(env));
+    let (gate, board) = futures::join!(pass_gate(env, &token), recent_board(env));
     gate?;
     let board = board?;
     let body = req
@@ -501,6 +535,11 @@ async fn report_to_board(env: &Env, report: &BoardReport) -> worker::Result<()> 
     let stub = env
         .durable_object("PROVIDER_BOARD")?
         .get_by_name("global")?;
-    post_json(&stub, "https://board/", report).await?;
+    // The board answers with itself, updated: this isolate's next requests route on it.
+    let board = post_json(&stub, "https://board/", report)
+        .await?
+        .json()
+        .await?;
+    keep_board_copy(board);
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The two Durable Objects.
 //!
 //! `ProviderBoardObject` (one, named "global") holds the live provider statistics and breakers:
-//! every isolate must see the same breaker state and the same measured speeds, and a Durable Object
+//! every isolate must see the same breaker state and the same measured speeds (each routes on a
+//! copy at most a second old, refreshed by the answers to its reports), and a Durable Object
 //! is one strongly consistent, in-memory writer — D1 would turn each request's report into SQL
 //! writes and still need read-modify-write care. The board is saved to the object's storage at
 //! most once a second (an alarm), so it survives eviction without a disk write per request.
