@@ -9,11 +9,13 @@ mod transport;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Duration;
 
 use futures::channel::mpsc;
-use futures::StreamExt;
+use futures::future::{LocalBoxFuture, Shared};
+use futures::{FutureExt, StreamExt};
 use serde_json::{json, Value};
-use worker::{console_error, event, Context, Date, Env, Headers, Method, Request, Response};
+use worker::{console_error, event, Context, Date, Delay, Env, Headers, Method, Request, Response};
 
 use crate::router::api::{ApiError, ChatRequest};
 use crate::router::auth::{parse_authorization, verify_secret};
@@ -476,7 +478,7 @@ async fn chat(
             Ok::<(), worker::Error>(())
         };
         let (stats, ledger, charged) = futures::join!(
-            report_to_board(&env, &report),
+            report_to_board(&env, report),
             async {
                 let db = env.d1("DB")?;
                 ledger::record(&db, &entry, &result).await
@@ -531,7 +533,50 @@ async fn chat(
     Ok(response)
 }
 
-async fn report_to_board(env: &Env, report: &BoardReport) -> worker::Result<()> {
+/// How long an answer's report waits in the isolate for others: the reports of the answers an
+/// isolate finishes in this time go to the board object in one request, not one request each.
+const BOARD_REPORT_BATCH_MS: u64 = 50;
+
+/// The send of a batch of reports: every request whose report is in it waits on it.
+type BoardReportSend = Shared<LocalBoxFuture<'static, Result<(), String>>>;
+
+thread_local! {
+    /// Reports not sent yet, and their send (started by the first report of the batch).
+    static UNSENT_REPORTS: RefCell<Option<(BoardReport, BoardReportSend)>> = const { RefCell::new(None) };
+}
+
+/// Adds an answer's attempts to the isolate's next report to the board; resolves once it is sent.
+async fn report_to_board(env: &Env, report: BoardReport) -> Result<(), String> {
+    if report.reports.is_empty() {
+        return Ok(());
+    }
+    let send = UNSENT_REPORTS.with_borrow_mut(|unsent| match unsent {
+        Some((batch, send)) => {
+            batch.breaker = report.breaker;
+            batch.reports.extend(report.reports);
+            send.clone()
+        }
+        None => {
+            let env = env.clone();
+            let send = async move {
+                Delay::from(Duration::from_millis(BOARD_REPORT_BATCH_MS)).await;
+                let Some((batch, _)) = UNSENT_REPORTS.take() else {
+                    return Ok(());
+                };
+                send_board_report(&env, &batch)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .boxed_local()
+            .shared();
+            *unsent = Some((report, send.clone()));
+            send
+        }
+    });
+    send.await
+}
+
+async fn send_board_report(env: &Env, report: &BoardReport) -> worker::Result<()> {
     let stub = env
         .durable_object("PROVIDER_BOARD")?
         .get_by_name("global")?;
