@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures::channel::mpsc;
-use futures::future::{LocalBoxFuture, Shared};
+use futures::channel::{mpsc, oneshot};
+use futures::future::Shared;
 use futures::{FutureExt, StreamExt};
 use serde_json::{json, Value};
 use worker::{console_error, event, Context, Date, Delay, Env, Headers, Method, Request, Response};
@@ -537,43 +537,51 @@ async fn chat(
 /// isolate finishes in this time go to the board object in one request, not one request each.
 const BOARD_REPORT_BATCH_MS: u64 = 50;
 
-/// The send of a batch of reports: every request whose report is in it waits on it.
-type BoardReportSend = Shared<LocalBoxFuture<'static, Result<(), String>>>;
+/// What the sender of a batch of reports tells the requests that joined it.
+type BoardReportSent = Shared<oneshot::Receiver<Result<(), String>>>;
 
 thread_local! {
-    /// Reports not sent yet, and their send (started by the first report of the batch).
-    static UNSENT_REPORTS: RefCell<Option<(BoardReport, BoardReportSend)>> = const { RefCell::new(None) };
+    /// Reports not sent yet, and where their sending request will tell how it went.
+    static UNSENT_REPORTS: RefCell<Option<(BoardReport, BoardReportSent)>> = const { RefCell::new(None) };
 }
 
 /// Adds an answer's attempts to the isolate's next report to the board; resolves once it is sent.
+/// The request that starts a batch waits, then sends it itself: its timer, fetch and response
+/// stay in its own request context (workerd ties I/O to the request that made it), and the others
+/// wait on a plain channel.
 async fn report_to_board(env: &Env, report: BoardReport) -> Result<(), String> {
     if report.reports.is_empty() {
         return Ok(());
     }
-    let send = UNSENT_REPORTS.with_borrow_mut(|unsent| match unsent {
-        Some((batch, send)) => {
+    let sender = UNSENT_REPORTS.with_borrow_mut(|unsent| match unsent {
+        Some((batch, sent)) => {
             batch.breaker = report.breaker;
             batch.reports.extend(report.reports);
-            send.clone()
+            Err(sent.clone())
         }
         None => {
-            let env = env.clone();
-            let send = async move {
-                Delay::from(Duration::from_millis(BOARD_REPORT_BATCH_MS)).await;
-                let Some((batch, _)) = UNSENT_REPORTS.take() else {
-                    return Ok(());
-                };
-                send_board_report(&env, &batch)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            .boxed_local()
-            .shared();
-            *unsent = Some((report, send.clone()));
-            send
+            let (tell, sent) = oneshot::channel();
+            *unsent = Some((report, sent.shared()));
+            Ok(tell)
         }
     });
-    send.await
+    let tell = match sender {
+        Ok(tell) => tell,
+        Err(sent) => {
+            return sent
+                .await
+                .unwrap_or_else(|_| Err("the batch was never sent".into()))
+        }
+    };
+    Delay::from(Duration::from_millis(BOARD_REPORT_BATCH_MS)).await;
+    let result = match UNSENT_REPORTS.take() {
+        Some((batch, _)) => send_board_report(env, &batch)
+            .await
+            .map_err(|e| e.to_string()),
+        None => Ok(()),
+    };
+    let _ = tell.send(result.clone());
+    result
 }
 
 async fn send_board_report(env: &Env, report: &BoardReport) -> worker::Result<()> {
