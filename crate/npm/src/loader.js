@@ -318,7 +318,8 @@ async function download({ url, meta, file, metaFile, progress, signal }) {
       });
       done.add(i);
       meta.done = [...done];
-      // The record of stored chunks lets a later run resume: the chunk is on disk before it is.
+      // The record of stored chunks lets a later run resume: a chunk is flushed before the
+      // record names it.
       file.access.flush();
       metaFile.write(meta);
     }

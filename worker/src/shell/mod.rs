@@ -232,12 +232,14 @@ fn keep_board_copy(board: ProviderBoard) -> Rc<ProviderBoard> {
     board
 }
 
+/// The one provider board object.
+fn board_stub(env: &Env) -> worker::Result<worker::Stub> {
+    env.durable_object("PROVIDER_BOARD")?.get_by_name("global")
+}
+
 /// The board, read from its Durable Object.
 async fn board_snapshot(env: &Env) -> Result<Rc<ProviderBoard>, ApiError> {
-    let stub = env
-        .durable_object("PROVIDER_BOARD")
-        .and_then(|ns| ns.get_by_name("global"))
-        .map_err(|e| internal("provider board binding", e))?;
+    let stub = board_stub(env).map_err(|e| internal("provider board binding", e))?;
     let mut response = stub
         .fetch_with_str("https://board/")
         .await
@@ -585,9 +587,7 @@ async fn report_to_board(env: &Env, report: BoardReport) -> Result<(), String> {
 }
 
 async fn send_board_report(env: &Env, report: &BoardReport) -> worker::Result<()> {
-    let stub = env
-        .durable_object("PROVIDER_BOARD")?
-        .get_by_name("global")?;
+    let stub = board_stub(env)?;
     // The board answers with itself, updated: this isolate's next requests route on it.
     let board = post_json(&stub, "https://board/", report)
         .await?
