@@ -358,6 +358,7 @@ impl Variant {
             header.push_str("enable f16; ");
         }
         match self.reduction {
+            Reduction::None if !f16 => flags.push("MULTI_ROW"),
             Reduction::None => {}
             Reduction::Shared => flags.push("REDUCE_SHARED"),
             Reduction::Subgroup => {

@@ -76,6 +76,66 @@ fn row_sum(v: f32) -> f32 {
 }
 // #endif
 
+// #if MULTI_ROW
+// CPU implementations (THREADS_PER_ROW 1): each invocation takes ROWS_PER_THREAD = 4 neighbouring
+// rows, reading each quad of x once for all four. There a workgroup's invocations run as SIMD
+// lanes, and every load at a runtime offset is a gather, one lane at a time: x, the same for all
+// rows, was most of the loads. 16 invocations, 64 rows per workgroup, as the other variants.
+@compute @workgroup_size(16)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let first = ((wg.x + wg.z * groups.x) * 16u + tid) * 4u;
+    if (first >= p.n_rows) {
+        return;
+    }
+    // Rows past the end repeat the last one; only real rows are stored.
+    let last = p.n_rows - 1u;
+    let r0 = first * p.row_bytes;
+    let r1 = min(first + 1u, last) * p.row_bytes;
+    let r2 = min(first + 2u, last) * p.row_bytes;
+    let r3 = min(first + 3u, last) * p.row_bytes;
+    let token = wg.y;
+    let subs = p.k / 32u;
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    for (var s = 0u; s < subs; s++) {
+        let h0 = sub_TYPE(r0, s);
+        let h1 = sub_TYPE(r1, s);
+        let h2 = sub_TYPE(r2, s);
+        let h3 = sub_TYPE(r3, s);
+        let xb = token * p.k + s * 32u;
+        for (var k = 0u; k < 4u; k++) {
+            let xl = x4(xb + 4u * k);
+            let xh = x4(xb + 16u + 4u * k);
+            let q0 = quads_TYPE(r0, s, h0, k);
+            a0 += q0.lo * xl + q0.hi * xh;
+            let q1 = quads_TYPE(r1, s, h1, k);
+            a1 += q1.lo * xl + q1.hi * xh;
+            let q2 = quads_TYPE(r2, s, h2, k);
+            a2 += q2.lo * xl + q2.hi * xh;
+            let q3 = quads_TYPE(r3, s, h3, k);
+            a3 += q3.lo * xl + q3.hi * xh;
+        }
+    }
+    let ones = vec4<f32>(1.0);
+    let out = token * p.out_cols + p.out_offset + first;
+    store(out, dot(a0, ones));
+    if (first + 1u <= last) {
+        store(out + 1u, dot(a1, ones));
+    }
+    if (first + 2u <= last) {
+        store(out + 2u, dot(a2, ones));
+    }
+    if (first + 3u <= last) {
+        store(out + 3u, dot(a3, ones));
+    }
+}
+// #else
 @compute @workgroup_size(64)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -117,6 +177,7 @@ fn main(
     }
 // #endif
 }
+// #endif
 
 // Prefill: TOKENS tokens per workgroup, each weight sub-block decoded once for all of them.
 const TOKENS: u32 = 8u;

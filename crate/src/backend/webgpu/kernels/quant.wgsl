@@ -183,8 +183,22 @@ fn dot32_f16(row: u32, s: u32, xo: u32) -> f32 {
 fn dot32_q4_0(row: u32, s: u32, xo: u32) -> f32 {
     return dot32(decode32_q4_0(row, s), xo);
 }
+// d·Σ q·x + m·Σ x.
 fn dot32_q4_1(row: u32, s: u32, xo: u32) -> f32 {
-    return dot32(decode32_q4_1(row, s), xo);
+    let word = (row + s * 20u) >> 2u;
+    let dm = unpack2x16float(w[word]);
+    var qx = vec4<f32>(0.0);
+    var xs = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        let q = w[word + 1u + k];
+        let xl = x4(xo + 4u * k);
+        let xh = x4(xo + 16u + 4u * k);
+        qx = fma(unsigned4(q & 0x0f0f0f0fu), xl, qx);
+        qx = fma(unsigned4((q >> 4u) & 0x0f0f0f0fu), xh, qx);
+        xs += xl + xh;
+    }
+    let ones = vec4<f32>(1.0);
+    return dm.x * dot(qx, ones) + dm.y * dot(xs, ones);
 }
 fn dot32_q8_0(row: u32, s: u32, xo: u32) -> f32 {
     return dot32(decode32_q8_0(row, s), xo);
@@ -330,5 +344,162 @@ fn decode32h_q6_k(row: u32, s: u32) -> Block16 {
     }
     b.scale = vec2<f32>(q6_k_scale(base, s % 8u, 0u), q6_k_scale(base, s % 8u, 16u));
     return b;
+}
+// #endif
+
+// #if MULTI_ROW
+// For kernels where one invocation takes several rows (CPU implementations, see matmul.wgsl):
+// sub-block s of a row in two steps, so that x is read once for all the rows.
+//   sub_T(row, s)          what the sub-block's values share: scales, where its words are
+//   quads_T(row, s, h, k)  values 4k .. 4k + 4 (`lo`) and 16 + 4k .. 20 + 4k (`hi`), k < 4
+// Written for how CPU implementations run shaders: every load at a runtime offset is a per-lane
+// gather, arrays live in memory, and integer shifts by a vector amount (which is what a shift by
+// a constant becomes in SPIR-V) or the bit-field extracts behind unpack4xU8 go one lane at a
+// time. So: no 32-value arrays, and the bytes of a word become floats through unpack4x8unorm,
+// which they implement with immediate shifts (a masked high nibble comes out as 16 times its
+// value; the 1/16 goes into the scale).
+struct Sub {
+    lo: f32,   // scale of values 0..16
+    hi: f32,   // scale of values 16..32
+    bias: f32, // added to every value
+    at: u32,   // word index of the sub-block's data
+    odd: bool, // the data starts 2 bytes into word `at` (blocks of 18, 34 and 210 bytes)
+    mask: u32, // the bits of each byte that hold the value (nibbles, or Q6_K's low bits)
+    // Q6_K: the high two bits, from another word (`at2`), weighted `unit2` after masking.
+    at2: u32,
+    mask2: u32,
+    unit2: f32,
+}
+
+struct Quads {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+fn scaled(h: Sub, lo: vec4<f32>, hi: vec4<f32>) -> Quads {
+    return Quads(lo * h.lo + h.bias, hi * h.hi + h.bias);
+}
+
+// The four bytes of `word` under `mask`, as floats.
+fn bytes4(word: u32, mask: u32) -> vec4<f32> {
+    return unpack4x8unorm(word & mask) * 255.0;
+}
+
+// The four masked bytes that start 2 bytes into word `i` when `odd`, else at word `i`.
+fn bytes4_at(i: u32, odd: bool, mask: u32) -> vec4<f32> {
+    let a = bytes4(w[i], mask);
+    let b = bytes4(w[i + 1u], mask);
+    return select(a, vec4<f32>(a.zw, b.xy), odd);
+}
+
+// The f16 at byte offset `byte` (2-aligned).
+fn f16_at(byte: u32) -> f32 {
+    let pair = unpack2x16float(w[byte >> 2u]);
+    return select(pair.x, pair.y, (byte & 2u) != 0u);
+}
+
+fn plain_sub(scale: f32, bias: f32, at: u32) -> Sub {
+    return Sub(scale, scale, bias, at, false, 0u, 0u, 0u, 0.0);
+}
+
+fn sub_f32(row: u32, s: u32) -> Sub {
+    return plain_sub(1.0, 0.0, (row >> 2u) + s * 32u);
+}
+fn quads_f32(row: u32, s: u32, h: Sub, k: u32) -> Quads {
+    let lo = h.at + 4u * k;
+    let hi = lo + 16u;
+    return Quads(
+        bitcast<vec4<f32>>(vec4<u32>(w[lo], w[lo + 1u], w[lo + 2u], w[lo + 3u])),
+        bitcast<vec4<f32>>(vec4<u32>(w[hi], w[hi + 1u], w[hi + 2u], w[hi + 3u])),
+    );
+}
+fn sub_f16(row: u32, s: u32) -> Sub {
+    return plain_sub(1.0, 0.0, (row >> 2u) + s * 16u);
+}
+fn quads_f16(row: u32, s: u32, h: Sub, k: u32) -> Quads {
+    let lo = h.at + 2u * k;
+    let hi = lo + 8u;
+    return Quads(
+        vec4<f32>(unpack2x16float(w[lo]), unpack2x16float(w[lo + 1u])),
+        vec4<f32>(unpack2x16float(w[hi]), unpack2x16float(w[hi + 1u])),
+    );
+}
+// Nibble sub-blocks (Q4_0, Q4_1): word k holds values 4k.. in its low and 16 + 4k.. in its high
+// nibbles. `hi` scales carry the 1/16 of the masked high nibbles.
+fn nibble_sub(d: f32, bias: f32, data: u32) -> Sub {
+    return Sub(d, d / 16.0, bias, data >> 2u, (data & 2u) != 0u, 0x0f0f0f0fu, 0u, 0u, 0.0);
+}
+fn nibble_quads(h: Sub, k: u32) -> Quads {
+    return scaled(h, bytes4_at(h.at + k, h.odd, 0x0f0f0f0fu), bytes4_at(h.at + k, h.odd, 0xf0f0f0f0u));
+}
+fn sub_q4_0(row: u32, s: u32) -> Sub {
+    let base = row + s * 18u;
+    let d = f16_at(base);
+    return nibble_sub(d, -8.0 * d, base + 2u);
+}
+fn quads_q4_0(row: u32, s: u32, h: Sub, k: u32) -> Quads {
+    return nibble_quads(h, k);
+}
+// Q4_1 rows are whole words (20-byte blocks): one load per word.
+fn sub_q4_1(row: u32, s: u32) -> Sub {
+    let word = (row >> 2u) + s * 5u;
+    let dm = unpack2x16float(w[word]);
+    return Sub(dm.x, dm.x / 16.0, dm.y, word + 1u, false, 0u, 0u, 0u, 0.0);
+}
+fn quads_q4_1(row: u32, s: u32, h: Sub, k: u32) -> Quads {
+    let q = w[h.at + k];
+    return scaled(h, bytes4(q, 0x0f0f0f0fu), bytes4(q, 0xf0f0f0f0u));
+}
+// Signed bytes with their sign bit flipped read as q + 128.
+fn sub_q8_0(row: u32, s: u32) -> Sub {
+    let base = row + s * 34u;
+    let d = f16_at(base);
+    return Sub(d, d, -128.0 * d, (base + 2u) >> 2u, ((base + 2u) & 2u) != 0u, 0u, 0u, 0u, 0.0);
+}
+fn quads_q8_0(row: u32, s: u32, h: Sub, k: u32) -> Quads {
+    let lo = bytes4_at(h.at + k, h.odd, 0xffffffffu);
+    let hi = bytes4_at(h.at + 4u + k, h.odd, 0xffffffffu);
+    return scaled(h, signed_flip(lo), signed_flip(hi));
+}
+// (b XOR 0x80) for a byte read as an unsigned float b: the signed byte plus 128.
+fn signed_flip(b: vec4<f32>) -> vec4<f32> {
+    return select(b + 128.0, b - 128.0, b >= vec4<f32>(128.0));
+}
+// Q4_K: an even sub-block takes the low nibbles of its 8 words, an odd one the high nibbles.
+fn sub_q4_k(row: u32, s: u32) -> Sub {
+    let base = row + (s >> 3u) * 144u;
+    let sub = s & 7u;
+    let scale_min = q4_k_scale_min(base, sub);
+    let high = (sub & 1u) == 1u;
+    let scale = select(scale_min.x, scale_min.x / 16.0, high);
+    let mask = select(0x0f0f0f0fu, 0xf0f0f0f0u, high);
+    return Sub(scale, scale, -scale_min.y, (base + 16u + (sub >> 1u) * 32u) >> 2u, false, mask, 0u, 0u, 0.0);
+}
+fn quads_q4_k(row: u32, s: u32, h: Sub, k: u32) -> Quads {
+    return scaled(h, bytes4(w[h.at + k], h.mask), bytes4(w[h.at + 4u + k], h.mask));
+}
+// Q6_K (layout above q6_k_word): q = low nibble + 16 · high bits − 32. Quarter q of half n takes
+// the low nibbles of ql for q < 2, else the high ones (masked, they read 16 times their value),
+// and bits 2q..2q+2 of qh (masked, they read 4^q times theirs). In units of the masked nibble:
+// q · unit = nibble + high · unit2 − 32 / unit, with unit = 1 or 1/16; the scales carry `unit`,
+// and `bias` holds the zero point 32 / unit, subtracted before scaling.
+fn sub_q6_k(row: u32, s: u32) -> Sub {
+    let base = row + (s >> 3u) * 210u;
+    let n = (s & 7u) >> 2u;
+    let quarter = s & 3u;
+    let ql_at = base + 64u * n + 32u * (quarter & 1u);
+    let qh_at = base + 128u + 32u * n;
+    let high_nibbles = quarter >= 2u;
+    let unit = select(1.0, 1.0 / 16.0, high_nibbles);
+    let unit2 = 16.0 / f32(1u << (2u * quarter)) / unit;
+    return Sub(q6_k_scale(base, s & 7u, 0u) * unit, q6_k_scale(base, s & 7u, 16u) * unit, 32.0 / unit,
+        ql_at >> 2u, (base & 2u) != 0u, select(0x0f0f0f0fu, 0xf0f0f0f0u, high_nibbles),
+        qh_at >> 2u, 0x03030303u << (2u * quarter), unit2);
+}
+fn q6_k_quad(h: Sub, k: u32) -> vec4<f32> {
+    return bytes4_at(h.at + k, h.odd, h.mask) + bytes4_at(h.at2 + k, h.odd, h.mask2) * h.unit2 - h.bias;
+}
+fn quads_q6_k(row: u32, s: u32, h: Sub, k: u32) -> Quads {
+    return Quads(q6_k_quad(h, k) * h.lo, q6_k_quad(h, k + 4u) * h.hi);
 }
 // #endif
