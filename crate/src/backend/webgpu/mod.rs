@@ -733,8 +733,9 @@ impl WebGpuBackend {
         }
         let y = self.tensor(x.rows, w.rows);
         let r = operand.map_or(&self.no_residual, |r| &r.buffer);
-        // Prefill: several tokens per workgroup, each weight block decoded once for all of them.
-        let (pipeline, tokens_per_group) = if x.rows > 1 {
+        // Prefill: several tokens per workgroup, each weight block decoded once for all of them
+        // (except with the multi-row kernels of CPU implementations: see `matmul_tiled_prefill`).
+        let (pipeline, tokens_per_group) = if x.rows > 1 && self.gpu.matmul_tiled_prefill {
             (self.gpu.kernels.matmul_tiled(w.ty), MATMUL_TOKENS_PER_GROUP)
         } else {
             (self.gpu.kernels.matmul(w.ty), 1)

@@ -8,8 +8,8 @@
 // One workgroup of 64 threads: 64 / THREADS_PER_ROW weight rows for one token; the threads of a row
 // stride over its 32-value sub-blocks, then add up. THREADS_PER_ROW is set per adapter when the
 // pipeline is built: 32 on GPUs (a row's sub-blocks read by neighbouring threads), 1 on CPU
-// implementations such as lavapipe and SwiftShader (each SIMD lane takes a row and x is read once
-// for all lanes). Row groups past the adapter's per-dimension dispatch limit continue in z.
+// implementations such as lavapipe and SwiftShader, where MULTI_ROW takes over. Row groups past
+// the adapter's per-dimension dispatch limit continue in z.
 //
 // Variants (context.rs resolves the `// #if FLAG` / `// #else` / `// #endif` lines and prepends the
 // `enable` directives):
@@ -23,6 +23,8 @@
 //                   one subgroup as consecutive subgroup lanes (the linear layout of 1-D
 //                   workgroups that Vulkan, Metal, D3D12 and the browsers' implementations use).
 //   neither         THREADS_PER_ROW is 1: each thread has its row's whole sum.
+//   MULTI_ROW       THREADS_PER_ROW is 1 with f32 products (CPU implementations): `main` takes
+//                   four rows per invocation (below); prefill runs it token by token.
 
 struct Params {
     k: u32,           // input features (row length)
@@ -77,10 +79,17 @@ fn row_sum(v: f32) -> f32 {
 // #endif
 
 // #if MULTI_ROW
-// CPU implementations (THREADS_PER_ROW 1): each invocation takes ROWS_PER_THREAD = 4 neighbouring
-// rows, reading each quad of x once for all four. There a workgroup's invocations run as SIMD
-// lanes, and every load at a runtime offset is a gather, one lane at a time: x, the same for all
-// rows, was most of the loads. 16 invocations, 64 rows per workgroup, as the other variants.
+// CPU implementations (THREADS_PER_ROW 1): each invocation takes 4 neighbouring rows, and reads
+// and prepares each quad of x once for all four (quant.wgsl's raw_T: integers in place, x scaled
+// by POSITION). There a workgroup's invocations run as SIMD lanes, each load at a runtime offset
+// is a gather, one lane at a time, and the code is spilled more than optimized: what counts is
+// operations per weight. 16 invocations make the usual 64 rows per workgroup. (8 rows per
+// invocation took SwiftShader minutes and gigabytes to compile.)
+fn sub_sum(h: Sub, lo: vec4<f32>, hi: vec4<f32>, xs: vec2<f32>) -> f32 {
+    let ones = vec4<f32>(1.0);
+    return h.lo * dot(lo, ones) + h.hi * dot(hi, ones) + h.bias_lo * xs.x + h.bias_hi * xs.y;
+}
+
 @compute @workgroup_size(16)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -99,40 +108,58 @@ fn main(
     let r3 = min(first + 3u, last) * p.row_bytes;
     let token = wg.y;
     let subs = p.k / 32u;
-    var a0 = vec4<f32>(0.0);
-    var a1 = vec4<f32>(0.0);
-    var a2 = vec4<f32>(0.0);
-    var a3 = vec4<f32>(0.0);
+    var acc = vec4<f32>(0.0); // rows first .. first + 4
     for (var s = 0u; s < subs; s++) {
         let h0 = sub_TYPE(r0, s);
         let h1 = sub_TYPE(r1, s);
         let h2 = sub_TYPE(r2, s);
         let h3 = sub_TYPE(r3, s);
         let xb = token * p.k + s * 32u;
+        var xs = vec4<f32>(0.0); // Σ x over the low and the high half, by lane
+        var xt = vec4<f32>(0.0);
+        var lo0 = vec4<f32>(0.0);
+        var hi0 = vec4<f32>(0.0);
+        var lo1 = vec4<f32>(0.0);
+        var hi1 = vec4<f32>(0.0);
+        var lo2 = vec4<f32>(0.0);
+        var hi2 = vec4<f32>(0.0);
+        var lo3 = vec4<f32>(0.0);
+        var hi3 = vec4<f32>(0.0);
         for (var k = 0u; k < 4u; k++) {
             let xl = x4(xb + 4u * k);
             let xh = x4(xb + 16u + 4u * k);
-            let q0 = quads_TYPE(r0, s, h0, k);
-            a0 += q0.lo * xl + q0.hi * xh;
-            let q1 = quads_TYPE(r1, s, h1, k);
-            a1 += q1.lo * xl + q1.hi * xh;
-            let q2 = quads_TYPE(r2, s, h2, k);
-            a2 += q2.lo * xl + q2.hi * xh;
-            let q3 = quads_TYPE(r3, s, h3, k);
-            a3 += q3.lo * xl + q3.hi * xh;
+            xs += xl;
+            xt += xh;
+            let pl = xl * POSITION;
+            let ph = xh * POSITION;
+            let q0 = raw_TYPE(h0, k);
+            lo0 += q0.lo * pl;
+            hi0 += q0.hi * ph;
+            let q1 = raw_TYPE(h1, k);
+            lo1 += q1.lo * pl;
+            hi1 += q1.hi * ph;
+            let q2 = raw_TYPE(h2, k);
+            lo2 += q2.lo * pl;
+            hi2 += q2.hi * ph;
+            let q3 = raw_TYPE(h3, k);
+            lo3 += q3.lo * pl;
+            hi3 += q3.hi * ph;
         }
+        let ones = vec4<f32>(1.0);
+        let sums = vec2<f32>(dot(xs, ones), dot(xt, ones));
+        acc += vec4<f32>(sub_sum(h0, lo0, hi0, sums), sub_sum(h1, lo1, hi1, sums),
+            sub_sum(h2, lo2, hi2, sums), sub_sum(h3, lo3, hi3, sums));
     }
-    let ones = vec4<f32>(1.0);
     let out = token * p.out_cols + p.out_offset + first;
-    store(out, dot(a0, ones));
+    store(out, acc.x);
     if (first + 1u <= last) {
-        store(out + 1u, dot(a1, ones));
+        store(out + 1u, acc.y);
     }
     if (first + 2u <= last) {
-        store(out + 2u, dot(a2, ones));
+        store(out + 2u, acc.z);
     }
     if (first + 3u <= last) {
-        store(out + 3u, dot(a3, ones));
+        store(out + 3u, acc.w);
     }
 }
 // #else

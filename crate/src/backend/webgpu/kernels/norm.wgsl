@@ -1,4 +1,6 @@
-// RMSNorm: y[t] = x[t] / sqrt(mean(x[t]²) + eps) · scale. One workgroup per row.
+// RMSNorm: y[t] = x[t] / sqrt(mean(x[t]²) + eps) · scale. One workgroup of 64 per row: enough for
+// rows of a few thousand, and few barriers (on CPU implementations every barrier switches between
+// a workgroup's SIMD groups: 256 threads took SwiftShader 310 µs per call for SmolLM2, 64 take 80).
 
 struct Params {
     cols: u32,
@@ -10,10 +12,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 
-const THREADS: u32 = 256u;
-var<workgroup> partial: array<f32, 256>;
+const THREADS: u32 = 64u;
+var<workgroup> partial: array<f32, 64>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let base = wg.x * p.cols;
     var sum = 0.0;

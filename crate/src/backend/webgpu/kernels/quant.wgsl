@@ -349,25 +349,31 @@ fn decode32h_q6_k(row: u32, s: u32) -> Block16 {
 
 // #if MULTI_ROW
 // For kernels where one invocation takes several rows (CPU implementations, see matmul.wgsl):
-// sub-block s of a row in two steps, so that x is read once for all the rows.
-//   sub_T(row, s)          what the sub-block's values share: scales, where its words are
-//   quads_T(row, s, h, k)  values 4k .. 4k + 4 (`lo`) and 16 + 4k .. 20 + 4k (`hi`), k < 4
-// Written for how CPU implementations run shaders: every load at a runtime offset is a per-lane
-// gather, arrays live in memory, and integer shifts by a vector amount (which is what a shift by
-// a constant becomes in SPIR-V) or the bit-field extracts behind unpack4xU8 go one lane at a
-// time. So: no 32-value arrays, and the bytes of a word become floats through unpack4x8unorm,
-// which they implement with immediate shifts (a masked high nibble comes out as 16 times its
-// value; the 1/16 goes into the scale).
+// sub-block s of a row in two steps, so that x is read and prepared once for all the rows.
+//   sub_T(row, s)     what the sub-block's values share: scales, where its words are, masks
+//   raw_T(h, k)       values 4k .. 4k + 4 (`lo`) and 16 + 4k .. 20 + 4k (`hi`), k < 4, as
+//                     integers in place: element j still weighs 256^j (see `lanes`)
+// and the kernel adds up Σ raw · (x / 256^j) per half, then h.lo · Σ_lo + h.hi · Σ_hi +
+// h.bias_lo · Σ x_lo + h.bias_hi · Σ x_hi once per sub-block.
+//
+// Written for how CPU implementations run shaders: a vector of lanes per SPIR-V operation, where
+// every load at a runtime offset is a per-lane gather, arrays live in memory, and integer shifts
+// by a vector amount (which is what a shift by a constant becomes in SPIR-V), so also
+// unpack4xU8's bit-field extracts, run one lane at a time. Masking each byte in place and
+// converting it as a signed integer costs two vector operations per value, against about ten
+// for a shift, a mask and an unsigned conversion.
 struct Sub {
-    lo: f32,   // scale of values 0..16
-    hi: f32,   // scale of values 16..32
-    bias: f32, // added to every value
-    at: u32,   // word index of the sub-block's data
-    odd: bool, // the data starts 2 bytes into word `at` (blocks of 18, 34 and 210 bytes)
-    mask: u32, // the bits of each byte that hold the value (nibbles, or Q6_K's low bits)
-    // Q6_K: the high two bits, from another word (`at2`), weighted `unit2` after masking.
+    lo: f32,      // scale of the raw sum of values 0..16
+    hi: f32,      // scale of the raw sum of values 16..32
+    bias_lo: f32, // times Σ x over values 0..16
+    bias_hi: f32, // times Σ x over values 16..32
+    at: u32,      // word index of the sub-block's data
+    odd: bool,    // the data starts 2 bytes into word `at` (blocks of 18, 34 and 210 bytes)
+    mask_lo: vec4<u32>, // the bits of each byte that hold a value, in place (see `lanes`)
+    mask_hi: vec4<u32>,
+    // Q6_K: the high two bits, from word `at2` under `mask2`, weighed `unit2`.
     at2: u32,
-    mask2: u32,
+    mask2: vec4<u32>,
     unit2: f32,
 }
 
@@ -376,20 +382,36 @@ struct Quads {
     hi: vec4<f32>,
 }
 
-fn scaled(h: Sub, lo: vec4<f32>, hi: vec4<f32>) -> Quads {
-    return Quads(lo * h.lo + h.bias, hi * h.hi + h.bias);
+// The weight of byte j of a word, undone on x: x · POSITION[j] · (byte j in place) = x · byte.
+const POSITION = vec4<f32>(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16777216.0);
+
+// `mask` (one byte's bits, 0x0f, 0xf0, 0x03 << 2q, 0xff) for each byte of a word, in place.
+fn byte_masks(mask: u32) -> vec4<u32> {
+    return vec4<u32>(mask, mask << 8u, mask << 16u, mask << 24u);
 }
 
-// The four bytes of `word` under `mask`, as floats.
-fn bytes4(word: u32, mask: u32) -> vec4<f32> {
-    return unpack4x8unorm(word & mask) * 255.0;
+const LOW_NIBBLES = vec4<u32>(0x0fu, 0x0f00u, 0x0f0000u, 0x0f000000u);
+const HIGH_NIBBLES = vec4<u32>(0xf0u, 0xf000u, 0xf00000u, 0xf0000000u);
+const NO_MASK = vec4<u32>(0u);
+
+// The masked bytes of `word`, each left in place (byte j as value · 256^j), as floats: exact, as
+// at most 8 bits are set in each. Converted as signed integers (one instruction on CPUs, where
+// unsigned conversion takes several); the top byte with its high bit set comes out 2^32 low.
+fn lanes(word: u32, mask: vec4<u32>) -> vec4<f32> {
+    var v = vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(word) & mask));
+    v.w += select(0.0, 4294967296.0, v.w < 0.0);
+    return v;
 }
 
-// The four masked bytes that start 2 bytes into word `i` when `odd`, else at word `i`.
-fn bytes4_at(i: u32, odd: bool, mask: u32) -> vec4<f32> {
-    let a = bytes4(w[i], mask);
-    let b = bytes4(w[i + 1u], mask);
-    return select(a, vec4<f32>(a.zw, b.xy), odd);
+// The same for the four bytes that start 2 bytes into word `i` when `odd` (then bytes 2, 3 of
+// word i and 0, 1 of word i + 1, moved to their places), else at word `i`.
+fn lanes_at(i: u32, odd: bool, mask: vec4<u32>) -> vec4<f32> {
+    let a = lanes(w[i], mask);
+    if (!odd) {
+        return a;
+    }
+    let b = lanes(w[i + 1u], mask);
+    return vec4<f32>(a.zw * (1.0 / 65536.0), b.xy * 65536.0);
 }
 
 // The f16 at byte offset `byte` (2-aligned).
@@ -398,72 +420,66 @@ fn f16_at(byte: u32) -> f32 {
     return select(pair.x, pair.y, (byte & 2u) != 0u);
 }
 
-fn plain_sub(scale: f32, bias: f32, at: u32) -> Sub {
-    return Sub(scale, scale, bias, at, false, 0u, 0u, 0u, 0.0);
+fn sub_of(lo: f32, hi: f32, bias: f32, at: u32, odd: bool, mask_lo: vec4<u32>, mask_hi: vec4<u32>) -> Sub {
+    return Sub(lo, hi, bias, bias, at, odd, mask_lo, mask_hi, 0u, NO_MASK, 0.0);
 }
 
+// Float weights are not integers in place: they are divided by POSITION to cancel it.
 fn sub_f32(row: u32, s: u32) -> Sub {
-    return plain_sub(1.0, 0.0, (row >> 2u) + s * 32u);
+    return sub_of(1.0, 1.0, 0.0, (row >> 2u) + s * 32u, false, NO_MASK, NO_MASK);
 }
-fn quads_f32(row: u32, s: u32, h: Sub, k: u32) -> Quads {
+fn raw_f32(h: Sub, k: u32) -> Quads {
     let lo = h.at + 4u * k;
     let hi = lo + 16u;
     return Quads(
-        bitcast<vec4<f32>>(vec4<u32>(w[lo], w[lo + 1u], w[lo + 2u], w[lo + 3u])),
-        bitcast<vec4<f32>>(vec4<u32>(w[hi], w[hi + 1u], w[hi + 2u], w[hi + 3u])),
+        bitcast<vec4<f32>>(vec4<u32>(w[lo], w[lo + 1u], w[lo + 2u], w[lo + 3u])) / POSITION,
+        bitcast<vec4<f32>>(vec4<u32>(w[hi], w[hi + 1u], w[hi + 2u], w[hi + 3u])) / POSITION,
     );
 }
 fn sub_f16(row: u32, s: u32) -> Sub {
-    return plain_sub(1.0, 0.0, (row >> 2u) + s * 16u);
+    return sub_of(1.0, 1.0, 0.0, (row >> 2u) + s * 16u, false, NO_MASK, NO_MASK);
 }
-fn quads_f16(row: u32, s: u32, h: Sub, k: u32) -> Quads {
+fn raw_f16(h: Sub, k: u32) -> Quads {
     let lo = h.at + 2u * k;
     let hi = lo + 8u;
     return Quads(
-        vec4<f32>(unpack2x16float(w[lo]), unpack2x16float(w[lo + 1u])),
-        vec4<f32>(unpack2x16float(w[hi]), unpack2x16float(w[hi + 1u])),
+        vec4<f32>(unpack2x16float(w[lo]), unpack2x16float(w[lo + 1u])) / POSITION,
+        vec4<f32>(unpack2x16float(w[hi]), unpack2x16float(w[hi + 1u])) / POSITION,
     );
 }
-// Nibble sub-blocks (Q4_0, Q4_1): word k holds values 4k.. in its low and 16 + 4k.. in its high
-// nibbles. `hi` scales carry the 1/16 of the masked high nibbles.
-fn nibble_sub(d: f32, bias: f32, data: u32) -> Sub {
-    return Sub(d, d / 16.0, bias, data >> 2u, (data & 2u) != 0u, 0x0f0f0f0fu, 0u, 0u, 0.0);
-}
-fn nibble_quads(h: Sub, k: u32) -> Quads {
-    return scaled(h, bytes4_at(h.at + k, h.odd, 0x0f0f0f0fu), bytes4_at(h.at + k, h.odd, 0xf0f0f0f0u));
-}
+// Q4_0, Q4_1: word k holds values 4k.. in its low nibbles and 16 + 4k.. in its high ones (16
+// times their value in place: the 1/16 goes into `hi`).
 fn sub_q4_0(row: u32, s: u32) -> Sub {
     let base = row + s * 18u;
     let d = f16_at(base);
-    return nibble_sub(d, -8.0 * d, base + 2u);
+    let data = base + 2u;
+    return sub_of(d, d / 16.0, -8.0 * d, data >> 2u, (data & 2u) != 0u, LOW_NIBBLES, HIGH_NIBBLES);
 }
-fn quads_q4_0(row: u32, s: u32, h: Sub, k: u32) -> Quads {
-    return nibble_quads(h, k);
+fn raw_q4_0(h: Sub, k: u32) -> Quads {
+    return Quads(lanes_at(h.at + k, h.odd, LOW_NIBBLES), lanes_at(h.at + k, h.odd, HIGH_NIBBLES));
 }
-// Q4_1 rows are whole words (20-byte blocks): one load per word.
 fn sub_q4_1(row: u32, s: u32) -> Sub {
-    let word = (row >> 2u) + s * 5u;
+    let word = (row >> 2u) + s * 5u; // 20-byte blocks: rows are whole words
     let dm = unpack2x16float(w[word]);
-    return Sub(dm.x, dm.x / 16.0, dm.y, word + 1u, false, 0u, 0u, 0u, 0.0);
+    return sub_of(dm.x, dm.x / 16.0, dm.y, word + 1u, false, LOW_NIBBLES, HIGH_NIBBLES);
 }
-fn quads_q4_1(row: u32, s: u32, h: Sub, k: u32) -> Quads {
+fn raw_q4_1(h: Sub, k: u32) -> Quads {
     let q = w[h.at + k];
-    return scaled(h, bytes4(q, 0x0f0f0f0fu), bytes4(q, 0xf0f0f0f0u));
+    return Quads(lanes(q, LOW_NIBBLES), lanes(q, HIGH_NIBBLES));
 }
-// Signed bytes with their sign bit flipped read as q + 128.
+// Q8_0: signed bytes, read as unsigned (b + 256 when negative) and corrected by `signed`.
 fn sub_q8_0(row: u32, s: u32) -> Sub {
     let base = row + s * 34u;
     let d = f16_at(base);
-    return Sub(d, d, -128.0 * d, (base + 2u) >> 2u, ((base + 2u) & 2u) != 0u, 0u, 0u, 0u, 0.0);
+    let data = base + 2u;
+    return sub_of(d, d, 0.0, data >> 2u, (data & 2u) != 0u, byte_masks(0xffu), byte_masks(0xffu));
 }
-fn quads_q8_0(row: u32, s: u32, h: Sub, k: u32) -> Quads {
-    let lo = bytes4_at(h.at + k, h.odd, 0xffffffffu);
-    let hi = bytes4_at(h.at + 4u + k, h.odd, 0xffffffffu);
-    return scaled(h, signed_flip(lo), signed_flip(hi));
+fn signed(v: vec4<f32>) -> vec4<f32> {
+    let limit = vec4<f32>(128.0, 32768.0, 8388608.0, 2147483648.0); // 128 · 256^j
+    return v - select(vec4<f32>(0.0), 2.0 * limit, v >= limit);
 }
-// (b XOR 0x80) for a byte read as an unsigned float b: the signed byte plus 128.
-fn signed_flip(b: vec4<f32>) -> vec4<f32> {
-    return select(b + 128.0, b - 128.0, b >= vec4<f32>(128.0));
+fn raw_q8_0(h: Sub, k: u32) -> Quads {
+    return Quads(signed(lanes_at(h.at + k, h.odd, h.mask_lo)), signed(lanes_at(h.at + 4u + k, h.odd, h.mask_lo)));
 }
 // Q4_K: an even sub-block takes the low nibbles of its 8 words, an odd one the high nibbles.
 fn sub_q4_k(row: u32, s: u32) -> Sub {
@@ -472,17 +488,16 @@ fn sub_q4_k(row: u32, s: u32) -> Sub {
     let scale_min = q4_k_scale_min(base, sub);
     let high = (sub & 1u) == 1u;
     let scale = select(scale_min.x, scale_min.x / 16.0, high);
-    let mask = select(0x0f0f0f0fu, 0xf0f0f0f0u, high);
-    return Sub(scale, scale, -scale_min.y, (base + 16u + (sub >> 1u) * 32u) >> 2u, false, mask, 0u, 0u, 0.0);
+    let mask = select(LOW_NIBBLES, HIGH_NIBBLES, high);
+    return sub_of(scale, scale, -scale_min.y, (base + 16u + (sub >> 1u) * 32u) >> 2u, false, mask, mask);
 }
-fn quads_q4_k(row: u32, s: u32, h: Sub, k: u32) -> Quads {
-    return scaled(h, bytes4(w[h.at + k], h.mask), bytes4(w[h.at + 4u + k], h.mask));
+fn raw_q4_k(h: Sub, k: u32) -> Quads {
+    return Quads(lanes(w[h.at + k], h.mask_lo), lanes(w[h.at + 4u + k], h.mask_lo));
 }
 // Q6_K (layout above q6_k_word): q = low nibble + 16 · high bits − 32. Quarter q of half n takes
-// the low nibbles of ql for q < 2, else the high ones (masked, they read 16 times their value),
-// and bits 2q..2q+2 of qh (masked, they read 4^q times theirs). In units of the masked nibble:
-// q · unit = nibble + high · unit2 − 32 / unit, with unit = 1 or 1/16; the scales carry `unit`,
-// and `bias` holds the zero point 32 / unit, subtracted before scaling.
+// the low nibbles of ql for q < 2, else the high ones (16 times their value in place: the 1/16
+// goes into the scales), and bits 2q..2q+2 of qh (4^q times theirs in place, weighed `unit2` to
+// count 16 low-nibble units each).
 fn sub_q6_k(row: u32, s: u32) -> Sub {
     let base = row + (s >> 3u) * 210u;
     let n = (s & 7u) >> 2u;
@@ -491,15 +506,15 @@ fn sub_q6_k(row: u32, s: u32) -> Sub {
     let qh_at = base + 128u + 32u * n;
     let high_nibbles = quarter >= 2u;
     let unit = select(1.0, 1.0 / 16.0, high_nibbles);
-    let unit2 = 16.0 / f32(1u << (2u * quarter)) / unit;
-    return Sub(q6_k_scale(base, s & 7u, 0u) * unit, q6_k_scale(base, s & 7u, 16u) * unit, 32.0 / unit,
-        ql_at >> 2u, (base & 2u) != 0u, select(0x0f0f0f0fu, 0xf0f0f0f0u, high_nibbles),
-        qh_at >> 2u, 0x03030303u << (2u * quarter), unit2);
+    let lo = q6_k_scale(base, s & 7u, 0u);
+    let hi = q6_k_scale(base, s & 7u, 16u);
+    return Sub(lo * unit, hi * unit, -32.0 * lo, -32.0 * hi, ql_at >> 2u, (base & 2u) != 0u,
+        select(LOW_NIBBLES, HIGH_NIBBLES, high_nibbles), NO_MASK, qh_at >> 2u,
+        byte_masks(3u << (2u * quarter)), 16.0 / f32(1u << (2u * quarter)) / unit);
 }
-fn q6_k_quad(h: Sub, k: u32) -> vec4<f32> {
-    return bytes4_at(h.at + k, h.odd, h.mask) + bytes4_at(h.at2 + k, h.odd, h.mask2) * h.unit2 - h.bias;
-}
-fn quads_q6_k(row: u32, s: u32, h: Sub, k: u32) -> Quads {
-    return Quads(q6_k_quad(h, k) * h.lo, q6_k_quad(h, k + 4u) * h.hi);
+fn raw_q6_k(h: Sub, k: u32) -> Quads {
+    let lo = lanes_at(h.at + k, h.odd, h.mask_lo) + lanes_at(h.at2 + k, h.odd, h.mask2) * h.unit2;
+    let hi = lanes_at(h.at + 4u + k, h.odd, h.mask_lo) + lanes_at(h.at2 + 4u + k, h.odd, h.mask2) * h.unit2;
+    return Quads(lo, hi);
 }
 // #endif
