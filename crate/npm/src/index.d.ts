@@ -110,7 +110,10 @@ export interface LoadProgress {
 
 export interface LoadOptions {
   onProgress?: (progress: LoadProgress) => void;
-  /** 'auto' (default): WebGPU when the browser has it and the model fits the adapter, else wasm. */
+  /**
+   * 'auto' (default): WebGPU when the browser has it and the model fits the adapter, else wasm;
+   * wasm also over the browser's CPU fallback adapter (SwiftShader) when the model fits wasm.
+   */
   backend?: 'auto' | 'webgpu' | 'wasm';
   /** Expected SHA-256 (hex) of the file: checked after download, and the copy kept only if it matches. */
   sha256?: string;

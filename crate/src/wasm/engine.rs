@@ -30,6 +30,10 @@ const MIN_WASM_CONTEXT: u64 = 4096;
 #[serde(rename_all = "lowercase")]
 enum BackendChoice {
     /// WebGPU when the browser has it and the model fits the adapter, else the wasm CPU backend.
+    /// An adapter that runs on the CPU (the browser's fallback adapter, such as SwiftShader) is
+    /// used only for a model the wasm backend cannot hold: the wasm backend's SIMD kernels are
+    /// several times faster there (SmolLM2 in Chromium: decode 24.6 against 4.3 tok/s, prefill
+    /// 112 against 8.4; `scripts/bench-browser`).
     #[default]
     Auto,
     Webgpu,
@@ -161,6 +165,18 @@ impl WasmEngine {
         if options.backend != BackendChoice::Wasm {
             call_phase(&on_phase, "shader-compile", 0);
             match gpu::open(&options.gpu, &file, &config).await {
+                Ok(gpu)
+                    if gpu.runs_on_cpu() && options.backend == BackendChoice::Auto && wasm_fits =>
+                {
+                    why_not_gpu = Some((
+                        crate::Error::Backend(
+                            "its kernels run on the CPU, where the wasm backend's are faster"
+                                .into(),
+                        ),
+                        "webgpu_unavailable",
+                        "the WebGPU adapter is the browser's CPU fallback",
+                    ));
+                }
                 Ok(gpu) => chosen = Some(gpu),
                 Err(not_used) => why_not_gpu = Some(not_used),
             }

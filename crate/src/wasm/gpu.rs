@@ -79,6 +79,11 @@ impl Gpu {
         (reason, adapter)
     }
 
+    /// The adapter runs on the CPU (a browser's fallback adapter, such as SwiftShader).
+    pub(super) fn runs_on_cpu(&self) -> bool {
+        self.0.adapter().runs_on_cpu
+    }
+
     pub(super) fn load(
         self,
         file: &GgufFile,
@@ -91,6 +96,10 @@ impl Gpu {
 #[cfg(not(feature = "webgpu"))]
 impl Gpu {
     pub(super) fn describe(&self, _config: &LlamaConfig) -> (String, Value) {
+        match *self {}
+    }
+
+    pub(super) fn runs_on_cpu(&self) -> bool {
         match *self {}
     }
 

@@ -195,7 +195,7 @@ try {
 
   await test('a GPU device lost during an answer: the answer completes through the hosted route', async () => {
     const page = await openPage(gpu, 'device-lost');
-    const { info, error } = await load(page, { model: modelUrl, fallback });
+    const { info, error } = await load(page, { model: modelUrl, backend: 'webgpu', fallback });
     check(!error && info.backend === 'webgpu', `createEngine: ${JSON.stringify(error ?? info.backend)}`);
     // The engine's worker: remember the GPU device it uses, and destroy it after the third chunk.
     const [worker] = page.workers();

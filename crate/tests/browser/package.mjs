@@ -54,7 +54,9 @@ const browser = await launchChromium({ webgpu: true });
 const openPage = (where, label) => openPackagePage(where, pages.origin, label);
 
 // In the page: loads a model (keeping the engine as window.engine) and reports progress seen.
+// On WebGPU unless `options` say otherwise: `auto` takes the wasm backend on SwiftShader.
 async function load(page, model, options = {}) {
+  options = { backend: 'webgpu', ...options };
   return page.evaluate(async ({ model, options }) => {
     const phases = [];
     try {
@@ -243,6 +245,20 @@ await test('unload frees the model and a request after it is refused', async () 
 });
 await page.close();
 
+await test('auto takes the wasm backend over the CPU fallback adapter and says why', async () => {
+  const autoPage = await openPage(context, 'auto');
+  try {
+    const { info, error } = await load(autoPage, modelUrl(`/models/${MODEL}`), { backend: 'auto' });
+    check(!error, `auto load failed: ${JSON.stringify(error)}`);
+    check(info.backend === 'wasm' && /CPU fallback/.test(info.reason), `auto chose ${info.backend}: ${info.reason}`);
+    const answer = await ask(autoPage, { maxTokens: 8 });
+    check(!answer.error && answer.text.length > 0, `auto answer ${JSON.stringify(answer)}`);
+    return info.reason;
+  } finally {
+    await autoPage.close();
+  }
+});
+
 // The models server again, on the same port (the cache is keyed by URL).
 models = await startServer({ mounts: modelsMounts, port: Number(modelsPort), log: modelLog, flaky: { prefix: '/flaky/', cutAfter: 3 << 20 }, cors: true });
 
@@ -324,7 +340,7 @@ await test('without WebGPU the wasm backend is chosen and answers the native gre
   try {
     const wasmContext = await plain.newContext();
     const wasmPage = await openPage(wasmContext, 'wasm');
-    const { info, error } = await load(wasmPage, modelUrl(`/models/${MODEL}`));
+    const { info, error } = await load(wasmPage, modelUrl(`/models/${MODEL}`), { backend: 'auto' });
     check(!error, `load failed: ${JSON.stringify(error)}`);
     check(info.backend === 'wasm', `backend ${info.backend}`);
     check(/WebGPU/.test(info.reason), `reason ${info.reason}`);

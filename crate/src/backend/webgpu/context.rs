@@ -27,6 +27,8 @@ pub struct AdapterSummary {
     pub matmul_threads_per_row: u32,
     /// The adapter's subgroup sizes (min, max) as reported (4 and 128 when it does not say).
     pub subgroup_sizes: (u32, u32),
+    /// The adapter runs on the CPU: lavapipe, SwiftShader, a browser's fallback adapter.
+    pub runs_on_cpu: bool,
 }
 
 pub(super) struct Kernels {
@@ -200,6 +202,7 @@ impl Gpu {
             kernel_variant: variant.name(),
             matmul_threads_per_row: variant.threads_per_row,
             subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
+            runs_on_cpu: info.device_type == wgpu::DeviceType::Cpu,
         };
         let adapter_binding = limits
             .max_storage_buffer_binding_size
