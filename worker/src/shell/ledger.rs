@@ -42,8 +42,41 @@ fn opt_num(n: Option<u64>) -> JsValue {
     n.map_or(JsValue::NULL, |n| JsValue::from_f64(n as f64))
 }
 
-/// Writes the request, each attempt (failed ones as such), and charges the token, in one batch.
-pub async fn record(db: &D1Database, entry: &RequestEntry, result: &RelayResult) -> Result<()> {
+/// A finished request: what the ledger records of it.
+pub struct Finished {
+    pub entry: RequestEntry,
+    pub result: RelayResult,
+}
+
+/// Writes the requests, each attempt (failed ones as such), and adds their cost to each token's
+/// spend, in one D1 batch.
+pub async fn record(db: &D1Database, finished: &[Finished]) -> Result<()> {
+    let mut statements: Vec<D1PreparedStatement> = Vec::new();
+    let mut spent: Vec<(&str, f64)> = Vec::new();
+    for Finished { entry, result } in finished {
+        request_rows(db, entry, result, &mut statements)?;
+        match spent.iter_mut().find(|(token, _)| *token == entry.token_id) {
+            Some((_, sum)) => *sum += result.cost_usd,
+            None => spent.push((&entry.token_id, result.cost_usd)),
+        }
+    }
+    for (token, cost) in spent {
+        statements.push(
+            db.prepare("UPDATE tokens SET spent_usd = spent_usd + ?1 WHERE id = ?2")
+                .bind(&[num(cost), token.into()])?,
+        );
+    }
+    db.batch(statements).await?;
+    Ok(())
+}
+
+/// The `requests` row of one request and its `attempts` rows.
+fn request_rows(
+    db: &D1Database,
+    entry: &RequestEntry,
+    result: &RelayResult,
+    statements: &mut Vec<D1PreparedStatement>,
+) -> Result<()> {
     let outcome = match result.outcome {
         RelayOutcome::Completed => "completed",
         RelayOutcome::Failed => "failed",
@@ -55,7 +88,7 @@ pub async fn record(db: &D1Database, entry: &RequestEntry, result: &RelayResult)
         .iter()
         .rev()
         .find(|a| a.outcome == "ok" || a.outcome == "client_cancelled");
-    let mut statements: Vec<D1PreparedStatement> = vec![db
+    statements.push(db
         .prepare(
             "INSERT INTO requests (id, token_id, created_ms, model, policy, stream, outcome, provider, \
              prompt_tokens, completion_tokens, cost_usd, attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
@@ -73,7 +106,7 @@ pub async fn record(db: &D1Database, entry: &RequestEntry, result: &RelayResult)
             num(result.usage.completion_tokens as f64),
             num(result.cost_usd),
             num(result.attempts.len() as f64),
-        ])?];
+        ])?);
     for (i, a) in result.attempts.iter().enumerate() {
         statements.push(
             db.prepare(
@@ -94,11 +127,6 @@ pub async fn record(db: &D1Database, entry: &RequestEntry, result: &RelayResult)
             ])?,
         );
     }
-    statements.push(
-        db.prepare("UPDATE tokens SET spent_usd = spent_usd + ?1 WHERE id = ?2")
-            .bind(&[num(result.cost_usd), entry.token_id.as_str().into()])?,
-    );
-    db.batch(statements).await?;
     Ok(())
 }
 

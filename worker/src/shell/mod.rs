@@ -19,12 +19,13 @@ use worker::{console_error, event, Context, Date, Delay, Env, Headers, Method, R
 
 use crate::router::api::{ApiError, ChatRequest};
 use crate::router::auth::{parse_authorization, verify_secret};
+use crate::router::config::BreakerConfig;
 use crate::router::config::RouterConfig;
 use crate::router::policy::{estimate_prompt_tokens, rank, Route};
 use crate::router::relay::{relay, Downstream, RelayJob};
 use crate::router::response::{Collector, SseWriter};
 use crate::router::stats::ProviderBoard;
-use ledger::{RequestEntry, TokenRow};
+use ledger::{Finished, RequestEntry, TokenRow};
 use objects::{BoardReport, GateAnswer, GateCharge, GateRequest};
 use transport::WorkerTransport;
 
@@ -459,42 +460,9 @@ async fn chat(
         })
         .await;
         drop(tx);
-        let report = BoardReport {
-            breaker,
-            reports: result.attempts.iter().map(|a| a.report.clone()).collect(),
-        };
-        let charge = async {
-            if result.cost_usd > 0.0 {
-                let stub = env
-                    .durable_object("TOKEN_GATE")?
-                    .get_by_name(&entry.token_id)?;
-                post_json(
-                    &stub,
-                    "https://gate/charge",
-                    &GateCharge {
-                        cost_usd: result.cost_usd,
-                    },
-                )
-                .await?;
-            }
-            Ok::<(), worker::Error>(())
-        };
-        let (stats, ledger, charged) = futures::join!(
-            report_to_board(&env, report),
-            async {
-                let db = env.d1("DB")?;
-                ledger::record(&db, &entry, &result).await
-            },
-            charge
-        );
-        if let Err(e) = charged {
-            console_error!("budget charge for {}: {e}", entry.id);
-        }
-        if let Err(e) = stats {
-            console_error!("provider board report: {e}");
-        }
-        if let Err(e) = ledger {
-            console_error!("ledger write for {}: {e}", entry.id);
+        let finished = Finished { entry, result };
+        if let Err(e) = after_answer(&env, breaker, finished).await {
+            console_error!("after an answer: {e}");
         }
     });
 
@@ -535,35 +503,42 @@ async fn chat(
     Ok(response)
 }
 
-/// How long an answer's report waits in the isolate for others: the reports of the answers an
-/// isolate finishes in this time go to the board object in one request, not one request each.
-const BOARD_REPORT_BATCH_MS: u64 = 50;
+/// How long a finished answer waits in the isolate for others: the answers an isolate finishes
+/// in this time are reported to the provider board in one request, written to the ledger in one
+/// D1 batch, and charged to each token's budget in one request per token.
+const AFTER_ANSWER_BATCH_MS: u64 = 50;
 
-/// What the sender of a batch of reports tells the requests that joined it.
-type BoardReportSent = Shared<oneshot::Receiver<Result<(), String>>>;
-
-thread_local! {
-    /// Reports not sent yet, and where their sending request will tell how it went.
-    static UNSENT_REPORTS: RefCell<Option<(BoardReport, BoardReportSent)>> = const { RefCell::new(None) };
+/// Finished answers not yet written anywhere, and the breaker settings they were routed with.
+struct AfterAnswers {
+    breaker: BreakerConfig,
+    finished: Vec<Finished>,
 }
 
-/// Adds an answer's attempts to the isolate's next report to the board; resolves once it is sent.
-/// The request that starts a batch waits, then sends it itself: its timer, fetch and response
+/// What the sender of a batch tells the requests that joined it.
+type AfterAnswersSent = Shared<oneshot::Receiver<Result<(), String>>>;
+
+thread_local! {
+    static UNSENT_ANSWERS: RefCell<Option<(AfterAnswers, AfterAnswersSent)>> = const { RefCell::new(None) };
+}
+
+/// Adds a finished answer to the isolate's next batch; resolves once the batch is written.
+/// The request that starts a batch waits, then sends it itself: its timer, fetches and responses
 /// stay in its own request context (workerd ties I/O to the request that made it), and the others
-/// wait on a plain channel.
-async fn report_to_board(env: &Env, report: BoardReport) -> Result<(), String> {
-    if report.reports.is_empty() {
-        return Ok(());
-    }
-    let sender = UNSENT_REPORTS.with_borrow_mut(|unsent| match unsent {
+/// wait on a plain channel (in their `waitUntil`, so none is dropped when its request ends).
+async fn after_answer(env: &Env, breaker: BreakerConfig, finished: Finished) -> Result<(), String> {
+    let sender = UNSENT_ANSWERS.with_borrow_mut(|unsent| match unsent {
         Some((batch, sent)) => {
-            batch.breaker = report.breaker;
-            batch.reports.extend(report.reports);
+            batch.breaker = breaker;
+            batch.finished.push(finished);
             Err(sent.clone())
         }
         None => {
             let (tell, sent) = oneshot::channel();
-            *unsent = Some((report, sent.shared()));
+            let batch = AfterAnswers {
+                breaker,
+                finished: vec![finished],
+            };
+            *unsent = Some((batch, sent.shared()));
             Ok(tell)
         }
     });
@@ -575,15 +550,71 @@ async fn report_to_board(env: &Env, report: BoardReport) -> Result<(), String> {
                 .unwrap_or_else(|_| Err("the batch was never sent".into()))
         }
     };
-    Delay::from(Duration::from_millis(BOARD_REPORT_BATCH_MS)).await;
-    let result = match UNSENT_REPORTS.take() {
-        Some((batch, _)) => send_board_report(env, &batch)
-            .await
-            .map_err(|e| e.to_string()),
+    Delay::from(Duration::from_millis(AFTER_ANSWER_BATCH_MS)).await;
+    let result = match UNSENT_ANSWERS.take() {
+        Some((batch, _)) => send_after_answers(env, batch).await,
         None => Ok(()),
     };
     let _ = tell.send(result.clone());
     result
+}
+
+/// Writes a batch: the board report, the ledger rows and the budget charges, at the same time.
+async fn send_after_answers(env: &Env, batch: AfterAnswers) -> Result<(), String> {
+    let report = BoardReport {
+        breaker: batch.breaker,
+        reports: batch
+            .finished
+            .iter()
+            .flat_map(|f| f.result.attempts.iter().map(|a| a.report.clone()))
+            .collect(),
+    };
+    // One charge per token, of what its answers in the batch cost.
+    let mut costs: Vec<(&str, f64)> = Vec::new();
+    for f in &batch.finished {
+        let cost = f.result.cost_usd;
+        if cost > 0.0 {
+            match costs
+                .iter_mut()
+                .find(|(token, _)| *token == f.entry.token_id)
+            {
+                Some((_, sum)) => *sum += cost,
+                None => costs.push((&f.entry.token_id, cost)),
+            }
+        }
+    }
+    let charges = futures::future::join_all(costs.iter().map(|&(token, cost)| async move {
+        let stub = token_gate(env, token).map_err(|e| e.message)?;
+        post_json(&stub, "https://gate/charge", &GateCharge { cost_usd: cost })
+            .await
+            .map(drop)
+            .map_err(|e| format!("budget charge for token {token}: {e}"))
+    }));
+    let board = async {
+        if report.reports.is_empty() {
+            return Ok(());
+        }
+        send_board_report(env, &report)
+            .await
+            .map_err(|e| format!("provider board report: {e}"))
+    };
+    let ledger = async {
+        let db = env.d1("DB").map_err(|e| e.to_string())?;
+        ledger::record(&db, &batch.finished)
+            .await
+            .map_err(|e| format!("ledger write of {} answers: {e}", batch.finished.len()))
+    };
+    let (charged, board, ledger) = futures::join!(charges, board, ledger);
+    let errors: Vec<String> = charged
+        .into_iter()
+        .chain([board, ledger])
+        .filter_map(Result::err)
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
 }
 
 async fn send_board_report(env: &Env, report: &BoardReport) -> worker::Result<()> {
