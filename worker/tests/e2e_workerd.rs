@@ -34,6 +34,7 @@ struct Harness {
     main_token: String,
     limited_token: String,
     poor_token: String,
+    burst_token: String,
     /// Everything wrangler and workerd printed.
     log: Arc<Mutex<String>>,
     /// Keeps the fault upstream's runtime alive.
@@ -382,8 +383,9 @@ fn start() -> Harness {
     let (main_token, main_row) = token("main", "mainsecret", 100_000, 1000.0);
     let (limited_token, limited_row) = token("limited", "limitedsecret", 2, 1000.0);
     let (poor_token, poor_row) = token("poor", "poorsecret", 100, 0.01);
+    let (burst_token, burst_row) = token("burst", "burstsecret", 100, 1000.0);
     let insert = format!(
-        "INSERT INTO tokens (id, name, secret_sha256, rpm_limit, budget_usd, created_ms) VALUES {main_row}, {limited_row}, {poor_row}"
+        "INSERT INTO tokens (id, name, secret_sha256, rpm_limit, budget_usd, created_ms) VALUES {main_row}, {limited_row}, {poor_row}, {burst_row}"
     );
     run(&mut wrangler(&[
         "d1",
@@ -454,6 +456,7 @@ fn start() -> Harness {
         main_token,
         limited_token,
         poor_token,
+        burst_token,
         log,
         _runtime: runtime,
     }
@@ -1450,6 +1453,42 @@ async fn tokens_limits_and_budgets() {
         tokio::time::sleep(Duration::from_millis(100)).await; // the charge lands after the response
     }
     assert_eq!(status, 402);
+}
+
+/// A busy token is admitted from leases (the gate grants a few requests at a time, here at most
+/// 5, a 20th of 100 per minute): a burst past the limit still gets at most the limit's answers,
+/// then 429s.
+#[tokio::test]
+async fn a_burst_of_requests_never_passes_more_than_the_per_minute_limit() {
+    let h = harness();
+    let (mut answered, mut limited) = (0, 0);
+    for wave in 0..13 {
+        let statuses = futures::future::join_all((0..10).map(|i| async move {
+            let response = post(
+                &h.burst_token,
+                &ask("s-ok", &format!("burst-{wave}-{i}"), false),
+            )
+            .await;
+            let status = response.status().as_u16();
+            let _ = response.bytes().await;
+            status
+        }))
+        .await;
+        for status in statuses {
+            match status {
+                200 => answered += 1,
+                429 => limited += 1,
+                other => panic!("status {other} in a burst"),
+            }
+        }
+    }
+    assert!(
+        answered <= 100,
+        "{answered} answers with a limit of 100 per minute"
+    );
+    // Leases unused when the 429s begin count as made: a few answers fewer, never more.
+    assert!(answered >= 90, "only {answered} answers of 100 allowed");
+    assert_eq!(answered + limited, 130);
 }
 
 #[tokio::test]

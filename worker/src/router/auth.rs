@@ -63,6 +63,12 @@ impl RateWindow {
     /// Counts a request at `now_ms` if fewer than `limit` were made in the last minute; otherwise
     /// returns the seconds until one slot frees up.
     pub fn take(&mut self, now_ms: u64, limit: u32) -> Result<(), u64> {
+        self.take_up_to(now_ms, limit, 1).map(drop)
+    }
+
+    /// Counts up to `n` requests at `now_ms`, as many as the last minute's `limit` leaves room
+    /// for, and says how many; with no room, the seconds until one slot frees up.
+    pub fn take_up_to(&mut self, now_ms: u64, limit: u32, n: u32) -> Result<u32, u64> {
         while self
             .hits_ms
             .front()
@@ -70,12 +76,14 @@ impl RateWindow {
         {
             self.hits_ms.pop_front();
         }
-        if self.hits_ms.len() >= limit as usize {
+        let room = (limit as usize).saturating_sub(self.hits_ms.len());
+        if room == 0 {
             let oldest = self.hits_ms.front().copied().unwrap_or(now_ms);
             return Err((oldest + WINDOW_MS - now_ms).div_ceil(1000).max(1));
         }
-        self.hits_ms.push_back(now_ms);
-        Ok(())
+        let taken = room.min(n.max(1) as usize);
+        self.hits_ms.extend(std::iter::repeat_n(now_ms, taken));
+        Ok(taken as u32)
     }
 }
 
@@ -115,6 +123,25 @@ mod tests {
         assert!(!verify_secret("s3creT", &stored));
         assert!(!verify_secret("s3cret", "zz"));
         assert!(!verify_secret("s3cret", &stored[..62]));
+    }
+
+    #[test]
+    fn several_requests_are_taken_as_far_as_the_window_has_room() {
+        let mut w = RateWindow::default();
+        assert_eq!(w.take_up_to(0, 5, 3), Ok(3));
+        assert_eq!(w.take_up_to(10, 5, 3), Ok(2));
+        assert_eq!(w.take_up_to(20, 5, 3), Err(60));
+        assert_eq!(
+            w.take_up_to(WINDOW_MS, 5, 4),
+            Ok(3),
+            "the first three expired"
+        );
+        assert_eq!(w.take_up_to(WINDOW_MS, 5, 1), Err(1), "full again");
+        assert_eq!(
+            RateWindow::default().take_up_to(0, 5, 0),
+            Ok(1),
+            "at least one"
+        );
     }
 
     #[test]

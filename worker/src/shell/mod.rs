@@ -26,7 +26,7 @@ use crate::router::relay::{relay, Downstream, RelayJob};
 use crate::router::response::{Collector, SseWriter};
 use crate::router::stats::ProviderBoard;
 use ledger::{Finished, RequestEntry, TokenRow};
-use objects::{BoardReport, GateAnswer, GateCharge, GateRequest};
+use objects::{BoardReport, GateAnswer, GateCharge, GateCharged, GateRequest};
 use transport::WorkerTransport;
 
 thread_local! {
@@ -284,13 +284,80 @@ async fn post_json(
         .await
 }
 
-/// Counts the request against the token's per-minute limit and checks its budget.
+/// How long an isolate admits a token's requests from a lease its gate granted.
+const GATE_LEASE_MS: u64 = 1_000;
+/// The most requests one lease admits, and its largest share of a token's per-minute limit.
+const GATE_LEASE_MAX: u32 = 32;
+const GATE_LEASE_SHARE: u32 = 20;
+
+/// What an isolate may still admit for one token without asking its gate, and how many of the
+/// token's requests it saw in the last second (the size of the next lease).
+#[derive(Default)]
+struct Lease {
+    left: u32,
+    expires_ms: u64,
+    second_start_ms: u64,
+    this_second: u32,
+    last_second: u32,
+}
+
+impl Lease {
+    fn count(&mut self, now: u64) {
+        if now >= self.second_start_ms + 1_000 {
+            self.last_second = if now < self.second_start_ms + 2_000 {
+                self.this_second
+            } else {
+                0
+            };
+            self.second_start_ms = now;
+            self.this_second = 0;
+        }
+        self.this_second += 1;
+    }
+
+    /// Requests to ask the gate for: as many as the token made here in the last second, so a
+    /// lease is used up within it (the unused rest counts against the limit as if made).
+    fn size(&self, rpm_limit: u32) -> u32 {
+        self.last_second
+            .max(self.this_second)
+            .min(GATE_LEASE_MAX)
+            .min(rpm_limit / GATE_LEASE_SHARE)
+            .max(1)
+    }
+}
+
+thread_local! {
+    static LEASES: RefCell<HashMap<String, Lease>> = RefCell::new(HashMap::new());
+}
+
+/// Counts the request against the token's per-minute limit and checks its budget. A busy token
+/// mostly passes without a round trip to its gate: the gate admits a few requests at a time,
+/// as many as the token made here in the last second (at most 32, and a 20th of its per-minute
+/// limit, so a token with a low limit is checked on every request), and this isolate admits
+/// them for up to a second. A budget spent meanwhile ends the lease when its charge lands.
 async fn pass_gate(env: &Env, token: &TokenRow) -> Result<(), ApiError> {
+    let now = Date::now().as_millis();
+    let take = LEASES.with_borrow_mut(|leases| {
+        if leases.len() > 10_000 && !leases.contains_key(&token.id) {
+            leases.clear(); // bounded, as the token cache
+        }
+        let lease = leases.entry(token.id.clone()).or_default();
+        lease.count(now);
+        if lease.left > 0 && now < lease.expires_ms {
+            lease.left -= 1;
+            return None;
+        }
+        Some(lease.size(token.rpm_limit))
+    });
+    let Some(take) = take else {
+        return Ok(());
+    };
     let stub = token_gate(env, &token.id)?;
     let ask = GateRequest {
         rpm_limit: token.rpm_limit,
         budget_usd: token.budget_usd,
         spent_seed_usd: token.spent_usd,
+        take,
     };
     let mut response = post_json(&stub, "https://gate/take", &ask)
         .await
@@ -302,10 +369,23 @@ async fn pass_gate(env: &Env, token: &TokenRow) -> Result<(), ApiError> {
     if answer.budget_exhausted {
         return Err(ApiError::budget_exhausted(token.budget_usd));
     }
-    match answer.retry_after_s {
-        Some(s) => Err(ApiError::rate_limited(s, token.rpm_limit)),
-        None => Ok(()),
+    if let Some(s) = answer.retry_after_s {
+        return Err(ApiError::rate_limited(s, token.rpm_limit));
     }
+    if answer.granted > 1 {
+        let now = Date::now().as_millis();
+        LEASES.with_borrow_mut(|leases| {
+            let lease = leases.entry(token.id.clone()).or_default();
+            lease.left = if now < lease.expires_ms {
+                lease.left
+            } else {
+                0
+            } + answer.granted
+                - 1;
+            lease.expires_ms = now + GATE_LEASE_MS;
+        });
+    }
+    Ok(())
 }
 
 fn models(config: &RouterConfig, board: &ProviderBoard) -> Value {
@@ -454,6 +534,7 @@ async fn chat(
     };
     let env = env.clone();
     let breaker = config.breaker.clone();
+    let budget_usd = token.budget_usd;
     ctx.wait_until(async move {
         let result = relay(&transport, job, &mut |event| {
             tx.unbounded_send(event).is_ok()
@@ -461,7 +542,7 @@ async fn chat(
         .await;
         drop(tx);
         let finished = Finished { entry, result };
-        if let Err(e) = after_answer(&env, breaker, finished).await {
+        if let Err(e) = after_answer(&env, breaker, finished, budget_usd).await {
             console_error!("after an answer: {e}");
         }
     });
@@ -512,6 +593,8 @@ const AFTER_ANSWER_BATCH_MS: u64 = 50;
 struct AfterAnswers {
     breaker: BreakerConfig,
     finished: Vec<Finished>,
+    /// Each token's budget, for its charge.
+    budgets: HashMap<String, f64>,
 }
 
 /// What the sender of a batch tells the requests that joined it.
@@ -525,10 +608,18 @@ thread_local! {
 /// The request that starts a batch waits, then sends it itself: its timer, fetches and responses
 /// stay in its own request context (workerd ties I/O to the request that made it), and the others
 /// wait on a plain channel (in their `waitUntil`, so none is dropped when its request ends).
-async fn after_answer(env: &Env, breaker: BreakerConfig, finished: Finished) -> Result<(), String> {
+async fn after_answer(
+    env: &Env,
+    breaker: BreakerConfig,
+    finished: Finished,
+    budget_usd: f64,
+) -> Result<(), String> {
     let sender = UNSENT_ANSWERS.with_borrow_mut(|unsent| match unsent {
         Some((batch, sent)) => {
             batch.breaker = breaker;
+            batch
+                .budgets
+                .insert(finished.entry.token_id.clone(), budget_usd);
             batch.finished.push(finished);
             Err(sent.clone())
         }
@@ -536,6 +627,7 @@ async fn after_answer(env: &Env, breaker: BreakerConfig, finished: Finished) -> 
             let (tell, sent) = oneshot::channel();
             let batch = AfterAnswers {
                 breaker,
+                budgets: HashMap::from([(finished.entry.token_id.clone(), budget_usd)]),
                 finished: vec![finished],
             };
             *unsent = Some((batch, sent.shared()));
@@ -583,12 +675,26 @@ async fn send_after_answers(env: &Env, batch: AfterAnswers) -> Result<(), String
             }
         }
     }
+    let budgets = &batch.budgets;
     let charges = futures::future::join_all(costs.iter().map(|&(token, cost)| async move {
         let stub = token_gate(env, token).map_err(|e| e.message)?;
-        post_json(&stub, "https://gate/charge", &GateCharge { cost_usd: cost })
-            .await
-            .map(drop)
-            .map_err(|e| format!("budget charge for token {token}: {e}"))
+        let charge = GateCharge {
+            cost_usd: cost,
+            budget_usd: budgets.get(token).copied().unwrap_or(0.0),
+        };
+        let charged: GateCharged = async {
+            post_json(&stub, "https://gate/charge", &charge)
+                .await?
+                .json()
+                .await
+        }
+        .await
+        .map_err(|e| format!("budget charge for token {token}: {e}"))?;
+        if charged.budget_exhausted {
+            // This isolate's next request for the token asks the gate (and gets its 402).
+            LEASES.with_borrow_mut(|leases| leases.remove(token));
+        }
+        Ok(())
     }));
     let board = async {
         if report.reports.is_empty() {

@@ -9,7 +9,8 @@
 //!
 //! `TokenGate` (one per caller token) enforces the token's requests per minute and its dollar
 //! budget: both must hold across isolates, which only a single writer per token gives, and
-//! keeping them together makes the check one call on the request's critical path.
+//! keeping them together makes the check one call on the request's critical path, and for a
+//! busy token mostly none: it grants small leases of requests that an isolate admits itself.
 
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
@@ -95,6 +96,9 @@ pub struct GateRequest {
     pub budget_usd: f64,
     /// The token's spend in D1, used only the first time this object starts.
     pub spent_seed_usd: f64,
+    /// Requests to admit: the asking isolate admits the ones past the first itself, for a
+    /// moment (a lease; see the shell's `pass_gate`).
+    pub take: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -102,12 +106,21 @@ pub struct GateAnswer {
     /// Seconds to wait when over the per-minute limit.
     pub retry_after_s: Option<u64>,
     pub budget_exhausted: bool,
+    /// Requests admitted (at most `take`; 0 when refused).
+    pub granted: u32,
 }
 
 /// `POST /charge`: what a finished request cost.
 #[derive(Serialize, Deserialize)]
 pub struct GateCharge {
     pub cost_usd: f64,
+    pub budget_usd: f64,
+}
+
+/// The answer to a charge: whether the budget is now spent.
+#[derive(Serialize, Deserialize)]
+pub struct GateCharged {
+    pub budget_exhausted: bool,
 }
 
 #[durable_object]
@@ -144,20 +157,27 @@ impl DurableObject for TokenGate {
             let spent = self.spent(0.0).await + charge.cost_usd.max(0.0);
             self.spent_usd.set(Some(spent));
             self.state.storage().put(SPENT_KEY, spent).await?;
-            return Response::ok("charged");
+            return Response::from_json(&GateCharged {
+                budget_exhausted: spent >= charge.budget_usd,
+            });
         }
         let ask: GateRequest = req.json().await?;
         if self.spent(ask.spent_seed_usd).await >= ask.budget_usd {
             return Response::from_json(&GateAnswer {
                 retry_after_s: None,
                 budget_exhausted: true,
+                granted: 0,
             });
         }
         let now = worker::Date::now().as_millis();
-        let retry_after_s = self.window.borrow_mut().take(now, ask.rpm_limit).err();
+        let taken = self
+            .window
+            .borrow_mut()
+            .take_up_to(now, ask.rpm_limit, ask.take);
         Response::from_json(&GateAnswer {
-            retry_after_s,
+            retry_after_s: taken.err(),
             budget_exhausted: false,
+            granted: taken.unwrap_or(0),
         })
     }
 }
