@@ -52,15 +52,10 @@ pub struct Finished {
 /// spend, in one D1 batch.
 pub async fn record(db: &D1Database, finished: &[Finished]) -> Result<()> {
     let mut statements: Vec<D1PreparedStatement> = Vec::new();
-    let mut spent: Vec<(&str, f64)> = Vec::new();
     for Finished { entry, result } in finished {
         request_rows(db, entry, result, &mut statements)?;
-        match spent.iter_mut().find(|(token, _)| *token == entry.token_id) {
-            Some((_, sum)) => *sum += result.cost_usd,
-            None => spent.push((&entry.token_id, result.cost_usd)),
-        }
     }
-    for (token, cost) in spent {
+    for (token, cost) in cost_by_token(finished) {
         statements.push(
             db.prepare("UPDATE tokens SET spent_usd = spent_usd + ?1 WHERE id = ?2")
                 .bind(&[num(cost), token.into()])?,
@@ -68,6 +63,18 @@ pub async fn record(db: &D1Database, finished: &[Finished]) -> Result<()> {
     }
     db.batch(statements).await?;
     Ok(())
+}
+
+/// What the requests cost, per token (tokens whose requests cost nothing left out).
+pub fn cost_by_token(finished: &[Finished]) -> Vec<(&str, f64)> {
+    let mut costs: Vec<(&str, f64)> = Vec::new();
+    for Finished { entry, result } in finished.iter().filter(|f| f.result.cost_usd > 0.0) {
+        match costs.iter_mut().find(|(token, _)| *token == entry.token_id) {
+            Some((_, sum)) => *sum += result.cost_usd,
+            None => costs.push((&entry.token_id, result.cost_usd)),
+        }
+    }
+    costs
 }
 
 /// The `requests` row of one request and its `attempts` rows.

@@ -662,19 +662,7 @@ async fn send_after_answers(env: &Env, batch: AfterAnswers) -> Result<(), String
             .collect(),
     };
     // One charge per token, of what its answers in the batch cost.
-    let mut costs: Vec<(&str, f64)> = Vec::new();
-    for f in &batch.finished {
-        let cost = f.result.cost_usd;
-        if cost > 0.0 {
-            match costs
-                .iter_mut()
-                .find(|(token, _)| *token == f.entry.token_id)
-            {
-                Some((_, sum)) => *sum += cost,
-                None => costs.push((&f.entry.token_id, cost)),
-            }
-        }
-    }
+    let costs = ledger::cost_by_token(&batch.finished);
     let budgets = &batch.budgets;
     let charges = futures::future::join_all(costs.iter().map(|&(token, cost)| async move {
         let stub = token_gate(env, token).map_err(|e| e.message)?;

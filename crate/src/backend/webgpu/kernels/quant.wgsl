@@ -410,7 +410,11 @@ fn lanes_at(i: u32, odd: bool, mask: vec4<u32>) -> vec4<f32> {
     if (!odd) {
         return a;
     }
-    let b = lanes(w[i + 1u], mask);
+    return shifted(a, lanes(w[i + 1u], mask));
+}
+
+// Bytes 2, 3 of `a` and 0, 1 of `b` (lanes of neighbouring words), moved to their places.
+fn shifted(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(a.zw * (1.0 / 65536.0), b.xy * 65536.0);
 }
 
@@ -455,8 +459,16 @@ fn sub_q4_0(row: u32, s: u32) -> Sub {
     let data = base + 2u;
     return sub_of(d, d / 16.0, -8.0 * d, data >> 2u, (data & 2u) != 0u, LOW_NIBBLES, HIGH_NIBBLES);
 }
+// Both nibbles of the same (one or two) words: each word read once.
 fn raw_q4_0(h: Sub, k: u32) -> Quads {
-    return Quads(lanes_at(h.at + k, h.odd, LOW_NIBBLES), lanes_at(h.at + k, h.odd, HIGH_NIBBLES));
+    let a = w[h.at + k];
+    let lo = lanes(a, LOW_NIBBLES);
+    let hi = lanes(a, HIGH_NIBBLES);
+    if (!h.odd) {
+        return Quads(lo, hi);
+    }
+    let b = w[h.at + k + 1u];
+    return Quads(shifted(lo, lanes(b, LOW_NIBBLES)), shifted(hi, lanes(b, HIGH_NIBBLES)));
 }
 fn sub_q4_1(row: u32, s: u32) -> Sub {
     let word = (row >> 2u) + s * 5u; // 20-byte blocks: rows are whole words
