@@ -123,8 +123,10 @@ fn run_chat_answers_with_the_template() {
         "--chat",
         "--system",
         "You are a helpful assistant.",
+        // Not "What is the capital of France?": after it SmolLM2's first token is a near-tie
+        // ("The" against "La", 0.1 apart in llama.cpp's logits too) that float rounding decides.
         "--prompt",
-        "What is the capital of France?",
+        "Name the capital of France.",
         "--max-tokens",
         "16",
         "--temperature",

@@ -504,10 +504,10 @@ fn split_prefill_matches_one_prefill() {
             .zip(&parts)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
-        // Logits are O(10); the quantized matmuls are row-independent, so only summation order
-        // differs: 1e-2 is generous.
+        // Every row is computed on its own, in the same order however the rows are batched
+        // (prompts under 32 tokens: longer Q4_1 prompts multiply dequantized f32 tiles).
         assert!(
-            max_diff < 1e-2,
+            max_diff == 0.0,
             "split at {split} of {}: max logit difference {max_diff}",
             prompt.len()
         );

@@ -11,10 +11,11 @@ if (!baseURL) {
 const client = new OpenAI({ baseURL, apiKey: "not-needed", maxRetries: 0, timeout: 120_000 });
 
 // A system message as in OpenAI's examples; without one SmolLM2's template inserts its own
-// default system prompt, after which the 135M model wanders off at temperature 0.
+// default system prompt, after which the 135M model wanders off at temperature 0. Not "What is
+// the capital of France?": its first answer token is a near-tie that float rounding decides.
 const messages = [
   { role: "system", content: "You are a helpful assistant." },
-  { role: "user", content: "What is the capital of France?" },
+  { role: "user", content: "Name the capital of France." },
 ];
 
 const stream = await client.chat.completions.create({

@@ -3,10 +3,13 @@
 //! candle only has in scalar code and which goes through our own kernels (`q4_1.rs`).
 
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
+mod attention;
+mod parallel;
 mod q4_1;
 
+pub use attention::CpuKvCache;
 use q4_1::Q4_1Matrix;
 
 use super::{AttentionParams, Backend, Readback};
@@ -76,66 +79,10 @@ pub enum CpuMatrix {
     Q4_1(Q4_1Matrix),
 }
 
-/// Keys and values of one layer, `[kv_heads, capacity, head_dim]`, grown by doubling so a short
-/// chat does not reserve the whole context.
-pub struct CpuKvCache {
-    keys: Option<Tensor>,
-    values: Option<Tensor>,
-    len: usize,
-    head_count_kv: usize,
-    head_dim: usize,
-    max_len: usize,
-}
-
-impl CpuKvCache {
-    fn capacity(&self) -> usize {
-        self.keys.as_ref().map_or(0, |k| k.dims()[1])
-    }
-
-    fn reserve(&mut self, needed: usize, device: &Device) -> Result<()> {
-        if needed <= self.capacity() {
-            return Ok(());
-        }
-        if needed > self.max_len {
-            return Err(Error::ContextLength {
-                needed,
-                limit: self.max_len,
-            });
-        }
-        // needed <= max_len here, so the result is at least `needed`.
-        let capacity = needed.max(self.capacity() * 2).max(256).min(self.max_len);
-        let shape = (self.head_count_kv, capacity, self.head_dim);
-        let new_keys = Tensor::zeros(shape, DType::F32, device)?;
-        let new_values = Tensor::zeros(shape, DType::F32, device)?;
-        if let (Some(k), Some(v)) = (&self.keys, &self.values) {
-            if self.len > 0 {
-                new_keys.slice_set(&k.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
-                new_values.slice_set(&v.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
-            }
-        }
-        self.keys = Some(new_keys);
-        self.values = Some(new_values);
-        Ok(())
-    }
-}
-
-/// Rotary tables and the attention mask for the positions of one forward call.
+/// Rotary tables for the positions of one forward call, each `[rows, head_dim / 2]`.
 pub struct CpuPositions {
-    /// `[rows, head_dim / 2]`.
-    cos: Tensor,
-    sin: Tensor,
-    /// First cached position any query of this call can see (sliding window).
-    first_key: usize,
-    /// `[rows, keys]` of 0 / −∞; none when every query sees every key.
-    mask: Option<Tensor>,
-}
-
-/// `[rows, heads * head_dim]` → `[heads, rows, head_dim]`.
-fn split_heads(x: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
-    let rows = x.dims()[0];
-    Ok(x.reshape((rows, heads, head_dim))?
-        .transpose(0, 1)?
-        .contiguous()?)
+    cos: Vec<f32>,
+    sin: Vec<f32>,
 }
 
 /// Q4_1 prompts of at least this many tokens go through f32 tiles of dequantized weights: a
@@ -182,7 +129,8 @@ impl Backend for CpuBackend {
     }
 
     fn run_forward<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-        // wasm has no worker threads: rayon runs everything on the caller there.
+        // On a rayon worker, candle's rayon-parallel ops (the f32 GEMM of long prompts) fork and
+        // join there instead of being handed over from an outside thread. wasm has no threads.
         #[cfg(not(target_arch = "wasm32"))]
         return rayon::scope(|_| f());
         #[cfg(target_arch = "wasm32")]
@@ -255,44 +203,15 @@ impl Backend for CpuBackend {
                 sin.push(angle.sin());
             }
         }
-        // Keys before the first query's window are never attended to: skip them entirely.
-        let first_key = match p.sliding_window {
-            Some(w) => (p.start_pos + 1).saturating_sub(w),
-            None => 0,
-        };
-        let n_keys = p.start_pos + rows - first_key;
-        let mask = if rows > 1 || p.sliding_window.is_some_and(|w| w < n_keys) {
-            let mut mask = Vec::with_capacity(rows * n_keys);
-            for t in 0..rows {
-                let pos = p.start_pos + t;
-                for j in 0..n_keys {
-                    let key_pos = first_key + j;
-                    let visible =
-                        key_pos <= pos && p.sliding_window.is_none_or(|w| pos - key_pos < w);
-                    mask.push(if visible { 0f32 } else { f32::NEG_INFINITY });
-                }
-            }
-            Some(Tensor::from_vec(mask, (rows, n_keys), &self.device)?)
-        } else {
-            None
-        };
-        Ok(CpuPositions {
-            cos: Tensor::from_vec(cos, (rows, half), &self.device)?,
-            sin: Tensor::from_vec(sin, (rows, half), &self.device)?,
-            first_key,
-            mask,
-        })
+        Ok(CpuPositions { cos, sin })
     }
 
     fn rope(&self, x: &Tensor, n_heads: usize, positions: &CpuPositions) -> Result<Tensor> {
-        let (rows, half) = positions.cos.dims2()?;
-        let head_dim = half * 2;
-        let heads = split_heads(x, n_heads, head_dim)?.unsqueeze(0)?;
-        let rotated = candle_nn::rotary_emb::rope_i(&heads, &positions.cos, &positions.sin)?;
-        Ok(rotated
-            .squeeze(0)?
-            .transpose(0, 1)?
-            .reshape((rows, n_heads * head_dim))?)
+        let shape = x.dims2()?;
+        let mut values = x.flatten_all()?.to_vec1::<f32>()?;
+        let head_dim = shape.1 / n_heads;
+        attention::rope_in_place(&mut values, head_dim, &positions.cos, &positions.sin);
+        Ok(Tensor::from_vec(values, shape, &self.device)?)
     }
 
     fn matmul_many(&self, x: &Tensor, ws: &[&CpuMatrix]) -> Result<Vec<Tensor>> {
@@ -353,14 +272,7 @@ impl Backend for CpuBackend {
         head_dim: usize,
         max_len: usize,
     ) -> Result<CpuKvCache> {
-        Ok(CpuKvCache {
-            keys: None,
-            values: None,
-            len: 0,
-            head_count_kv,
-            head_dim,
-            max_len,
-        })
+        Ok(CpuKvCache::new(head_count_kv, head_dim, max_len))
     }
 
     fn kv_cache_len(&self, cache: &CpuKvCache) -> usize {
@@ -378,7 +290,7 @@ impl Backend for CpuBackend {
         v: &Tensor,
         cache: &mut CpuKvCache,
         p: &AttentionParams,
-        positions: &CpuPositions,
+        _positions: &CpuPositions,
     ) -> Result<Tensor> {
         let rows = q.dims()[0];
         if p.start_pos != cache.len {
@@ -387,54 +299,23 @@ impl Backend for CpuBackend {
                 p.start_pos, cache.len
             )));
         }
-        let total = cache.len + rows;
-        cache.reserve(total, &self.device)?;
-        let (Some(keys), Some(values)) = (&cache.keys, &cache.values) else {
-            return Err(Error::Backend("KV cache was not allocated".into()));
-        };
-        keys.slice_set(&split_heads(k, p.head_count_kv, p.head_dim)?, 1, cache.len)?;
-        values.slice_set(&split_heads(v, p.head_count_kv, p.head_dim)?, 1, cache.len)?;
-        cache.len = total;
-
-        // Contiguous copies of the visible keys and values: candle's matmul also takes the strided
-        // views, but then sums in an order that depends on the cache capacity, and a prompt split
-        // in two would no longer give the logits of the whole prompt in one call.
-        let n_keys = total - positions.first_key;
-        let keys_t = keys
-            .narrow(1, positions.first_key, n_keys)?
-            .t()?
-            .contiguous()?;
-        let values = values
-            .narrow(1, positions.first_key, n_keys)?
-            .contiguous()?;
-
-        // Group the query heads that share a KV head: [kv_heads, group * rows, head_dim].
-        let group = p.head_count / p.head_count_kv;
-        let q = split_heads(q, p.head_count, p.head_dim)?.reshape((
-            p.head_count_kv,
-            group * rows,
-            p.head_dim,
-        ))?;
-        let scale = 1.0 / (p.head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&keys_t)? * scale)?;
-        if let Some(mask) = &positions.mask {
-            scores = scores
-                .reshape((p.head_count_kv, group, rows, n_keys))?
-                .broadcast_add(mask)?
-                .reshape((p.head_count_kv, group * rows, n_keys))?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&values)?;
-        Ok(out
-            .reshape((p.head_count, rows, p.head_dim))?
-            .transpose(0, 1)?
-            .reshape((rows, p.head_count * p.head_dim))?)
+        let keys = k.flatten_all()?.to_vec1::<f32>()?;
+        let values = v.flatten_all()?.to_vec1::<f32>()?;
+        cache.append(&keys, &values, rows)?;
+        let q = q.flatten_all()?.to_vec1::<f32>()?;
+        let out = attention::attend(&q, cache, p, rows);
+        Ok(Tensor::from_vec(
+            out,
+            (rows, p.head_count * p.head_dim),
+            &self.device,
+        )?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
 
     /// Causal attention written out per query over the keys it may see, in f64.
     fn reference_attention(

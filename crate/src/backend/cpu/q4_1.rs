@@ -3,7 +3,8 @@
 //! quantized to Q8_1 once per call, and rows are split across threads.
 
 use half::f16;
-use rayon::prelude::*;
+
+use super::parallel::for_each_row_in_parallel;
 
 use crate::error::{Error, Result};
 
@@ -89,24 +90,14 @@ pub fn matmul_many(matrices: &[&Q4_1Matrix], x: &[f32], m: usize) -> Vec<Vec<f32
         let j = row - starts[i];
         &matrices[i].bytes[j * row_bytes..(j + 1) * row_bytes]
     };
-    // A few tasks per thread: enough to balance, few enough that scheduling stays cheap
-    // (a decode step makes hundreds of these calls).
-    let rows_per_task = total_rows.div_ceil(rayon::current_num_threads() * 2).max(8);
-
     // Weight row outer, activation rows inner: each weight row is read once per call.
     let mut by_row = vec![0f32; total_rows * m];
-    by_row
-        .par_chunks_mut(rows_per_task * m)
-        .enumerate()
-        .for_each(|(chunk, dst)| {
-            let first = chunk * rows_per_task;
-            for (r, dst_row) in dst.chunks_exact_mut(m).enumerate() {
-                let w = weight_row(first + r);
-                for (i, d) in dst_row.iter_mut().enumerate() {
-                    *d = dot(w, act_row(i));
-                }
-            }
-        });
+    for_each_row_in_parallel(&mut by_row, m, |row, dst_row| {
+        let w = weight_row(row);
+        for (i, d) in dst_row.iter_mut().enumerate() {
+            *d = dot(w, act_row(i));
+        }
+    });
     // Back to one `m × rows` output per matrix.
     matrices
         .iter()
