@@ -1,16 +1,16 @@
 //! CPU backend on candle-core: weights stay in their GGUF quantization and are multiplied with
-//! candle's quantized kernels (AVX2 / AVX-512-VNNI natively, simd128 in wasm), except Q4_1, which
-//! candle only has in scalar code and which goes through our own kernels (`q4_1.rs`).
+//! candle's quantized kernels (AVX2 / AVX-512-VNNI natively, simd128 in wasm), except where ours
+//! are faster (`rows.rs`: Q4_1 everywhere, Q8_0 in wasm).
 
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Tensor};
 
 mod attention;
 mod parallel;
-mod q4_1;
+mod rows;
 
 pub use attention::CpuKvCache;
-use q4_1::Q4_1Matrix;
+use rows::{RowFormat, RowMatrix};
 
 use super::{AttentionParams, Backend, Readback};
 use crate::error::{Error, Result};
@@ -73,10 +73,19 @@ pub(crate) fn candle_dtype(t: GgmlType) -> GgmlDType {
     }
 }
 
-/// A weight matrix: Q4_1 through our own kernel, everything else through candle's.
+/// A weight matrix: through candle's kernels or through ours.
 pub enum CpuMatrix {
     Candle(QMatMul),
-    Q4_1(Q4_1Matrix),
+    Rows(RowMatrix),
+}
+
+/// The formats our kernels multiply (see `rows.rs`).
+fn own_row_format(dtype: GgmlType) -> Option<RowFormat> {
+    match dtype {
+        GgmlType::Q4_1 => Some(RowFormat::Q4_1),
+        GgmlType::Q8_0 if cfg!(target_arch = "wasm32") => Some(RowFormat::Q8_0),
+        _ => None,
+    }
 }
 
 /// Rotary tables for the positions of one forward call, each `[rows, head_dim / 2]`.
@@ -87,8 +96,8 @@ pub struct CpuPositions {
 
 /// Q4_1 prompts of at least this many tokens go through f32 tiles of dequantized weights: a
 /// blocked f32 GEMM beats one quantized dot product per (token, row) pair once a tile is reused
-/// enough (2.6x on SmolLM2 at 256 tokens). K-quants and Q8_0 keep candle's VNNI-repacked kernels,
-/// which beat this path.
+/// enough (2.6x on SmolLM2 at 256 tokens). K-quants and Q8_0 keep quantized kernels (natively
+/// candle's VNNI-repacked ones, which beat this path; Q8_0 in wasm ours, the same algorithm).
 const DEQUANTIZED_PREFILL_MIN_TOKENS: usize = 32;
 /// Weight rows dequantized at a time (bounded scratch: 512 × 14336 f32 is 29 MB).
 const PREFILL_TILE_ROWS: usize = 512;
@@ -139,9 +148,9 @@ impl Backend for CpuBackend {
 
     fn load_matrix(&self, data: TensorData<'_>) -> Result<CpuMatrix> {
         let (info, bytes) = (data.info, data.read_all()?);
-        if info.dtype == GgmlType::Q4_1 && info.dims.len() == 2 {
+        if let (Some(format), 2) = (own_row_format(info.dtype), info.dims.len()) {
             let (cols, rows) = (info.dims[0] as usize, info.dims[1] as usize);
-            return Ok(CpuMatrix::Q4_1(Q4_1Matrix::new(bytes, rows, cols)?));
+            return Ok(CpuMatrix::Rows(RowMatrix::new(format, bytes, rows, cols)?));
         }
         Ok(CpuMatrix::Candle(QMatMul::from_qtensor(
             self.qtensor(info, &bytes)?,
@@ -168,9 +177,9 @@ impl Backend for CpuBackend {
     fn matmul(&self, x: &Tensor, w: &CpuMatrix) -> Result<Tensor> {
         match w {
             CpuMatrix::Candle(w) => Ok(x.apply(w)?),
-            CpuMatrix::Q4_1(w) => {
+            CpuMatrix::Rows(w) => {
                 let rows = x.dims()[0];
-                if rows >= DEQUANTIZED_PREFILL_MIN_TOKENS {
+                if rows >= DEQUANTIZED_PREFILL_MIN_TOKENS && w.format() == RowFormat::Q4_1 {
                     return self.dequantized_tiles_matmul(
                         x,
                         GgmlDType::Q4_1,
@@ -216,23 +225,23 @@ impl Backend for CpuBackend {
 
     fn matmul_many(&self, x: &Tensor, ws: &[&CpuMatrix]) -> Result<Vec<Tensor>> {
         let tokens = x.dims()[0];
-        let q4_1: Option<Vec<&Q4_1Matrix>> = ws
+        let own: Option<Vec<&RowMatrix>> = ws
             .iter()
             .map(|w| {
-                if let CpuMatrix::Q4_1(m) = w {
+                if let CpuMatrix::Rows(m) = w {
                     Some(m)
                 } else {
                     None
                 }
             })
             .collect();
-        match q4_1 {
+        match own {
             Some(group)
                 if tokens < DEQUANTIZED_PREFILL_MIN_TOKENS
                     && group.iter().all(|w| w.cols() == group[0].cols()) =>
             {
                 let input = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-                q4_1::matmul_many(&group, &input, tokens)
+                rows::matmul_many(&group, &input, tokens)
                     .into_iter()
                     .zip(&group)
                     .map(|(out, w)| Ok(Tensor::from_vec(out, (tokens, w.rows()), &self.device)?))

@@ -1,0 +1,566 @@
+//! Weight matrices multiplied by our own kernels: the weights stay in their GGUF blocks, the
+//! activations are quantized to 8 bits once per call, and each weight row is one dot product per
+//! activation row, rows shared out over the threads.
+//!
+//! - Q4_1 everywhere: candle-core has only scalar code for it (its dot took ~80% of SmolLM2's
+//!   decode time).
+//! - Q8_0 in wasm: candle's simd128 kernel converts two f16 scales in software and widens the
+//!   same activations again for every weight row (it ran at less than half our Q4_1 kernel's speed
+//!   per weight). Natively candle's AVX kernels, repacked for prompts, are kept.
+
+use half::f16;
+
+use super::parallel::for_each_row_in_parallel;
+
+use crate::error::{Error, Result};
+
+/// Elements per block (both formats).
+const BLOCK: usize = 32;
+
+/// A GGUF block layout that our kernels multiply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowFormat {
+    /// f16 scale `d`, f16 minimum `m`, 16 bytes of nibbles (elements 0–15 low, 16–31 high).
+    Q4_1,
+    /// f16 scale `d`, 32 signed bytes.
+    Q8_0,
+}
+
+impl RowFormat {
+    fn block_bytes(self) -> usize {
+        match self {
+            RowFormat::Q4_1 => 20,
+            RowFormat::Q8_0 => 34,
+        }
+    }
+}
+
+/// Activations quantized for the dot product: `x ≈ d · q`, and `s = d · Σq` for the Q4_1 minimum
+/// term.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+pub struct BlockQ8_1 {
+    qs: [i8; BLOCK],
+    d: f32,
+    s: f32,
+    /// `d` rounded to f16, as GGUF's Q8_0 activation blocks store it: Q8_0 products then equal
+    /// candle's and llama.cpp's.
+    d_f16: f32,
+    /// `qs` widened to 16 bits once per token, for wasm's `i32x4_dot_i16x8` (otherwise every
+    /// weight row would widen the same activations again).
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    wide: [i16; BLOCK],
+}
+
+/// A `rows × cols` weight matrix in its GGUF encoding.
+pub struct RowMatrix {
+    format: RowFormat,
+    bytes: Vec<u8>,
+    rows: usize,
+    cols: usize,
+}
+
+impl RowMatrix {
+    pub fn new(format: RowFormat, bytes: Vec<u8>, rows: usize, cols: usize) -> Result<Self> {
+        if cols % BLOCK != 0 || bytes.len() != rows * cols / BLOCK * format.block_bytes() {
+            return Err(Error::Backend(format!(
+                "{format:?} matrix {rows}x{cols} has {} bytes",
+                bytes.len()
+            )));
+        }
+        Ok(Self {
+            format,
+            bytes,
+            rows,
+            cols,
+        })
+    }
+
+    pub fn format(&self) -> RowFormat {
+        self.format
+    }
+
+    /// The GGUF blocks, row after row.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// `x · Wᵀ` for `x` of `m × cols` (row-major), giving `m × rows`.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        matmul_many(&[self], x, m).pop().unwrap_or_default()
+    }
+}
+
+/// `x · Wᵢᵀ` for several matrices with the same `cols` (Q, K and V; gate and up): the activations
+/// are quantized once and all rows are shared out in one parallel pass, so a decode step wakes
+/// the worker threads once per group instead of once per matrix.
+pub fn matmul_many(matrices: &[&RowMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    let Some(first) = matrices.first() else {
+        return Vec::new();
+    };
+    let cols = first.cols;
+    assert!(
+        matrices.iter().all(|w| w.cols == cols),
+        "matrices of one group share their column count"
+    );
+    let blocks_per_row = cols / BLOCK;
+    let activations: Vec<BlockQ8_1> = x.chunks_exact(BLOCK).map(quantize_block).collect();
+    let act_row = |i: usize| &activations[i * blocks_per_row..(i + 1) * blocks_per_row];
+    // Rows of all matrices, one after another.
+    let starts: Vec<usize> = matrices
+        .iter()
+        .scan(0, |next, w| Some(std::mem::replace(next, *next + w.rows)))
+        .collect();
+    let total_rows: usize = matrices.iter().map(|w| w.rows).sum();
+    let weight_row = |row: usize| {
+        let i = starts.partition_point(|&s| s <= row) - 1;
+        let (w, j) = (matrices[i], row - starts[i]);
+        let row_bytes = blocks_per_row * w.format.block_bytes();
+        (w.format, &w.bytes[j * row_bytes..(j + 1) * row_bytes])
+    };
+    // Weight row outer, activation rows inner: each weight row is read once per call.
+    let mut by_row = vec![0f32; total_rows * m];
+    for_each_row_in_parallel(&mut by_row, m, |row, dst_row| {
+        let (format, w) = weight_row(row);
+        for (i, d) in dst_row.iter_mut().enumerate() {
+            *d = match format {
+                RowFormat::Q4_1 => dot_q4_1(w, act_row(i)),
+                RowFormat::Q8_0 => dot_q8_0(w, act_row(i)),
+            };
+        }
+    });
+    // Back to one `m × rows` output per matrix.
+    matrices
+        .iter()
+        .zip(&starts)
+        .map(|(w, &start)| {
+            let part = &by_row[start * m..(start + w.rows) * m];
+            if m == 1 {
+                return part.to_vec();
+            }
+            let mut out = vec![0f32; m * w.rows];
+            for j in 0..w.rows {
+                for i in 0..m {
+                    out[i * w.rows + j] = part[j * m + i];
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+fn quantize_block(x: &[f32]) -> BlockQ8_1 {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0i8; BLOCK];
+    let mut sum = 0i32;
+    for (q, &v) in qs.iter_mut().zip(x) {
+        *q = (v * inv).round() as i8;
+        sum += *q as i32;
+    }
+    BlockQ8_1 {
+        qs,
+        d,
+        s: d * sum as f32,
+        d_f16: f16::from_f32(d).to_f32(),
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        wide: qs.map(i16::from),
+    }
+}
+
+fn scale_and_min(block: &[u8]) -> (f32, f32) {
+    let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+    let m = f16::from_le_bytes([block[2], block[3]]).to_f32();
+    (d, m)
+}
+
+/// Dot product of one Q4_1 weight row with one Q8_1 activation row.
+fn dot_q4_1(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    {
+        // SAFETY: the target features are enabled at compile time; slices are bounds-checked.
+        unsafe { dot_q4_1_avx2(weights, act) }
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        dot_q4_1_simd128(weights, act)
+    }
+    #[cfg(not(any(
+        all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ),
+        all(target_arch = "wasm32", target_feature = "simd128")
+    )))]
+    {
+        dot_q4_1_scalar(weights, act)
+    }
+}
+
+#[allow(dead_code)]
+fn dot_q4_1_scalar(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
+    let mut total = 0f32;
+    for (block, a) in weights.chunks_exact(RowFormat::Q4_1.block_bytes()).zip(act) {
+        let (d, m) = scale_and_min(block);
+        let qs = &block[4..];
+        let mut sum = 0i32;
+        for i in 0..16 {
+            sum += (qs[i] & 0x0F) as i32 * a.qs[i] as i32;
+            sum += (qs[i] >> 4) as i32 * a.qs[i + 16] as i32;
+        }
+        total += d * a.d * sum as f32 + m * a.s;
+    }
+    total
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_q4_1_avx2(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
+    use std::arch::x86_64::*;
+    let low_mask = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    for (block, a) in weights.chunks_exact(RowFormat::Q4_1.block_bytes()).zip(act) {
+        let (d, m) = scale_and_min(block);
+        mins += m * a.s;
+        let packed = _mm_loadu_si128(block.as_ptr().add(4) as *const __m128i);
+        // Low nibbles are elements 0–15, high nibbles 16–31.
+        let nibbles = _mm256_and_si256(
+            _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed),
+            low_mask,
+        );
+        let q8 = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+        let pairs = _mm256_maddubs_epi16(nibbles, q8);
+        let sums = _mm256_madd_epi16(pairs, ones);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sums), acc);
+    }
+    let half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    let one = _mm_add_ss(quarter, _mm_shuffle_ps(quarter, quarter, 1));
+    _mm_cvtss_f32(one) + mins
+}
+
+/// f16 → f32 for every bit pattern. wasm has no f16 conversion instruction and the software one
+/// branches; two lookups per 32-value block are cheaper.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn f16_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| f16::from_bits(bits).to_f32())
+            .collect()
+    })
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn dot_q4_1_simd128(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
+    use std::arch::wasm32::*;
+    let table = f16_table();
+    let low_mask = u8x16_splat(0x0F);
+    let mut acc = f32x4_splat(0.0);
+    let mut mins = 0f32;
+    for (block, a) in weights.chunks_exact(RowFormat::Q4_1.block_bytes()).zip(act) {
+        let d = table[usize::from(u16::from_le_bytes([block[0], block[1]]))];
+        let m = table[usize::from(u16::from_le_bytes([block[2], block[3]]))];
+        mins += m * a.s;
+        // SAFETY: `block` has 20 bytes, so 16 bytes from offset 4 are in bounds; `a.wide` holds
+        // 32 i16 (64 bytes), read as four 16-byte vectors.
+        let (packed, a0, a1, a2, a3) = unsafe {
+            let wide = a.wide.as_ptr() as *const v128;
+            (
+                v128_load(block.as_ptr().add(4) as *const v128),
+                v128_load(wide),
+                v128_load(wide.add(1)),
+                v128_load(wide.add(2)),
+                v128_load(wide.add(3)),
+            )
+        };
+        let lo = v128_and(packed, low_mask);
+        let hi = u8x16_shr(packed, 4);
+        let sum = i32x4_add(
+            i32x4_add(
+                i32x4_dot_i16x8(u16x8_extend_low_u8x16(lo), a0),
+                i32x4_dot_i16x8(u16x8_extend_high_u8x16(lo), a1),
+            ),
+            i32x4_add(
+                i32x4_dot_i16x8(u16x8_extend_low_u8x16(hi), a2),
+                i32x4_dot_i16x8(u16x8_extend_high_u8x16(hi), a3),
+            ),
+        );
+        acc = f32x4_add(
+            acc,
+            f32x4_mul(f32x4_splat(d * a.d), f32x4_convert_i32x4(sum)),
+        );
+    }
+    f32x4_extract_lane::<0>(acc)
+        + f32x4_extract_lane::<1>(acc)
+        + f32x4_extract_lane::<2>(acc)
+        + f32x4_extract_lane::<3>(acc)
+        + mins
+}
+
+/// Dot product of one Q8_0 weight row with one Q8 activation row.
+fn dot_q8_0(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        dot_q8_0_simd128(weights, act)
+    }
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    {
+        dot_q8_0_scalar(weights, act)
+    }
+}
+
+#[allow(dead_code)]
+fn dot_q8_0_scalar(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
+    let mut total = 0f32;
+    for (block, a) in weights.chunks_exact(RowFormat::Q8_0.block_bytes()).zip(act) {
+        let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+        let sum: i32 = block[2..]
+            .iter()
+            .zip(&a.qs)
+            .map(|(&w, &q)| w as i8 as i32 * q as i32)
+            .sum();
+        total += d * a.d_f16 * sum as f32;
+    }
+    total
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn dot_q8_0_simd128(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
+    use std::arch::wasm32::*;
+    let table = f16_table();
+    let mut acc = f32x4_splat(0.0);
+    for (block, a) in weights.chunks_exact(RowFormat::Q8_0.block_bytes()).zip(act) {
+        let d = table[usize::from(u16::from_le_bytes([block[0], block[1]]))];
+        // SAFETY: `block` has 34 bytes, so the four 8-byte loads at offsets 2, 10, 18 and 26 are
+        // in bounds; `a.wide` holds 32 i16 (64 bytes), read as four 16-byte vectors.
+        let sum = unsafe {
+            let weights = block.as_ptr().add(2);
+            let wide = a.wide.as_ptr() as *const v128;
+            i32x4_add(
+                i32x4_add(
+                    i32x4_dot_i16x8(
+                        i16x8_load_extend_i8x8(weights as *const i8),
+                        v128_load(wide),
+                    ),
+                    i32x4_dot_i16x8(
+                        i16x8_load_extend_i8x8(weights.add(8) as *const i8),
+                        v128_load(wide.add(1)),
+                    ),
+                ),
+                i32x4_add(
+                    i32x4_dot_i16x8(
+                        i16x8_load_extend_i8x8(weights.add(16) as *const i8),
+                        v128_load(wide.add(2)),
+                    ),
+                    i32x4_dot_i16x8(
+                        i16x8_load_extend_i8x8(weights.add(24) as *const i8),
+                        v128_load(wide.add(3)),
+                    ),
+                ),
+            )
+        };
+        acc = f32x4_add(
+            acc,
+            f32x4_mul(f32x4_splat(d * a.d_f16), f32x4_convert_i32x4(sum)),
+        );
+    }
+    f32x4_extract_lane::<0>(acc)
+        + f32x4_extract_lane::<1>(acc)
+        + f32x4_extract_lane::<2>(acc)
+        + f32x4_extract_lane::<3>(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random_bytes(seed: u32) -> impl FnMut() -> u8 {
+        let mut state = seed;
+        move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as u8
+        }
+    }
+
+    fn random_q4_1(rows: usize, cols: usize, seed: u32) -> Vec<u8> {
+        let mut next = random_bytes(seed);
+        let mut bytes = Vec::new();
+        for _ in 0..rows * cols / BLOCK {
+            let d = f16::from_f32(0.01 + next() as f32 / 5000.0);
+            let m = f16::from_f32(-(next() as f32) / 3000.0);
+            bytes.extend_from_slice(&d.to_le_bytes());
+            bytes.extend_from_slice(&m.to_le_bytes());
+            bytes.extend((0..16).map(|_| next()));
+        }
+        bytes
+    }
+
+    fn random_q8_0(rows: usize, cols: usize, seed: u32) -> Vec<u8> {
+        let mut next = random_bytes(seed);
+        let mut bytes = Vec::new();
+        for _ in 0..rows * cols / BLOCK {
+            let d = f16::from_f32(0.0001 + next() as f32 / 500_000.0);
+            bytes.extend_from_slice(&d.to_le_bytes());
+            // -127..=127, as GGUF's quantizer writes them.
+            bytes.extend((0..BLOCK).map(|_| (next() % 255) as i8 as u8 ^ 0x80));
+        }
+        bytes
+    }
+
+    fn random(format: RowFormat, rows: usize, cols: usize, seed: u32) -> Vec<u8> {
+        match format {
+            RowFormat::Q4_1 => random_q4_1(rows, cols, seed),
+            RowFormat::Q8_0 => random_q8_0(rows, cols, seed),
+        }
+    }
+
+    fn dequantize(format: RowFormat, bytes: &[u8]) -> Vec<f32> {
+        let mut out = Vec::new();
+        for block in bytes.chunks_exact(format.block_bytes()) {
+            match format {
+                RowFormat::Q4_1 => {
+                    let (d, m) = scale_and_min(block);
+                    let qs = &block[4..];
+                    out.extend(qs.iter().map(|q| d * (q & 0x0F) as f32 + m));
+                    out.extend(qs.iter().map(|q| d * (q >> 4) as f32 + m));
+                }
+                RowFormat::Q8_0 => {
+                    let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+                    out.extend(block[2..].iter().map(|&q| d * q as i8 as f32));
+                }
+            }
+        }
+        out
+    }
+
+    /// Against an f64 product of the dequantized weights: the only error is the Q8 rounding of
+    /// the activations, bounded here by 1% of the sum of |terms|.
+    #[test]
+    fn matmul_matches_dequantized_product() {
+        let cases = [(7, 32, 1), (33, 64, 1), (64, 576, 3), (17, 96, 5)];
+        for format in [RowFormat::Q4_1, RowFormat::Q8_0] {
+            for (rows, cols, m) in cases {
+                let bytes = random(format, rows, cols, rows as u32 * 31 + cols as u32);
+                let w = dequantize(format, &bytes);
+                let x: Vec<f32> = (0..m * cols)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                    .collect();
+                let got = RowMatrix::new(format, bytes.clone(), rows, cols)
+                    .unwrap()
+                    .matmul(&x, m);
+                for i in 0..m {
+                    for j in 0..rows {
+                        let terms =
+                            (0..cols).map(|c| w[j * cols + c] as f64 * x[i * cols + c] as f64);
+                        let exact: f64 = terms.clone().sum();
+                        let magnitude: f64 = terms.map(f64::abs).sum();
+                        let err = (got[i * rows + j] as f64 - exact).abs();
+                        assert!(
+                            err <= 0.01 * magnitude + 1e-4,
+                            "{format:?} {rows}x{cols} m={m} [{i},{j}]: {} vs {exact}",
+                            got[i * rows + j]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The SIMD paths and the portable ones agree to float rounding.
+    #[test]
+    fn simd_dots_match_the_scalar_ones() {
+        let cols = 576;
+        let x: Vec<f32> = (0..cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let act: Vec<BlockQ8_1> = x.chunks_exact(BLOCK).map(quantize_block).collect();
+        let q4_1 = random_q4_1(1, cols, 5);
+        let q8_0 = random_q8_0(1, cols, 5);
+        for (simd, scalar) in [
+            (dot_q4_1(&q4_1, &act), dot_q4_1_scalar(&q4_1, &act)),
+            (dot_q8_0(&q8_0, &act), dot_q8_0_scalar(&q8_0, &act)),
+        ] {
+            assert!(
+                (simd - scalar).abs() <= 1e-4 * scalar.abs().max(1.0),
+                "{simd} vs {scalar}"
+            );
+        }
+    }
+
+    /// A batch gives exactly the rows one-at-a-time calls give (prefill and decode agree).
+    #[test]
+    fn batched_rows_equal_single_rows() {
+        for (rows, cols, m) in [(300, 576, 7), (576, 1536, 6), (1536, 576, 2), (192, 576, 6)] {
+            let matrix =
+                RowMatrix::new(RowFormat::Q4_1, random_q4_1(rows, cols, 7), rows, cols).unwrap();
+            let x: Vec<f32> = (0..m * cols)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 17.0)
+                .collect();
+            let batched = matrix.matmul(&x, m);
+            for i in 0..m {
+                let single = matrix.matmul(&x[i * cols..(i + 1) * cols], 1);
+                assert_eq!(
+                    &batched[i * rows..(i + 1) * rows],
+                    &single[..],
+                    "{rows}x{cols} row {i}"
+                );
+            }
+        }
+    }
+
+    /// One pass over a group (formats mixed, as in files whose V projections are Q8_0) gives
+    /// exactly each matrix's own product.
+    #[test]
+    fn a_group_equals_separate_products() {
+        let cols = 64;
+        let parts: Vec<RowMatrix> = [
+            (RowFormat::Q4_1, 40, 1),
+            (RowFormat::Q8_0, 24, 2),
+            (RowFormat::Q4_1, 9, 3),
+        ]
+        .iter()
+        .map(|&(format, rows, seed)| {
+            RowMatrix::new(format, random(format, rows, cols, seed), rows, cols).unwrap()
+        })
+        .collect();
+        let refs: Vec<&RowMatrix> = parts.iter().collect();
+        for m in [1, 3] {
+            let x: Vec<f32> = (0..m * cols)
+                .map(|i| ((i * 29 % 83) as f32 - 41.0) / 13.0)
+                .collect();
+            let grouped = matmul_many(&refs, &x, m);
+            for (w, got) in parts.iter().zip(&grouped) {
+                assert_eq!(got, &w.matmul(&x, m));
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_wrong_sizes() {
+        assert!(RowMatrix::new(RowFormat::Q4_1, vec![0; 19], 1, 32).is_err());
+        assert!(RowMatrix::new(RowFormat::Q4_1, vec![0; 20], 1, 31).is_err());
+        assert!(RowMatrix::new(RowFormat::Q8_0, vec![0; 33], 1, 32).is_err());
+        assert!(RowMatrix::new(RowFormat::Q8_0, vec![0; 34], 1, 32).is_ok());
+    }
+}
