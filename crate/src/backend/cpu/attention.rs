@@ -4,7 +4,7 @@
 //! meant copying (and transposing) the whole visible cache of each layer on every step, which
 //! cost more than the attention itself; here each query reads the cache where it lies.
 
-use super::parallel::for_each_row_in_parallel;
+use super::parallel::for_each_rows_in_parallel;
 use crate::backend::AttentionParams;
 use crate::error::{Error, Result};
 
@@ -113,38 +113,53 @@ pub(super) fn rope_in_place(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[
 /// Each (row, head) is computed on its own, in the same order however the rows were batched.
 pub(super) fn attend(q: &[f32], cache: &CpuKvCache, p: &AttentionParams, rows: usize) -> Vec<f32> {
     let d = p.head_dim;
-    let group = p.head_count / p.head_count_kv;
-    let scale = 1.0 / (d as f32).sqrt();
     let first_row = cache.len - rows;
     let mut out = vec![0f32; rows * p.head_count * d];
-    for_each_row_in_parallel(&mut out, d, |item, out| {
-        let (t, head) = (item / p.head_count, item % p.head_count);
-        let position = first_row + t;
-        let first = p
-            .sliding_window
-            .map_or(0, |w| (position + 1).saturating_sub(w));
-        let visible = first..position + 1;
-        let query = &q[item * d..(item + 1) * d];
-        let keys = cache.keys(head / group, visible.clone());
-        let values = cache.values(head / group, visible);
-        let mut weights: Vec<f32> = keys
-            .chunks_exact(d)
-            .map(|key| dot(query, key) * scale)
-            .collect();
-        let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut total = 0f32;
-        for w in &mut weights {
-            *w = (*w - max).exp();
-            total += *w;
-        }
-        for (&w, value) in weights.iter().zip(values.chunks_exact(d)) {
-            let w = w / total;
-            for (o, &v) in out.iter_mut().zip(value) {
-                *o += w * v;
-            }
+    for_each_rows_in_parallel(&mut out, d, |first, run| {
+        for (item, out) in (first..).zip(run.chunks_exact_mut(d)) {
+            attend_one(q, cache, p, first_row, item, out);
         }
     });
     out
+}
+
+/// One query row and head (`item` = row × heads + head) into `out` (zeros on entry).
+fn attend_one(
+    q: &[f32],
+    cache: &CpuKvCache,
+    p: &AttentionParams,
+    first_row: usize,
+    item: usize,
+    out: &mut [f32],
+) {
+    let d = p.head_dim;
+    let group = p.head_count / p.head_count_kv;
+    let scale = 1.0 / (d as f32).sqrt();
+    let (t, head) = (item / p.head_count, item % p.head_count);
+    let position = first_row + t;
+    let first = p
+        .sliding_window
+        .map_or(0, |w| (position + 1).saturating_sub(w));
+    let visible = first..position + 1;
+    let query = &q[item * d..(item + 1) * d];
+    let keys = cache.keys(head / group, visible.clone());
+    let values = cache.values(head / group, visible);
+    let mut weights: Vec<f32> = keys
+        .chunks_exact(d)
+        .map(|key| dot(query, key) * scale)
+        .collect();
+    let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut total = 0f32;
+    for w in &mut weights {
+        *w = (*w - max).exp();
+        total += *w;
+    }
+    for (&w, value) in weights.iter().zip(values.chunks_exact(d)) {
+        let w = w / total;
+        for (o, &v) in out.iter_mut().zip(value) {
+            *o += w * v;
+        }
+    }
 }
 
 /// A dot product in eight independent sums, which the compiler keeps in SIMD registers (one

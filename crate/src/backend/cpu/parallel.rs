@@ -3,8 +3,9 @@
 //! threads fight this one's for the cores, and sleep and wake between the hundreds of short
 //! calls of a decode step.
 
-/// Calls `f(row, out_row)` for every `row_len`-long row of `out`, rows spread over the threads.
-pub(super) fn for_each_row_in_parallel(
+/// Calls `f(first_row, rows)` on consecutive runs of `row_len`-long rows of `out` that together
+/// cover it once, the runs spread over the threads.
+pub(super) fn for_each_rows_in_parallel(
     out: &mut [f32],
     row_len: usize,
     f: impl Fn(usize, &mut [f32]) + Sync,
@@ -15,9 +16,7 @@ pub(super) fn for_each_row_in_parallel(
     #[cfg(target_arch = "wasm32")]
     {
         // No worker threads in wasm.
-        for (row, dst) in out.chunks_exact_mut(row_len).enumerate() {
-            f(row, dst);
-        }
+        f(0, out);
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
@@ -29,16 +28,17 @@ pub(super) fn for_each_row_in_parallel(
         let rows = out.len() / row_len;
         let output = &Output(out.as_mut_ptr());
         candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
-            for row in range {
-                // SAFETY: `execute_chunked` hands every index in 0..rows to exactly one call, so
-                // each row is written by one thread only, and it lies inside `out`
-                // (row < rows = out.len() / row_len).
-                let dst = unsafe {
-                    let Output(start) = output;
-                    std::slice::from_raw_parts_mut(start.add(row * row_len), row_len)
-                };
-                f(row, dst);
-            }
+            // SAFETY: `execute_chunked` hands out disjoint ranges inside 0..rows, so each run of
+            // rows is written by one thread only, and it lies inside `out`
+            // (range.end <= rows = out.len() / row_len).
+            let run = unsafe {
+                let Output(start) = output;
+                std::slice::from_raw_parts_mut(
+                    start.add(range.start * row_len),
+                    range.len() * row_len,
+                )
+            };
+            f(range.start, run);
         });
     }
 }
