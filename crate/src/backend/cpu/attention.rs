@@ -89,11 +89,16 @@ impl CpuKvCache {
     }
 }
 
-/// Rotates the interleaved pairs `(x[2i], x[2i+1])` of each head of each row in place;
-/// `cos` and `sin` are `[rows, head_dim / 2]`.
-pub(super) fn rope_in_place(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+/// Rotates the interleaved pairs `(x[2i], x[2i+1])` of each head of each `row_len`-long row in
+/// place; `cos` and `sin` are `[rows, head_dim / 2]`. Both lengths are non-zero.
+pub(super) fn rope_in_place(
+    x: &mut [f32],
+    row_len: usize,
+    head_dim: usize,
+    cos: &[f32],
+    sin: &[f32],
+) {
     let half = head_dim / 2;
-    let row_len = x.len() / (cos.len() / half).max(1);
     for (row, (cos, sin)) in x
         .chunks_exact_mut(row_len)
         .zip(cos.chunks_exact(half).zip(sin.chunks_exact(half)))

@@ -216,11 +216,21 @@ impl Backend for CpuBackend {
     }
 
     fn rope(&self, x: &Tensor, n_heads: usize, positions: &CpuPositions) -> Result<Tensor> {
-        let shape = x.dims2()?;
+        let (rows, width) = x.dims2()?;
+        let head_dim = if n_heads == 0 { 0 } else { width / n_heads };
+        if head_dim == 0
+            || head_dim % 2 != 0
+            || head_dim * n_heads != width
+            || positions.cos.len() != rows * head_dim / 2
+        {
+            return Err(Error::Backend(format!(
+                "rope: {rows}x{width} values as {n_heads} heads do not match {} rotary pairs",
+                positions.cos.len()
+            )));
+        }
         let mut values = x.flatten_all()?.to_vec1::<f32>()?;
-        let head_dim = shape.1 / n_heads;
-        attention::rope_in_place(&mut values, head_dim, &positions.cos, &positions.sin);
-        Ok(Tensor::from_vec(values, shape, &self.device)?)
+        attention::rope_in_place(&mut values, width, head_dim, &positions.cos, &positions.sin);
+        Ok(Tensor::from_vec(values, (rows, width), &self.device)?)
     }
 
     fn matmul_many(&self, x: &Tensor, ws: &[&CpuMatrix]) -> Result<Vec<Tensor>> {
@@ -302,6 +312,24 @@ impl Backend for CpuBackend {
         _positions: &CpuPositions,
     ) -> Result<Tensor> {
         let rows = q.dims()[0];
+        // Checked here so that no slice inside the worker pool can be out of range.
+        let kv_width = p.head_count_kv * p.head_dim;
+        if p.head_count_kv == 0
+            || p.head_count % p.head_count_kv != 0
+            || q.dims() != [rows, p.head_count * p.head_dim]
+            || k.dims() != [rows, kv_width]
+            || v.dims() != [rows, kv_width]
+        {
+            return Err(Error::Backend(format!(
+                "attention: q {:?}, k {:?}, v {:?} do not fit {} heads, {} KV heads of {}",
+                q.dims(),
+                k.dims(),
+                v.dims(),
+                p.head_count,
+                p.head_count_kv,
+                p.head_dim
+            )));
+        }
         if p.start_pos != cache.len {
             return Err(Error::Backend(format!(
                 "attention at position {} but the cache holds {}",
@@ -438,6 +466,51 @@ mod tests {
                     .map(|(a, b)| (a - b).abs())
                     .fold(0f32, f32::max);
                 assert!(diff < 1e-5, "{name} window {window:?}: differs by {diff}");
+            }
+        }
+    }
+
+    /// Growing the cache past its first capacity (256 positions, then 512) keeps every key and
+    /// value where it was, also after the cache was cut back.
+    #[test]
+    fn kv_cache_keeps_its_contents_when_it_grows() {
+        let backend = CpuBackend::new();
+        let (kv_heads, head_dim) = (2, 4);
+        let mut cache = backend.new_kv_cache(kv_heads, head_dim, 1024).unwrap();
+        let keys = |t: usize| -> Vec<f32> {
+            (0..kv_heads * head_dim)
+                .map(|i| (t * 100 + i) as f32)
+                .collect()
+        };
+        let values = |t: usize| -> Vec<f32> { keys(t).iter().map(|k| -k).collect() };
+        for t in 0..200 {
+            cache.append(&keys(t), &values(t), 1).unwrap();
+        }
+        backend.truncate_kv_cache(&mut cache, 150);
+        // Different contents from position 150 on, in two calls of several rows each.
+        let later = |t: usize| t + 10_000;
+        for (start, rows) in [(150, 100), (250, 350)] {
+            let k: Vec<f32> = (start..start + rows).flat_map(|t| keys(later(t))).collect();
+            let v: Vec<f32> = (start..start + rows)
+                .flat_map(|t| values(later(t)))
+                .collect();
+            cache.append(&k, &v, rows).unwrap();
+        }
+        assert_eq!(backend.kv_cache_len(&cache), 600);
+        for t in 0..600 {
+            let source = if t < 150 { t } else { later(t) };
+            for head in 0..kv_heads {
+                let part = head * head_dim..(head + 1) * head_dim;
+                assert_eq!(
+                    cache.keys(head, t..t + 1),
+                    &keys(source)[part.clone()],
+                    "key {t}"
+                );
+                assert_eq!(
+                    cache.values(head, t..t + 1),
+                    &values(source)[part],
+                    "value {t}"
+                );
             }
         }
     }
