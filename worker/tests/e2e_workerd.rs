@@ -1260,7 +1260,9 @@ async fn the_real_engine_answers_and_continues_a_cut_stream() {
     let h = harness();
     let body = json!({"model": "smollm2", "stream": true, "temperature": 0, "max_tokens": 24,
                       "messages": [{"role": "system", "content": "You are a helpful assistant."},
-                                   {"role": "user", "content": "What is the capital of France?"}]});
+                                   // Not "What is the capital of France?": its first answer
+                                   // token is a near-tie on SmolLM2 that float rounding decides.
+                                   {"role": "user", "content": "Name the capital of France."}]});
     let s = stream(&h.main_token, &body).await;
     assert_eq!(s.provider_header.as_deref(), Some("engine"));
     assert!(s.text.contains("Paris"), "{:?}", s.text);
