@@ -132,18 +132,18 @@ pub fn matmul_many(matrices: &[&RowMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>
         let mut rows = (first..).zip(run.chunks_exact_mut(m)).peekable();
         while let Some((row, dst)) = rows.next() {
             let (format, w) = weight_row(row);
-            // Two Q4_1 rows at once where the kernel can share the activations' loads; each
+            // Two rows of one format at once: the kernels share the activations' loads; each
             // row's sums are the single-row kernel's, so results do not depend on the pairing.
-            if format == RowFormat::Q4_1 {
-                if let Some((next, next_dst)) =
-                    rows.next_if(|(next, _)| weight_row(*next).0 == RowFormat::Q4_1)
-                {
-                    let (_, next_w) = weight_row(next);
-                    for (i, (d0, d1)) in dst.iter_mut().zip(next_dst.iter_mut()).enumerate() {
-                        [*d0, *d1] = dot_q4_1_pair(w, next_w, act_row(i));
-                    }
-                    continue;
+            if let Some((next, next_dst)) = rows.next_if(|(next, _)| weight_row(*next).0 == format)
+            {
+                let (_, next_w) = weight_row(next);
+                for (i, (d0, d1)) in dst.iter_mut().zip(next_dst.iter_mut()).enumerate() {
+                    [*d0, *d1] = match format {
+                        RowFormat::Q4_1 => dot_q4_1_pair(w, next_w, act_row(i)),
+                        RowFormat::Q8_0 => dot_q8_0_pair(w, next_w, act_row(i)),
+                    };
                 }
+                continue;
             }
             for (i, d) in dst.iter_mut().enumerate() {
                 *d = match format {
@@ -496,50 +496,97 @@ fn dot_q8_0_scalar(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
     total
 }
 
+/// Two Q8_0 weight rows against one activation row, each exactly as `dot_q8_0` computes it (in
+/// wasm sharing the activations' loads; elsewhere two single-row calls).
+fn dot_q8_0_pair(w0: &[u8], w1: &[u8], act: &[BlockQ8_1]) -> [f32; 2] {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        dot_q8_0_pair_simd128(w0, w1, act)
+    }
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    {
+        [dot_q8_0(w0, act), dot_q8_0(w1, act)]
+    }
+}
+
+/// One Q8_0 block against one activation block in wasm: the integer dot product (four lanes to
+/// add) and the block's scale.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+fn q8_0_block_simd128(
+    block: &[u8],
+    a: &BlockQ8_1,
+    table: &[f32],
+) -> (std::arch::wasm32::v128, f32) {
+    use std::arch::wasm32::*;
+    let d = table[usize::from(u16::from_le_bytes([block[0], block[1]]))];
+    assert!(block.len() >= 34);
+    // SAFETY: the block has 34 bytes (checked above), so the four 8-byte loads at offsets 2, 10,
+    // 18 and 26 are in bounds; `a.wide` holds 32 i16 (64 bytes), read as four 16-byte vectors.
+    let sum = unsafe {
+        let weights = block.as_ptr().add(2) as *const i8;
+        let wide = a.wide.as_ptr() as *const v128;
+        i32x4_add(
+            i32x4_add(
+                i32x4_dot_i16x8(i16x8_load_extend_i8x8(weights), v128_load(wide)),
+                i32x4_dot_i16x8(
+                    i16x8_load_extend_i8x8(weights.add(8)),
+                    v128_load(wide.add(1)),
+                ),
+            ),
+            i32x4_add(
+                i32x4_dot_i16x8(
+                    i16x8_load_extend_i8x8(weights.add(16)),
+                    v128_load(wide.add(2)),
+                ),
+                i32x4_dot_i16x8(
+                    i16x8_load_extend_i8x8(weights.add(24)),
+                    v128_load(wide.add(3)),
+                ),
+            ),
+        )
+    };
+    (sum, d)
+}
+
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 fn dot_q8_0_simd128(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
     use std::arch::wasm32::*;
     let table = f16_table();
     let mut acc = f32x4_splat(0.0);
     for (block, a) in weights.chunks_exact(RowFormat::Q8_0.block_bytes()).zip(act) {
-        let d = table[usize::from(u16::from_le_bytes([block[0], block[1]]))];
-        // SAFETY: `block` has 34 bytes, so the four 8-byte loads at offsets 2, 10, 18 and 26 are
-        // in bounds; `a.wide` holds 32 i16 (64 bytes), read as four 16-byte vectors.
-        let sum = unsafe {
-            let weights = block.as_ptr().add(2);
-            let wide = a.wide.as_ptr() as *const v128;
-            i32x4_add(
-                i32x4_add(
-                    i32x4_dot_i16x8(
-                        i16x8_load_extend_i8x8(weights as *const i8),
-                        v128_load(wide),
-                    ),
-                    i32x4_dot_i16x8(
-                        i16x8_load_extend_i8x8(weights.add(8) as *const i8),
-                        v128_load(wide.add(1)),
-                    ),
-                ),
-                i32x4_add(
-                    i32x4_dot_i16x8(
-                        i16x8_load_extend_i8x8(weights.add(16) as *const i8),
-                        v128_load(wide.add(2)),
-                    ),
-                    i32x4_dot_i16x8(
-                        i16x8_load_extend_i8x8(weights.add(24) as *const i8),
-                        v128_load(wide.add(3)),
-                    ),
-                ),
-            )
-        };
+        let (sum, d) = q8_0_block_simd128(block, a, table);
         acc = f32x4_add(
             acc,
             f32x4_mul(f32x4_splat(d * a.d_f16), f32x4_convert_i32x4(sum)),
         );
     }
-    f32x4_extract_lane::<0>(acc)
-        + f32x4_extract_lane::<1>(acc)
-        + f32x4_extract_lane::<2>(acc)
-        + f32x4_extract_lane::<3>(acc)
+    horizontal_sum(acc)
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn dot_q8_0_pair_simd128(w0: &[u8], w1: &[u8], act: &[BlockQ8_1]) -> [f32; 2] {
+    use std::arch::wasm32::*;
+    let table = f16_table();
+    let (mut acc0, mut acc1) = (f32x4_splat(0.0), f32x4_splat(0.0));
+    let block_bytes = RowFormat::Q8_0.block_bytes();
+    for ((b0, b1), a) in w0
+        .chunks_exact(block_bytes)
+        .zip(w1.chunks_exact(block_bytes))
+        .zip(act)
+    {
+        let (sum0, d0) = q8_0_block_simd128(b0, a, table);
+        let (sum1, d1) = q8_0_block_simd128(b1, a, table);
+        acc0 = f32x4_add(
+            acc0,
+            f32x4_mul(f32x4_splat(d0 * a.d_f16), f32x4_convert_i32x4(sum0)),
+        );
+        acc1 = f32x4_add(
+            acc1,
+            f32x4_mul(f32x4_splat(d1 * a.d_f16), f32x4_convert_i32x4(sum1)),
+        );
+    }
+    [horizontal_sum(acc0), horizontal_sum(acc1)]
 }
 
 #[cfg(test)]
@@ -672,6 +719,11 @@ mod tests {
         assert_eq!(
             dot_q4_1_pair(&w0, &w1, &act),
             [dot_q4_1(&w0, &act), dot_q4_1(&w1, &act)]
+        );
+        let (w0, w1) = (random_q8_0(1, cols, 11), random_q8_0(1, cols, 12));
+        assert_eq!(
+            dot_q8_0_pair(&w0, &w1, &act),
+            [dot_q8_0(&w0, &act), dot_q8_0(&w1, &act)]
         );
     }
 
