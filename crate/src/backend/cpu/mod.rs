@@ -217,9 +217,9 @@ impl Backend for CpuBackend {
 
     fn rope(&self, x: &Tensor, n_heads: usize, positions: &CpuPositions) -> Result<Tensor> {
         let (rows, width) = x.dims2()?;
-        let head_dim = if n_heads == 0 { 0 } else { width / n_heads };
+        let head_dim = width.checked_div(n_heads).unwrap_or(0);
         if head_dim == 0
-            || head_dim % 2 != 0
+            || !head_dim.is_multiple_of(2)
             || head_dim * n_heads != width
             || positions.cos.len() != rows * head_dim / 2
         {
@@ -315,7 +315,7 @@ impl Backend for CpuBackend {
         // Checked here so that no slice inside the worker pool can be out of range.
         let kv_width = p.head_count_kv * p.head_dim;
         if p.head_count_kv == 0
-            || p.head_count % p.head_count_kv != 0
+            || !p.head_count.is_multiple_of(p.head_count_kv)
             || q.dims() != [rows, p.head_count * p.head_dim]
             || k.dims() != [rows, kv_width]
             || v.dims() != [rows, kv_width]
