@@ -121,8 +121,10 @@ pub(super) fn attend(q: &[f32], cache: &CpuKvCache, p: &AttentionParams, rows: u
     let first_row = cache.len - rows;
     let mut out = vec![0f32; rows * p.head_count * d];
     for_each_rows_in_parallel(&mut out, d, |first, run| {
+        // One buffer of attention weights per run, not one allocation per (row, head).
+        let mut weights = Vec::new();
         for (item, out) in (first..).zip(run.chunks_exact_mut(d)) {
-            attend_one(q, cache, p, first_row, item, out);
+            attend_one(q, cache, p, first_row, item, &mut weights, out);
         }
     });
     out
@@ -135,6 +137,7 @@ fn attend_one(
     p: &AttentionParams,
     first_row: usize,
     item: usize,
+    weights: &mut Vec<f32>,
     out: &mut [f32],
 ) {
     let d = p.head_dim;
@@ -149,13 +152,11 @@ fn attend_one(
     let query = &q[item * d..(item + 1) * d];
     let keys = cache.keys(head / group, visible.clone());
     let values = cache.values(head / group, visible);
-    let mut weights: Vec<f32> = keys
-        .chunks_exact(d)
-        .map(|key| dot(query, key) * scale)
-        .collect();
+    weights.clear();
+    weights.extend(keys.chunks_exact(d).map(|key| dot(query, key) * scale));
     let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut total = 0f32;
-    for w in &mut weights {
+    for w in weights.iter_mut() {
         *w = (*w - max).exp();
         total += *w;
     }

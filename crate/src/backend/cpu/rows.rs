@@ -129,14 +129,15 @@ pub fn matmul_many(matrices: &[&RowMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>
     // Weight row outer, activation rows inner: each weight row is read once per call.
     let mut by_row = vec![0f32; total_rows * m];
     for_each_rows_in_parallel(&mut by_row, m, |first, run| {
-        let mut rows = (first..).zip(run.chunks_exact_mut(m)).peekable();
-        while let Some((row, dst)) = rows.next() {
-            let (format, w) = weight_row(row);
+        // The output rows first: `zip` stops on them before asking for a row past the run.
+        let mut rows = run
+            .chunks_exact_mut(m)
+            .zip((first..).map(weight_row))
+            .peekable();
+        while let Some((dst, (format, w))) = rows.next() {
             // Two rows of one format at once: the kernels share the activations' loads; each
             // row's sums are the single-row kernel's, so results do not depend on the pairing.
-            if let Some((next, next_dst)) = rows.next_if(|(next, _)| weight_row(*next).0 == format)
-            {
-                let (_, next_w) = weight_row(next);
+            if let Some((next_dst, (_, next_w))) = rows.next_if(|(_, (next, _))| *next == format) {
                 for (i, (d0, d1)) in dst.iter_mut().zip(next_dst.iter_mut()).enumerate() {
                     [*d0, *d1] = match format {
                         RowFormat::Q4_1 => dot_q4_1_pair(w, next_w, act_row(i)),
