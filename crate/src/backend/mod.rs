@@ -160,6 +160,11 @@ pub trait Backend: Send + Sized {
     }
 
     fn load_matrix(&self, data: TensorData<'_>) -> Result<Self::Matrix>;
+    /// The output projection: the model multiplies it by the last position only, one row per
+    /// decode step (all rows only when asked for every position's logits).
+    fn load_head(&self, data: TensorData<'_>) -> Result<Self::Matrix> {
+        self.load_matrix(data)
+    }
     fn load_vector(&self, info: &TensorInfo, bytes: &[u8]) -> Result<Self::Vector>;
     fn load_embedding(&self, data: TensorData<'_>) -> Result<Self::Embedding>;
 

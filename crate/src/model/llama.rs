@@ -72,6 +72,12 @@ impl<'a, B: Backend> Loader<'a, B> {
         self.backend.load_matrix(TensorData::new(info, self.source))
     }
 
+    fn head(&mut self, name: &str, cols: usize, rows: usize) -> Result<B::Matrix> {
+        let info = self.info(name, &[cols as u64, rows as u64])?;
+        self.bytes_per_token += info.n_bytes;
+        self.backend.load_head(TensorData::new(info, self.source))
+    }
+
     fn vector(&mut self, name: &str, len: usize) -> Result<B::Vector> {
         let info = self.info(name, &[len as u64])?;
         self.bytes_per_token += info.n_bytes;
@@ -127,7 +133,7 @@ impl<B: Backend> Llama<B> {
         } else {
             "token_embd.weight"
         };
-        let output = loader.matrix(output_name, embd, vocab)?;
+        let output = loader.head(output_name, embd, vocab)?;
 
         let inv_freq = rope_inverse_frequencies(&config, &loader)?;
         let weight_bytes_per_token = loader.bytes_per_token;

@@ -157,6 +157,28 @@ impl Backend for CpuBackend {
         )?))
     }
 
+    /// A Q6_K head (Mistral-shaped files) goes through our kernel: one row per decode step is
+    /// what it serves, where candle's kernel, repacked for prompts, takes one weight row at a
+    /// time. Layers keep candle's, which prompts need (4x the dequantized path on 128 tokens).
+    fn load_head(&self, data: TensorData<'_>) -> Result<CpuMatrix> {
+        let avx2 = cfg!(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ));
+        if avx2 && data.info.dtype == GgmlType::Q6K && data.info.dims.len() == 2 {
+            let (cols, rows) = (data.info.dims[0] as usize, data.info.dims[1] as usize);
+            let bytes = data.read_all()?;
+            return Ok(CpuMatrix::Rows(RowMatrix::new(
+                RowFormat::Q6K,
+                bytes,
+                rows,
+                cols,
+            )?));
+        }
+        self.load_matrix(data)
+    }
+
     fn load_vector(&self, info: &TensorInfo, bytes: &[u8]) -> Result<Tensor> {
         Ok(self.qtensor(info, bytes)?.dequantize(&self.device)?)
     }
@@ -179,14 +201,13 @@ impl Backend for CpuBackend {
             CpuMatrix::Candle(w) => Ok(x.apply(w)?),
             CpuMatrix::Rows(w) => {
                 let rows = x.dims()[0];
-                if rows >= DEQUANTIZED_PREFILL_MIN_TOKENS && w.format() == RowFormat::Q4_1 {
-                    return self.dequantized_tiles_matmul(
-                        x,
-                        GgmlDType::Q4_1,
-                        w.bytes(),
-                        w.rows(),
-                        w.cols(),
-                    );
+                let tiled = match w.format() {
+                    RowFormat::Q4_1 => Some(GgmlDType::Q4_1),
+                    RowFormat::Q6K => Some(GgmlDType::Q6K),
+                    RowFormat::Q8_0 => None,
+                };
+                if let Some(dtype) = tiled.filter(|_| rows >= DEQUANTIZED_PREFILL_MIN_TOKENS) {
+                    return self.dequantized_tiles_matmul(x, dtype, w.bytes(), w.rows(), w.cols());
                 }
                 let input = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                 let out = w.matmul(&input, rows);
