@@ -222,7 +222,12 @@ impl Gpu {
             summary,
             max_binding_bytes,
             max_groups_per_dim: limits.max_compute_workgroups_per_dimension,
-            matmul_rows_per_group: 64 / threads_per_row as usize,
+            // matmul.wgsl: 64 threads, or 16 invocations of 8 rows each (MULTI_ROW).
+            matmul_rows_per_group: if variant.multi_row() {
+                128
+            } else {
+                64 / threads_per_row as usize
+            },
             matmul_tiled_prefill: !variant.multi_row(),
             uniform_slot_bytes: (limits.min_uniform_buffer_offset_alignment as usize).max(256),
             upload_piece_bytes: options.upload_piece_bytes.unwrap_or(16 << 20),
@@ -348,7 +353,7 @@ impl Variant {
     }
 
     /// One thread per row with f32 products: kernels/matmul.wgsl's MULTI_ROW decode kernel,
-    /// four rows per invocation, for CPU implementations.
+    /// eight rows per invocation, for CPU implementations.
     fn multi_row(&self) -> bool {
         self.threads_per_row == 1 && !self.f16
     }

@@ -349,12 +349,14 @@ fn decode32h_q6_k(row: u32, s: u32) -> Block16 {
 
 // #if MULTI_ROW
 // For kernels where one invocation takes several rows (CPU implementations, see matmul.wgsl):
-// sub-block s of a row in two steps, so that x is read and prepared once for all the rows.
-//   sub_T(row, s)     what the sub-block's values share: scales, where its words are, masks
+// sub-block s of a row in three steps, so that x is read and prepared once for all the rows, and
+// the scales are read only after the loop over the values (fewer values live across it):
+//   sub_T(row, s)     where the sub-block's words are and which bits hold its values (no loads)
 //   raw_T(h, k)       values 4k .. 4k + 4 (`lo`) and 16 + 4k .. 20 + 4k (`hi`), k < 4, as
 //                     integers in place: element j still weighs 256^j (see `lanes`)
-// and the kernel adds up Σ raw · (x / 256^j) per half, then h.lo · Σ_lo + h.hi · Σ_hi +
-// h.bias_lo · Σ x_lo + h.bias_hi · Σ x_hi once per sub-block.
+//   scales_T(row, s)  (lo, hi, bias_lo, bias_hi)
+// and the kernel adds up Σ raw · (x / 256^j) per half, then lo · Σ_lo + hi · Σ_hi +
+// bias_lo · Σ x_lo + bias_hi · Σ x_hi once per sub-block.
 //
 // Written for how CPU implementations run shaders: a vector of lanes per SPIR-V operation, where
 // every load at a runtime offset is a per-lane gather, arrays live in memory, and integer shifts
@@ -363,10 +365,6 @@ fn decode32h_q6_k(row: u32, s: u32) -> Block16 {
 // converting it as a signed integer costs two vector operations per value, against about ten
 // for a shift, a mask and an unsigned conversion.
 struct Sub {
-    lo: f32,      // scale of the raw sum of values 0..16
-    hi: f32,      // scale of the raw sum of values 16..32
-    bias_lo: f32, // times Σ x over values 0..16
-    bias_hi: f32, // times Σ x over values 16..32
     at: u32,      // word index of the sub-block's data
     odd: bool,    // the data starts 2 bytes into word `at` (blocks of 18, 34 and 210 bytes)
     mask_lo: vec4<u32>, // the bits of each byte that hold a value, in place (see `lanes`)
@@ -404,13 +402,12 @@ fn lanes(word: u32, mask: vec4<u32>) -> vec4<f32> {
 }
 
 // The same for the four bytes that start 2 bytes into word `i` when `odd` (then bytes 2, 3 of
-// word i and 0, 1 of word i + 1, moved to their places), else at word `i`.
+// word i and 0, 1 of word i + 1, moved to their places), else at word `i`. Branch-free: with a
+// branch here, 8 rows of Q6_K (four calls per row and quad) took SwiftShader minutes and 17 GB
+// to compile, and Q8_0 ran 4% slower.
 fn lanes_at(i: u32, odd: bool, mask: vec4<u32>) -> vec4<f32> {
     let a = lanes(w[i], mask);
-    if (!odd) {
-        return a;
-    }
-    return shifted(a, lanes(w[i + 1u], mask));
+    return select(a, shifted(a, lanes(w[i + 1u], mask)), odd);
 }
 
 // Bytes 2, 3 of `a` and 0, 1 of `b` (lanes of neighbouring words), moved to their places.
@@ -424,13 +421,13 @@ fn f16_at(byte: u32) -> f32 {
     return select(pair.x, pair.y, (byte & 2u) != 0u);
 }
 
-fn sub_of(lo: f32, hi: f32, bias: f32, at: u32, odd: bool, mask_lo: vec4<u32>, mask_hi: vec4<u32>) -> Sub {
-    return Sub(lo, hi, bias, bias, at, odd, mask_lo, mask_hi, 0u, NO_MASK, 0.0);
+fn sub_of(at: u32, odd: bool, mask_lo: vec4<u32>, mask_hi: vec4<u32>) -> Sub {
+    return Sub(at, odd, mask_lo, mask_hi, 0u, NO_MASK, 0.0);
 }
 
 // Float weights are not integers in place: they are divided by POSITION to cancel it.
 fn sub_f32(row: u32, s: u32) -> Sub {
-    return sub_of(1.0, 1.0, 0.0, (row >> 2u) + s * 32u, false, NO_MASK, NO_MASK);
+    return sub_of((row >> 2u) + s * 32u, false, NO_MASK, NO_MASK);
 }
 fn raw_f32(h: Sub, k: u32) -> Quads {
     let lo = h.at + 4u * k;
@@ -440,8 +437,11 @@ fn raw_f32(h: Sub, k: u32) -> Quads {
         bitcast<vec4<f32>>(vec4<u32>(w[hi], w[hi + 1u], w[hi + 2u], w[hi + 3u])) / POSITION,
     );
 }
+fn scales_f32(row: u32, s: u32) -> vec4<f32> {
+    return vec4<f32>(1.0, 1.0, 0.0, 0.0);
+}
 fn sub_f16(row: u32, s: u32) -> Sub {
-    return sub_of(1.0, 1.0, 0.0, (row >> 2u) + s * 16u, false, NO_MASK, NO_MASK);
+    return sub_of((row >> 2u) + s * 16u, false, NO_MASK, NO_MASK);
 }
 fn raw_f16(h: Sub, k: u32) -> Quads {
     let lo = h.at + 2u * k;
@@ -451,13 +451,14 @@ fn raw_f16(h: Sub, k: u32) -> Quads {
         vec4<f32>(unpack2x16float(w[hi]), unpack2x16float(w[hi + 1u])) / POSITION,
     );
 }
+fn scales_f16(row: u32, s: u32) -> vec4<f32> {
+    return vec4<f32>(1.0, 1.0, 0.0, 0.0);
+}
 // Q4_0, Q4_1: word k holds values 4k.. in its low nibbles and 16 + 4k.. in its high ones (16
 // times their value in place: the 1/16 goes into `hi`).
 fn sub_q4_0(row: u32, s: u32) -> Sub {
-    let base = row + s * 18u;
-    let d = f16_at(base);
-    let data = base + 2u;
-    return sub_of(d, d / 16.0, -8.0 * d, data >> 2u, (data & 2u) != 0u, LOW_NIBBLES, HIGH_NIBBLES);
+    let data = row + s * 18u + 2u;
+    return sub_of(data >> 2u, (data & 2u) != 0u, LOW_NIBBLES, HIGH_NIBBLES);
 }
 // Both nibbles of the same (one or two) words: each word read once.
 fn raw_q4_0(h: Sub, k: u32) -> Quads {
@@ -470,21 +471,26 @@ fn raw_q4_0(h: Sub, k: u32) -> Quads {
     let b = w[h.at + k + 1u];
     return Quads(shifted(lo, lanes(b, LOW_NIBBLES)), shifted(hi, lanes(b, HIGH_NIBBLES)));
 }
+fn scales_q4_0(row: u32, s: u32) -> vec4<f32> {
+    let d = f16_at(row + s * 18u);
+    return vec4<f32>(d, d / 16.0, -8.0 * d, -8.0 * d);
+}
 fn sub_q4_1(row: u32, s: u32) -> Sub {
-    let word = (row >> 2u) + s * 5u; // 20-byte blocks: rows are whole words
-    let dm = unpack2x16float(w[word]);
-    return sub_of(dm.x, dm.x / 16.0, dm.y, word + 1u, false, LOW_NIBBLES, HIGH_NIBBLES);
+    // 20-byte blocks: rows are whole words
+    return sub_of((row >> 2u) + s * 5u + 1u, false, LOW_NIBBLES, HIGH_NIBBLES);
 }
 fn raw_q4_1(h: Sub, k: u32) -> Quads {
     let q = w[h.at + k];
     return Quads(lanes(q, LOW_NIBBLES), lanes(q, HIGH_NIBBLES));
 }
+fn scales_q4_1(row: u32, s: u32) -> vec4<f32> {
+    let dm = unpack2x16float(w[(row >> 2u) + s * 5u]);
+    return vec4<f32>(dm.x, dm.x / 16.0, dm.y, dm.y);
+}
 // Q8_0: signed bytes, read as unsigned (b + 256 when negative) and corrected by `signed`.
 fn sub_q8_0(row: u32, s: u32) -> Sub {
-    let base = row + s * 34u;
-    let d = f16_at(base);
-    let data = base + 2u;
-    return sub_of(d, d, 0.0, data >> 2u, (data & 2u) != 0u, byte_masks(0xffu), byte_masks(0xffu));
+    let data = row + s * 34u + 2u;
+    return sub_of(data >> 2u, (data & 2u) != 0u, byte_masks(0xffu), byte_masks(0xffu));
 }
 fn signed(v: vec4<f32>) -> vec4<f32> {
     let limit = vec4<f32>(128.0, 32768.0, 8388608.0, 2147483648.0); // 128 · 256^j
@@ -493,40 +499,53 @@ fn signed(v: vec4<f32>) -> vec4<f32> {
 fn raw_q8_0(h: Sub, k: u32) -> Quads {
     return Quads(signed(lanes_at(h.at + k, h.odd, h.mask_lo)), signed(lanes_at(h.at + 4u + k, h.odd, h.mask_lo)));
 }
+fn scales_q8_0(row: u32, s: u32) -> vec4<f32> {
+    let d = f16_at(row + s * 34u);
+    return vec4<f32>(d, d, 0.0, 0.0);
+}
 // Q4_K: an even sub-block takes the low nibbles of its 8 words, an odd one the high nibbles.
 fn sub_q4_k(row: u32, s: u32) -> Sub {
     let base = row + (s >> 3u) * 144u;
     let sub = s & 7u;
-    let scale_min = q4_k_scale_min(base, sub);
-    let high = (sub & 1u) == 1u;
-    let scale = select(scale_min.x, scale_min.x / 16.0, high);
-    let mask = select(LOW_NIBBLES, HIGH_NIBBLES, high);
-    return sub_of(scale, scale, -scale_min.y, (base + 16u + (sub >> 1u) * 32u) >> 2u, false, mask, mask);
+    let mask = select(LOW_NIBBLES, HIGH_NIBBLES, (sub & 1u) == 1u);
+    return sub_of((base + 16u + (sub >> 1u) * 32u) >> 2u, false, mask, mask);
 }
 fn raw_q4_k(h: Sub, k: u32) -> Quads {
     return Quads(lanes(w[h.at + k], h.mask_lo), lanes(w[h.at + 4u + k], h.mask_lo));
+}
+fn scales_q4_k(row: u32, s: u32) -> vec4<f32> {
+    let sub = s & 7u;
+    let scale_min = q4_k_scale_min(row + (s >> 3u) * 144u, sub);
+    let scale = select(scale_min.x, scale_min.x / 16.0, (sub & 1u) == 1u);
+    return vec4<f32>(scale, scale, -scale_min.y, -scale_min.y);
 }
 // Q6_K (layout above q6_k_word): q = low nibble + 16 · high bits − 32. Quarter q of half n takes
 // the low nibbles of ql for q < 2, else the high ones (16 times their value in place: the 1/16
 // goes into the scales), and bits 2q..2q+2 of qh (4^q times theirs in place, weighed `unit2` to
 // count 16 low-nibble units each).
+fn q6_k_unit(s: u32) -> f32 {
+    return select(1.0, 1.0 / 16.0, (s & 3u) >= 2u);
+}
 fn sub_q6_k(row: u32, s: u32) -> Sub {
     let base = row + (s >> 3u) * 210u;
     let n = (s & 7u) >> 2u;
     let quarter = s & 3u;
     let ql_at = base + 64u * n + 32u * (quarter & 1u);
     let qh_at = base + 128u + 32u * n;
-    let high_nibbles = quarter >= 2u;
-    let unit = select(1.0, 1.0 / 16.0, high_nibbles);
-    let lo = q6_k_scale(base, s & 7u, 0u);
-    let hi = q6_k_scale(base, s & 7u, 16u);
-    return Sub(lo * unit, hi * unit, -32.0 * lo, -32.0 * hi, ql_at >> 2u, (base & 2u) != 0u,
-        select(LOW_NIBBLES, HIGH_NIBBLES, high_nibbles), NO_MASK, qh_at >> 2u,
-        byte_masks(3u << (2u * quarter)), 16.0 / f32(1u << (2u * quarter)) / unit);
+    let unit = q6_k_unit(s);
+    return Sub(ql_at >> 2u, (base & 2u) != 0u, select(LOW_NIBBLES, HIGH_NIBBLES, quarter >= 2u),
+        NO_MASK, qh_at >> 2u, byte_masks(3u << (2u * quarter)), 16.0 / f32(1u << (2u * quarter)) / unit);
 }
 fn raw_q6_k(h: Sub, k: u32) -> Quads {
     let lo = lanes_at(h.at + k, h.odd, h.mask_lo) + lanes_at(h.at2 + k, h.odd, h.mask2) * h.unit2;
     let hi = lanes_at(h.at + 4u + k, h.odd, h.mask_lo) + lanes_at(h.at2 + 4u + k, h.odd, h.mask2) * h.unit2;
     return Quads(lo, hi);
+}
+fn scales_q6_k(row: u32, s: u32) -> vec4<f32> {
+    let base = row + (s >> 3u) * 210u;
+    let lo = q6_k_scale(base, s & 7u, 0u);
+    let hi = q6_k_scale(base, s & 7u, 16u);
+    let unit = q6_k_unit(s);
+    return vec4<f32>(lo * unit, hi * unit, -32.0 * lo, -32.0 * hi);
 }
 // #endif
