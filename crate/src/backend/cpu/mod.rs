@@ -94,10 +94,11 @@ pub struct CpuPositions {
     sin: Vec<f32>,
 }
 
-/// Q4_1 prompts of at least this many tokens go through f32 tiles of dequantized weights: a
-/// blocked f32 GEMM beats one quantized dot product per (token, row) pair once a tile is reused
-/// enough (2.6x on SmolLM2 at 256 tokens). K-quants and Q8_0 keep quantized kernels (natively
-/// candle's VNNI-repacked ones, which beat this path; Q8_0 in wasm ours, the same algorithm).
+/// Q4_1 prompts (and a Q6_K head asked for every position's logits) of at least this many
+/// tokens go through f32 tiles of dequantized weights: a blocked f32 GEMM beats one quantized dot
+/// product per (token, row) pair once a tile is reused enough (2.6x on SmolLM2 at 256 tokens).
+/// K-quant layers and Q8_0 keep quantized kernels (natively candle's VNNI-repacked ones, which
+/// beat this path; Q8_0 in wasm ours, the same algorithm).
 const DEQUANTIZED_PREFILL_MIN_TOKENS: usize = 32;
 /// Weight rows dequantized at a time (bounded scratch: 512 × 14336 f32 is 29 MB).
 const PREFILL_TILE_ROWS: usize = 512;

@@ -86,7 +86,7 @@ fn row_sum(v: f32) -> f32 {
 // what counts is loads and live values per weight. So each row keeps one running sum per half
 // (a dot product per quad), and its scales are read after the loop over the sub-block. 16
 // invocations make 128 rows per workgroup. (SwiftShader, a 2048 x 2048 Q4_1 matrix: 5.1 ms with
-// 4 rows and vector sums per row, 3.3 ms so.)
+// 4 rows and vector sums per row, 4.3 ms so.)
 fn quad_sums(q: Quads, pl: vec4<f32>, ph: vec4<f32>) -> vec2<f32> {
     return vec2<f32>(dot(q.lo, pl), dot(q.hi, ph));
 }
