@@ -8,8 +8,9 @@
 // One workgroup of 64 threads: 64 / THREADS_PER_ROW weight rows for one token; the threads of a row
 // stride over its 32-value sub-blocks, then add up. THREADS_PER_ROW is set per adapter when the
 // pipeline is built: 32 on GPUs (a row's sub-blocks read by neighbouring threads), 1 on CPU
-// implementations such as lavapipe and SwiftShader, where MULTI_ROW takes over. Row groups past
-// the adapter's per-dimension dispatch limit continue in z.
+// implementations such as lavapipe and SwiftShader, where MULTI_ROW takes over (16 invocations
+// of 8 rows: 128 rows per workgroup). Row groups past the adapter's per-dimension dispatch limit
+// continue in z.
 //
 // Variants (context.rs resolves the `// #if FLAG` / `// #else` / `// #endif` lines and prepends the
 // `enable` directives):

@@ -404,7 +404,9 @@ fn lanes(word: u32, mask: vec4<u32>) -> vec4<f32> {
 // The same for the four bytes that start 2 bytes into word `i` when `odd` (then bytes 2, 3 of
 // word i and 0, 1 of word i + 1, moved to their places), else at word `i`. Branch-free: with a
 // branch here, 8 rows of Q6_K (four calls per row and quad) took SwiftShader minutes and 17 GB
-// to compile, and Q8_0 ran 4% slower.
+// to compile, and Q8_0 ran 4% slower. So word i + 1 is read even when unused: for the last Q8_0
+// block of a buffer that is one word past its end, which WebGPU's bounds-checked storage reads
+// (naga and Tint both) turn into a harmless value, thrown away by the `select`.
 fn lanes_at(i: u32, odd: bool, mask: vec4<u32>) -> vec4<f32> {
     let a = lanes(w[i], mask);
     return select(a, shifted(a, lanes(w[i + 1u], mask)), odd);
