@@ -131,11 +131,18 @@ pub fn matmul_many(matrices: &[&RowMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>
         "matrices of one group share their column count"
     );
     let blocks_per_row = cols / BLOCK;
-    let activations: Vec<BlockQ8_1> = x.chunks_exact(BLOCK).map(quantize_block).collect();
+    // Each kind of activation block only where a matrix of the group takes it (a Q6_K head alone
+    // takes only the super-block kind).
+    let needs = |pred: fn(RowFormat) -> bool| matrices.iter().any(|w| pred(w.format));
+    let activations: Vec<BlockQ8_1> = if needs(|f| f != RowFormat::Q6K) {
+        x.chunks_exact(BLOCK).map(quantize_block).collect()
+    } else {
+        Vec::new()
+    };
     let act_row = |i: usize| &activations[i * blocks_per_row..(i + 1) * blocks_per_row];
     // Q6_K rows take activations with one scale per super-block (as llama.cpp's Q8_K): their
     // kernel then adds a super-block's eight quarters as integers.
-    let super_activations: Vec<BlockQ8_1> = if matrices.iter().any(|w| w.format == RowFormat::Q6K) {
+    let super_activations: Vec<BlockQ8_1> = if needs(|f| f == RowFormat::Q6K) {
         x.chunks_exact(SUPER_BLOCK)
             .flat_map(quantize_super_block)
             .collect()
@@ -236,8 +243,21 @@ fn multiply_rows<'a>(
 }
 
 fn quantize_block(x: &[f32]) -> BlockQ8_1 {
-    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let d = amax / 127.0;
+    quantize_with_scale(x, max_magnitude(x) / 127.0)
+}
+
+/// Eight activation blocks sharing one scale, from the largest magnitude of their 256 values.
+fn quantize_super_block(x: &[f32]) -> [BlockQ8_1; SUPER_BLOCK / BLOCK] {
+    let d = max_magnitude(x) / 127.0;
+    std::array::from_fn(|b| quantize_with_scale(&x[b * BLOCK..(b + 1) * BLOCK], d))
+}
+
+fn max_magnitude(x: &[f32]) -> f32 {
+    x.iter().fold(0f32, |a, v| a.max(v.abs()))
+}
+
+/// 32 activations as `d · q` for the given scale `d`.
+fn quantize_with_scale(x: &[f32], d: f32) -> BlockQ8_1 {
     let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
     let mut qs = [0i8; BLOCK];
     let mut sum = 0i32;
@@ -253,28 +273,6 @@ fn quantize_block(x: &[f32]) -> BlockQ8_1 {
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         wide: qs.map(i16::from),
     }
-}
-
-/// Eight activation blocks sharing one scale, from the largest magnitude of their 256 values.
-fn quantize_super_block(x: &[f32]) -> [BlockQ8_1; SUPER_BLOCK / BLOCK] {
-    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let d = amax / 127.0;
-    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-    std::array::from_fn(|b| {
-        let mut qs = [0i8; BLOCK];
-        for (q, &v) in qs.iter_mut().zip(&x[b * BLOCK..(b + 1) * BLOCK]) {
-            *q = (v * inv).round() as i8;
-        }
-        let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
-        BlockQ8_1 {
-            qs,
-            d,
-            s: d * sum as f32,
-            d_f16: f16::from_f32(d).to_f32(),
-            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            wide: qs.map(i16::from),
-        }
-    })
 }
 
 fn scale_and_min(block: &[u8]) -> (f32, f32) {
