@@ -336,6 +336,7 @@ unsafe fn dot_q4_1_avx2(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut mins = 0f32;
     for (block, a) in weights.chunks_exact(RowFormat::Q4_1.block_bytes()).zip(act) {
+        prefetch_ahead_avx2(block);
         let q8 = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
         let (sums, d, m) = q4_1_block_avx2(block, q8);
         mins += m * a.s;
@@ -360,6 +361,8 @@ unsafe fn dot_q4_1_pair_avx2(w0: &[u8], w1: &[u8], act: &[BlockQ8_1]) -> [f32; 2
         .zip(w1.chunks_exact(block_bytes))
         .zip(act)
     {
+        prefetch_ahead_avx2(b0);
+        prefetch_ahead_avx2(b1);
         let q8 = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
         let (sums0, d0, m0) = q4_1_block_avx2(b0, q8);
         let (sums1, d1, m1) = q4_1_block_avx2(b1, q8);
@@ -755,6 +758,7 @@ unsafe fn dot_q6_k_avx2(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let block_bytes = RowFormat::Q6K.block_bytes();
     for (block, act) in weights.chunks_exact(block_bytes).zip(act.chunks_exact(8)) {
+        prefetch_ahead_avx2(block);
         let mut sums = _mm256_setzero_si256();
         for n in 0..2 {
             let (quarters, scales) = q6_k_half_avx2(block, n);
@@ -786,6 +790,8 @@ unsafe fn dot_q6_k_pair_avx2(w0: &[u8], w1: &[u8], act: &[BlockQ8_1]) -> [f32; 2
         .zip(w1.chunks_exact(block_bytes))
         .zip(act.chunks_exact(8))
     {
+        prefetch_ahead_avx2(b0);
+        prefetch_ahead_avx2(b1);
         let (mut sums0, mut sums1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
         for n in 0..2 {
             let (quarters0, scales0) = q6_k_half_avx2(b0, n);
@@ -813,6 +819,30 @@ unsafe fn dot_q6_k_pair_avx2(w0: &[u8], w1: &[u8], act: &[BlockQ8_1]) -> [f32; 2
         );
     }
     [horizontal_sum_avx(acc0), horizontal_sum_avx(acc1)]
+}
+
+/// How far ahead of a row's current block [`prefetch_ahead_avx2`] asks for its bytes.
+const PREFETCH_DISTANCE: usize = 2048;
+
+/// Asks for the cache lines `PREFETCH_DISTANCE` bytes past the start of `block`, one per 64
+/// bytes of it, so that consecutive blocks have the lines of the blocks after them requested. The
+/// hardware prefetcher alone left the kernels waiting on the cache: the tiny Mistral's Q6_K head
+/// went 30.7 -> 37.5 GB/s (131072 x 512, 2 threads), SmolLM2's Q4_1 decode 90-98 -> 123-128
+/// tok/s. Prefetching an address past the row's end is harmless (a hint, it never faults), so
+/// the pointer is only computed, never read.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn prefetch_ahead_avx2(block: &[u8]) {
+    use std::arch::x86_64::*;
+    for offset in (0..block.len()).step_by(64) {
+        let line = block.as_ptr().wrapping_add(PREFETCH_DISTANCE + offset);
+        _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
+    }
 }
 
 /// Half `n` (elements 128·n ..) of a Q6_K super-block: its four quarters of 32 six-bit values
