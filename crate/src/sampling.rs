@@ -329,13 +329,24 @@ fn by_logit_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
 
 /// Index of the largest logit, the lowest index on ties; NaN never wins. 0 for an empty slice.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0usize;
-    let mut best_value = f32::NEG_INFINITY;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > best_value {
-            best = i;
-            best_value = v;
+    // The largest value first, in sixteen running maxima the compiler keeps in vector registers
+    // (one running maximum and its index serialise on a compare and a branch per logit: 3 % of
+    // the tiny Mistral's decode step over 131072 logits). NaNs never win: `v > m` is false.
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = logits.chunks_exact(16);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = if v > *m { v } else { *m };
         }
     }
-    best as u32
+    let best = lanes
+        .iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    if best == f32::NEG_INFINITY {
+        return 0;
+    }
+    // Then its first position, as a scan that keeps the first maximum would give.
+    logits.iter().position(|&v| v == best).unwrap_or(0) as u32
 }

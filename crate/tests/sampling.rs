@@ -72,6 +72,28 @@ fn greedy_is_argmax_with_lowest_index_on_ties() {
     );
 }
 
+/// The first maximum wherever it lies (in a full run of 16, in the remainder, tied across runs),
+/// NaNs skipped, and 0 when nothing beats -inf.
+#[test]
+fn argmax_finds_the_first_maximum_at_any_length_and_position() {
+    for len in [1, 15, 16, 17, 33, 100] {
+        for at in 0..len {
+            let mut logits: Vec<f32> = (0..len).map(|i| (i % 7) as f32 - 10.0).collect();
+            logits[at] = 5.0;
+            if at + 17 < len {
+                logits[at + 17] = 5.0;
+            }
+            if at > 0 {
+                logits[at - 1] = f32::NAN;
+            }
+            assert_eq!(argmax(&logits), at as u32, "length {len}, maximum at {at}");
+        }
+    }
+    assert_eq!(argmax(&[f32::NEG_INFINITY; 20]), 0);
+    assert_eq!(argmax(&[f32::NAN; 20]), 0);
+    assert_eq!(argmax(&[f32::NAN, f32::NEG_INFINITY, f32::INFINITY]), 2);
+}
+
 #[test]
 fn greedy_on_a_big_vocabulary_matches_a_naive_argmax() {
     let logits = big_logits(131_072);

@@ -57,29 +57,30 @@ pub fn load_model(
     }
 }
 
-/// Bytes a forward call produced: already on the host (CPU), or on their way from a device.
+/// The words a forward call produced (f32 values, or a token id's bits): already on the host
+/// (CPU), or on their way from a device.
 pub enum Readback {
-    Host(Vec<u8>),
+    Host(Vec<f32>),
     #[cfg(feature = "webgpu")]
     Gpu(webgpu::GpuReadback),
 }
 
 impl Readback {
-    /// Blocks until the bytes are on the host. Not possible in a browser, where the copy finishes
-    /// only when control returns to the event loop: use [`bytes_async`](Self::bytes_async) there.
-    pub fn bytes(self) -> Result<Vec<u8>> {
+    /// Blocks until the words are on the host. Not possible in a browser, where the copy finishes
+    /// only when control returns to the event loop: use [`words_async`](Self::words_async) there.
+    pub fn words(self) -> Result<Vec<f32>> {
         match self {
-            Readback::Host(bytes) => Ok(bytes),
+            Readback::Host(words) => Ok(words),
             #[cfg(feature = "webgpu")]
-            Readback::Gpu(read) => read.wait(),
+            Readback::Gpu(read) => Ok(f32_values(&read.wait()?)),
         }
     }
 
-    pub async fn bytes_async(self) -> Result<Vec<u8>> {
+    pub async fn words_async(self) -> Result<Vec<f32>> {
         match self {
-            Readback::Host(bytes) => Ok(bytes),
+            Readback::Host(words) => Ok(words),
             #[cfg(feature = "webgpu")]
-            Readback::Gpu(read) => read.wait_async().await,
+            Readback::Gpu(read) => Ok(f32_values(&read.wait_async().await?)),
         }
     }
 }
@@ -238,7 +239,7 @@ pub trait Backend: Send + Sized {
     fn read(&self, x: &Self::Tensor) -> Result<Readback>;
     /// `x` on the host, waiting for it.
     fn to_vec(&self, x: &Self::Tensor) -> Result<Vec<f32>> {
-        Ok(f32_values(&self.read(x)?.bytes()?))
+        self.read(x)?.words()
     }
     /// Chooses the next token from `logits` (one row) on the device: a 1×1 tensor holding the
     /// token id's bits (`f32::to_bits`). `None` when the backend samples on the host (the CPU).

@@ -7,7 +7,7 @@ mod llama;
 pub use config::LlamaConfig;
 pub use llama::Llama;
 
-use crate::backend::{f32_values, Readback, WorkCounts};
+use crate::backend::{Readback, WorkCounts};
 use crate::error::{Error, Result};
 use crate::sampling::DeviceSampling;
 
@@ -37,9 +37,7 @@ pub enum Forwarded {
 impl PendingForward {
     /// Logits computed on the host.
     pub fn host_logits(logits: &[f32]) -> Self {
-        Self::logits(Readback::Host(
-            logits.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ))
+        Self::logits(Readback::Host(logits.to_vec()))
     }
 
     pub fn logits(readback: Readback) -> Self {
@@ -59,23 +57,23 @@ impl PendingForward {
     /// Blocks until the result is on the host (native only).
     pub fn wait(self) -> Result<Forwarded> {
         let is_token = self.is_token;
-        Self::decode(is_token, self.readback.bytes()?)
+        Self::decode(is_token, self.readback.words()?)
     }
 
     pub async fn wait_async(self) -> Result<Forwarded> {
         let is_token = self.is_token;
-        Self::decode(is_token, self.readback.bytes_async().await?)
+        Self::decode(is_token, self.readback.words_async().await?)
     }
 
-    fn decode(is_token: bool, bytes: Vec<u8>) -> Result<Forwarded> {
+    fn decode(is_token: bool, words: Vec<f32>) -> Result<Forwarded> {
         if !is_token {
-            return Ok(Forwarded::Logits(f32_values(&bytes)));
+            return Ok(Forwarded::Logits(words));
         }
-        match bytes[..] {
-            [a, b, c, d] => Ok(Forwarded::Token(u32::from_le_bytes([a, b, c, d]))),
+        match words[..] {
+            [id] => Ok(Forwarded::Token(id.to_bits())),
             _ => Err(Error::Backend(format!(
-                "a sampled token is one word, not {} bytes",
-                bytes.len()
+                "a sampled token is one word, not {}",
+                words.len()
             ))),
         }
     }

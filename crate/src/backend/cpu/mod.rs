@@ -297,14 +297,7 @@ impl Backend for CpuBackend {
     }
 
     fn read(&self, x: &Tensor) -> Result<Readback> {
-        let values = x.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Readback::Host(
-            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ))
-    }
-
-    fn to_vec(&self, x: &Tensor) -> Result<Vec<f32>> {
-        Ok(x.flatten_all()?.to_vec1::<f32>()?)
+        Ok(Readback::Host(x.flatten_all()?.to_vec1::<f32>()?))
     }
 
     fn new_kv_cache(
