@@ -1237,6 +1237,13 @@ async fn models_show_prices_and_live_statistics() {
         a = provider_status("s-stats", "stats-a").await;
     }
     assert_eq!(a["successes"], 8);
+    // The batch's sender wrote them; the others did not wait on it, so no request had a promise
+    // resolved from another's context (workerd warns, with a stack trace, each time).
+    let log = h.log.lock().unwrap().clone();
+    assert!(
+        !log.contains("different request context"),
+        "cross-request promise resolution in the worker log"
+    );
     assert!(a["ttft_ms"].as_f64().unwrap() > 0.0, "{a}");
     assert!(a["tokens_per_second"].as_f64().unwrap() > 0.0, "{a}");
     assert_eq!(

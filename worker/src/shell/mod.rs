@@ -11,9 +11,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures::channel::{mpsc, oneshot};
-use futures::future::Shared;
-use futures::{FutureExt, StreamExt};
+use futures::channel::mpsc;
+use futures::StreamExt;
 use serde_json::{json, Value};
 use worker::{console_error, event, Context, Date, Delay, Env, Headers, Method, Request, Response};
 
@@ -597,58 +596,44 @@ struct AfterAnswers {
     budgets: HashMap<String, f64>,
 }
 
-/// What the sender of a batch tells the requests that joined it.
-type AfterAnswersSent = Shared<oneshot::Receiver<Result<(), String>>>;
-
 thread_local! {
-    static UNSENT_ANSWERS: RefCell<Option<(AfterAnswers, AfterAnswersSent)>> = const { RefCell::new(None) };
+    static UNSENT_ANSWERS: RefCell<Option<AfterAnswers>> = const { RefCell::new(None) };
 }
 
-/// Adds a finished answer to the isolate's next batch; resolves once the batch is written.
-/// The request that starts a batch waits, then sends it itself: its timer, fetches and responses
-/// stay in its own request context (workerd ties I/O to the request that made it), and the others
-/// wait on a plain channel (in their `waitUntil`, so none is dropped when its request ends).
+/// Adds a finished answer to the isolate's next batch. The request that starts a batch waits,
+/// then sends it itself: its timer, fetches and responses stay in its own request context
+/// (workerd ties I/O to the request that made it). The others return at once, their answers in
+/// the batch: had they waited for the sender, each would have had its `waitUntil` promise resolved
+/// from the sender's request, which workerd answers with a warning and a stack trace per request
+/// (under `wrangler dev`, source-mapped by wrangler's Node process: 2.7 ms of CPU per request).
 async fn after_answer(
     env: &Env,
     breaker: BreakerConfig,
     finished: Finished,
     budget_usd: f64,
 ) -> Result<(), String> {
-    let sender = UNSENT_ANSWERS.with_borrow_mut(|unsent| match unsent {
-        Some((batch, sent)) => {
-            batch.breaker = breaker;
-            batch
-                .budgets
-                .insert(finished.entry.token_id.clone(), budget_usd);
-            batch.finished.push(finished);
-            Err(sent.clone())
-        }
-        None => {
-            let (tell, sent) = oneshot::channel();
-            let batch = AfterAnswers {
-                breaker,
-                budgets: HashMap::from([(finished.entry.token_id.clone(), budget_usd)]),
-                finished: vec![finished],
-            };
-            *unsent = Some((batch, sent.shared()));
-            Ok(tell)
-        }
+    let starts_batch = UNSENT_ANSWERS.with_borrow_mut(|unsent| {
+        let starts_batch = unsent.is_none();
+        let batch = unsent.get_or_insert_with(|| AfterAnswers {
+            breaker: breaker.clone(),
+            budgets: HashMap::new(),
+            finished: Vec::new(),
+        });
+        batch.breaker = breaker;
+        batch
+            .budgets
+            .insert(finished.entry.token_id.clone(), budget_usd);
+        batch.finished.push(finished);
+        starts_batch
     });
-    let tell = match sender {
-        Ok(tell) => tell,
-        Err(sent) => {
-            return sent
-                .await
-                .unwrap_or_else(|_| Err("the batch was never sent".into()))
-        }
-    };
+    if !starts_batch {
+        return Ok(());
+    }
     Delay::from(Duration::from_millis(AFTER_ANSWER_BATCH_MS)).await;
-    let result = match UNSENT_ANSWERS.take() {
-        Some((batch, _)) => send_after_answers(env, batch).await,
+    match UNSENT_ANSWERS.take() {
+        Some(batch) => send_after_answers(env, batch).await,
         None => Ok(()),
-    };
-    let _ = tell.send(result.clone());
-    result
+    }
 }
 
 /// Writes a batch: the board report, the ledger rows and the budget charges, at the same time.
