@@ -68,6 +68,17 @@ pub struct BlockQ8_1 {
     wide: [i16; BLOCK],
 }
 
+/// 256 activations with one scale, for Q6_K rows (as llama.cpp's Q8_K): `x ≈ d · q`, and the
+/// sum of `q` over each 16 values, with which the kernel takes off the +32 of Q6_K's stored
+/// values once per super-block instead of once per 32 products.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub struct SuperBlockQ8 {
+    qs: [i8; SUPER_BLOCK],
+    sums: [i16; SUPER_BLOCK / 16],
+    d: f32,
+}
+
 /// A `rows × cols` weight matrix in its GGUF encoding.
 pub struct RowMatrix {
     format: RowFormat,
@@ -140,16 +151,18 @@ pub fn matmul_many(matrices: &[&RowMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>
         Vec::new()
     };
     let act_row = |i: usize| &activations[i * blocks_per_row..(i + 1) * blocks_per_row];
-    // Q6_K rows take activations with one scale per super-block (as llama.cpp's Q8_K): their
-    // kernel then adds a super-block's eight quarters as integers.
-    let super_activations: Vec<BlockQ8_1> = if needs(|f| f == RowFormat::Q6K) {
+    // Q6_K rows take activations with one scale per super-block: their kernel then adds a
+    // super-block's eight quarters as integers.
+    let super_activations: Vec<SuperBlockQ8> = if needs(|f| f == RowFormat::Q6K) {
         x.chunks_exact(SUPER_BLOCK)
-            .flat_map(quantize_super_block)
+            .map(quantize_super_block)
             .collect()
     } else {
         Vec::new()
     };
-    let super_act_row = |i: usize| &super_activations[i * blocks_per_row..(i + 1) * blocks_per_row];
+    let super_blocks_per_row = cols / SUPER_BLOCK;
+    let super_act_row =
+        |i: usize| &super_activations[i * super_blocks_per_row..(i + 1) * super_blocks_per_row];
     // Rows of all matrices, one after another.
     let starts: Vec<usize> = matrices
         .iter()
@@ -208,22 +221,21 @@ pub fn matmul_many(matrices: &[&RowMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>
         .collect()
 }
 
-/// A kernel's dot product of one weight row, and of two, with one activation row.
-type RowDot = fn(&[u8], &[BlockQ8_1]) -> f32;
-type PairDot = fn(&[u8], &[u8], &[BlockQ8_1]) -> [f32; 2];
-
 /// Consecutive weight rows of one format (`row_bytes` each) times every activation row, into
-/// `out` (weight row outer, `act(i)` for activation row i inner). Rows go two at a time: the
-/// kernels share the activations' loads, and each row's sums are the single-row kernel's, so
-/// results do not depend on the pairing.
-fn multiply_rows<'a>(
+/// `out` (weight row outer, `act(i)` for activation row i inner), with a kernel's dot product of
+/// two weight rows and of one. Rows go two at a time: the kernels share the activations' loads,
+/// and each row's sums are the single-row kernel's, so results do not depend on the pairing.
+/// Inlined, so that the kernels are too: a call per pair of short rows (the tiny Mistral's head
+/// has 65536 pairs of 420 bytes) cost more than its loop.
+#[inline(always)]
+fn multiply_rows<'a, A: 'a>(
     bytes: &[u8],
     row_bytes: usize,
     out: &mut [f32],
     m: usize,
-    act: impl Fn(usize) -> &'a [BlockQ8_1],
-    pair: PairDot,
-    single: RowDot,
+    act: impl Fn(usize) -> &'a [A],
+    pair: impl Fn(&[u8], &[u8], &[A]) -> [f32; 2],
+    single: impl Fn(&[u8], &[A]) -> f32,
 ) {
     let mut pairs = out.chunks_exact_mut(2 * m);
     for (dst, w) in (&mut pairs).zip(bytes.chunks_exact(2 * row_bytes)) {
@@ -246,10 +258,18 @@ fn quantize_block(x: &[f32]) -> BlockQ8_1 {
     quantize_with_scale(x, max_magnitude(x) / 127.0)
 }
 
-/// Eight activation blocks sharing one scale, from the largest magnitude of their 256 values.
-fn quantize_super_block(x: &[f32]) -> [BlockQ8_1; SUPER_BLOCK / BLOCK] {
+/// 256 activations with one scale, from their largest magnitude.
+fn quantize_super_block(x: &[f32]) -> SuperBlockQ8 {
     let d = max_magnitude(x) / 127.0;
-    std::array::from_fn(|b| quantize_with_scale(&x[b * BLOCK..(b + 1) * BLOCK], d))
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0i8; SUPER_BLOCK];
+    for (q, &v) in qs.iter_mut().zip(x) {
+        *q = (v * inv).round() as i8;
+    }
+    // At most 16 · 127 in magnitude.
+    let sums =
+        std::array::from_fn(|g| qs[16 * g..16 * (g + 1)].iter().map(|&q| i16::from(q)).sum());
+    SuperBlockQ8 { qs, sums, d }
 }
 
 fn max_magnitude(x: &[f32]) -> f32 {
@@ -686,7 +706,7 @@ fn q6_k_value(block: &[u8], n: usize, j: usize, l: usize) -> (i32, usize) {
 
 /// Dot product of one Q6_K weight row with one activation row from `quantize_super_block` (the
 /// eight blocks of each super-block share their scale).
-fn dot_q6_k(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
+fn dot_q6_k(weights: &[u8], act: &[SuperBlockQ8]) -> f32 {
     #[cfg(all(
         target_arch = "x86_64",
         target_feature = "avx2",
@@ -707,27 +727,27 @@ fn dot_q6_k(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
 }
 
 #[allow(dead_code)]
-fn dot_q6_k_scalar(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
+fn dot_q6_k_scalar(weights: &[u8], act: &[SuperBlockQ8]) -> f32 {
     let mut total = 0f32;
     let block_bytes = RowFormat::Q6K.block_bytes();
-    for (block, act) in weights.chunks_exact(block_bytes).zip(act.chunks_exact(8)) {
+    for (block, a) in weights.chunks_exact(block_bytes).zip(act) {
         let d = f16::from_le_bytes([block[208], block[209]]).to_f32();
         let mut sum = 0i32;
-        for (c, a) in act.iter().enumerate() {
+        for (c, a) in a.qs.chunks_exact(BLOCK).enumerate() {
             let (n, j) = (c / 4, c % 4);
-            for l in 0..BLOCK {
+            for (l, &a) in a.iter().enumerate() {
                 let (q, scale) = q6_k_value(block, n, j, l);
-                sum += (q - 32) * i32::from(a.qs[l]) * i32::from(block[192 + scale] as i8);
+                sum += (q - 32) * i32::from(a) * i32::from(block[192 + scale] as i8);
             }
         }
-        total += d * act[0].d * sum as f32;
+        total += d * a.d * sum as f32;
     }
     total
 }
 
 /// Two Q6_K weight rows against one activation row, each exactly as `dot_q6_k` computes it (with
 /// AVX2 sharing the activations' loads; elsewhere two single-row calls).
-fn dot_q6_k_pair(w0: &[u8], w1: &[u8], act: &[BlockQ8_1]) -> [f32; 2] {
+fn dot_q6_k_pair(w0: &[u8], w1: &[u8], act: &[SuperBlockQ8]) -> [f32; 2] {
     #[cfg(all(
         target_arch = "x86_64",
         target_feature = "avx2",
@@ -753,24 +773,24 @@ fn dot_q6_k_pair(w0: &[u8], w1: &[u8], act: &[BlockQ8_1]) -> [f32; 2] {
     target_feature = "fma"
 ))]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_q6_k_avx2(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
+unsafe fn dot_q6_k_avx2(weights: &[u8], act: &[SuperBlockQ8]) -> f32 {
     use std::arch::x86_64::*;
     let mut acc = _mm256_setzero_ps();
     let block_bytes = RowFormat::Q6K.block_bytes();
-    for (block, act) in weights.chunks_exact(block_bytes).zip(act.chunks_exact(8)) {
+    for (block, a) in weights.chunks_exact(block_bytes).zip(act) {
         prefetch_ahead_avx2(block);
         let mut sums = _mm256_setzero_si256();
         for n in 0..2 {
             let (quarters, scales) = q6_k_half_avx2(block, n);
-            for j in 0..4 {
-                let q8 = _mm256_loadu_si256(act[4 * n + j].qs.as_ptr() as *const __m256i);
-                let offsets = q6_k_offsets_avx2(q8);
-                let quarter = q6_k_quarter_avx2(quarters[j], q8, offsets, scales, j);
-                sums = _mm256_add_epi32(sums, quarter);
+            for (j, &quarter) in quarters.iter().enumerate() {
+                let q8 = q6_k_activations_avx2(a, 4 * n + j);
+                sums = q6_k_quarter_avx2(sums, quarter, q8, scales, j);
             }
         }
+        let act_sums = _mm256_loadu_si256(a.sums.as_ptr() as *const __m256i);
+        sums = _mm256_sub_epi32(sums, q6_k_offset_avx2(block, act_sums));
         let d = f16::from_le_bytes([block[208], block[209]]).to_f32();
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * act[0].d), _mm256_cvtepi32_ps(sums), acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sums), acc);
     }
     horizontal_sum_avx(acc)
 }
@@ -781,14 +801,14 @@ unsafe fn dot_q6_k_avx2(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
     target_feature = "fma"
 ))]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_q6_k_pair_avx2(w0: &[u8], w1: &[u8], act: &[BlockQ8_1]) -> [f32; 2] {
+unsafe fn dot_q6_k_pair_avx2(w0: &[u8], w1: &[u8], act: &[SuperBlockQ8]) -> [f32; 2] {
     use std::arch::x86_64::*;
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let block_bytes = RowFormat::Q6K.block_bytes();
-    for ((b0, b1), act) in w0
+    for ((b0, b1), a) in w0
         .chunks_exact(block_bytes)
         .zip(w1.chunks_exact(block_bytes))
-        .zip(act.chunks_exact(8))
+        .zip(act)
     {
         prefetch_ahead_avx2(b0);
         prefetch_ahead_avx2(b1);
@@ -797,26 +817,18 @@ unsafe fn dot_q6_k_pair_avx2(w0: &[u8], w1: &[u8], act: &[BlockQ8_1]) -> [f32; 2
             let (quarters0, scales0) = q6_k_half_avx2(b0, n);
             let (quarters1, scales1) = q6_k_half_avx2(b1, n);
             for j in 0..4 {
-                let q8 = _mm256_loadu_si256(act[4 * n + j].qs.as_ptr() as *const __m256i);
-                let offsets = q6_k_offsets_avx2(q8);
-                let quarter0 = q6_k_quarter_avx2(quarters0[j], q8, offsets, scales0, j);
-                let quarter1 = q6_k_quarter_avx2(quarters1[j], q8, offsets, scales1, j);
-                sums0 = _mm256_add_epi32(sums0, quarter0);
-                sums1 = _mm256_add_epi32(sums1, quarter1);
+                let q8 = q6_k_activations_avx2(a, 4 * n + j);
+                sums0 = q6_k_quarter_avx2(sums0, quarters0[j], q8, scales0, j);
+                sums1 = q6_k_quarter_avx2(sums1, quarters1[j], q8, scales1, j);
             }
         }
+        let act_sums = _mm256_loadu_si256(a.sums.as_ptr() as *const __m256i);
+        sums0 = _mm256_sub_epi32(sums0, q6_k_offset_avx2(b0, act_sums));
+        sums1 = _mm256_sub_epi32(sums1, q6_k_offset_avx2(b1, act_sums));
         let d0 = f16::from_le_bytes([b0[208], b0[209]]).to_f32();
         let d1 = f16::from_le_bytes([b1[208], b1[209]]).to_f32();
-        acc0 = _mm256_fmadd_ps(
-            _mm256_set1_ps(d0 * act[0].d),
-            _mm256_cvtepi32_ps(sums0),
-            acc0,
-        );
-        acc1 = _mm256_fmadd_ps(
-            _mm256_set1_ps(d1 * act[0].d),
-            _mm256_cvtepi32_ps(sums1),
-            acc1,
-        );
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * a.d), _mm256_cvtepi32_ps(sums0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1 * a.d), _mm256_cvtepi32_ps(sums1), acc1);
     }
     [horizontal_sum_avx(acc0), horizontal_sum_avx(acc1)]
 }
@@ -891,8 +903,7 @@ unsafe fn q6_k_half_avx2(
     )
 }
 
-/// 32 · (a[2i] + a[2i + 1]) for the 32 activations: what the +32 of the stored values adds to
-/// `maddubs`, taken off before the scales.
+/// Activations `32 c .. 32 c + 32` of a super-block.
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -900,14 +911,34 @@ unsafe fn q6_k_half_avx2(
 ))]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn q6_k_offsets_avx2(q8: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256i {
+unsafe fn q6_k_activations_avx2(act: &SuperBlockQ8, c: usize) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
-    _mm256_maddubs_epi16(_mm256_set1_epi8(32), q8)
+    // Bounds-checked: the load stays inside the sub-slice.
+    _mm256_loadu_si256(act.qs[32 * c..32 * c + 32].as_ptr() as *const __m256i)
 }
 
-/// Quarter `j` of a half (32 values) against its 32 activations, scaled: eight integer partial
-/// sums. Elements 0–15 lie in the low 128 bits and take scale 2j, elements 16–31 scale 2j + 1.
-/// No overflow: pairs of 63 · 127 stay under 2^15, and a super-block's sums under 2^25.
+/// What the +32 of a super-block's stored values added to its sums: 32 · Σ scale_g · Σ q_g over
+/// its sixteen groups g of 16 activations, spread over eight lanes.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn q6_k_offset_avx2(
+    block: &[u8],
+    act_sums: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let scales = _mm_loadu_si128(block[192..208].as_ptr() as *const __m128i);
+    _mm256_slli_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(scales), act_sums), 5)
+}
+
+/// Quarter `j` of a half (32 values, stored as q + 32) against its 32 activations, scaled and
+/// added to `sums` (eight integer partial sums). Elements 0–15 lie in the low 128 bits and take
+/// scale 2j, elements 16–31 scale 2j + 1. No overflow: pairs of 63 · 127 stay under 2^15, and a
+/// super-block's sums under 2^25.
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -916,14 +947,14 @@ unsafe fn q6_k_offsets_avx2(q8: std::arch::x86_64::__m256i) -> std::arch::x86_64
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn q6_k_quarter_avx2(
+    sums: std::arch::x86_64::__m256i,
     q: std::arch::x86_64::__m256i,
     q8: std::arch::x86_64::__m256i,
-    offsets: std::arch::x86_64::__m256i,
     scales: std::arch::x86_64::__m256i,
     j: usize,
 ) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
-    let pairs = _mm256_sub_epi16(_mm256_maddubs_epi16(q, q8), offsets);
+    let pairs = _mm256_maddubs_epi16(q, q8);
     // Byte shuffles picking i16 scale 2j in the low lane and 2j + 1 in the high lane.
     let pick = |k: usize| {
         let (lo, hi) = (4 * k as i8, 4 * k as i8 + 2);
@@ -962,7 +993,10 @@ unsafe fn q6_k_quarter_avx2(
             hi + 1,
         )
     };
-    _mm256_madd_epi16(pairs, _mm256_shuffle_epi8(scales, pick(j)))
+    _mm256_add_epi32(
+        sums,
+        _mm256_madd_epi16(pairs, _mm256_shuffle_epi8(scales, pick(j))),
+    )
 }
 
 #[cfg(test)]
@@ -1115,9 +1149,9 @@ mod tests {
         let q4_1 = random_q4_1(1, cols, 5);
         let q8_0 = random_q8_0(1, cols, 5);
         let super_cols = cols / SUPER_BLOCK * SUPER_BLOCK;
-        let super_blocks: Vec<BlockQ8_1> = x[..super_cols]
+        let super_blocks: Vec<SuperBlockQ8> = x[..super_cols]
             .chunks_exact(SUPER_BLOCK)
-            .flat_map(quantize_super_block)
+            .map(quantize_super_block)
             .collect();
         let q6_k = random_q6_k(1, super_cols, 5);
         for (simd, scalar) in [
@@ -1154,9 +1188,9 @@ mod tests {
             dot_q8_0_pair(&w0, &w1, &act),
             [dot_q8_0(&w0, &act), dot_q8_0(&w1, &act)]
         );
-        let act: Vec<BlockQ8_1> = x[..512]
+        let act: Vec<SuperBlockQ8> = x[..512]
             .chunks_exact(SUPER_BLOCK)
-            .flat_map(quantize_super_block)
+            .map(quantize_super_block)
             .collect();
         let (w0, w1) = (random_q6_k(1, 512, 11), random_q6_k(1, 512, 12));
         assert_eq!(
