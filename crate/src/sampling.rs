@@ -107,6 +107,12 @@ pub struct DeviceSampling {
 }
 
 impl DeviceSampling {
+    /// Whether this is the argmax: `temperature <= 0`, NaN included (the host's sampler ends up
+    /// at the argmax for it as well).
+    pub fn is_greedy(&self) -> bool {
+        self.temperature.is_nan() || self.temperature <= 0.0
+    }
+
     /// The most likely token (lowest id on ties).
     pub const GREEDY: DeviceSampling = DeviceSampling {
         temperature: 0.0,

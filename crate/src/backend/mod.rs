@@ -172,8 +172,8 @@ pub trait Backend: Send + Sized {
     /// Rows of the table for `tokens`.
     fn embed(&self, table: &Self::Embedding, tokens: &[u32]) -> Result<Self::Tensor>;
     /// The row for a token [`sample`](Self::sample) chose, without reading it back: the next
-    /// forward call starts while the host still waits for the id. `None` where sampling is on
-    /// the host.
+    /// forward call starts while the host still waits for the id. `None` where the backend
+    /// never samples.
     fn embed_sampled(
         &self,
         _table: &Self::Embedding,
@@ -242,7 +242,8 @@ pub trait Backend: Send + Sized {
         self.read(x)?.words()
     }
     /// Chooses the next token from `logits` (one row) on the device: a 1×1 tensor holding the
-    /// token id's bits (`f32::to_bits`). `None` when the backend samples on the host (the CPU).
+    /// token id's bits (`f32::to_bits`). `None` when the host is to choose (the CPU backend
+    /// chooses only greedily).
     fn sample(
         &self,
         _logits: &Self::Tensor,

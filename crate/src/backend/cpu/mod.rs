@@ -16,6 +16,7 @@ use super::{AttentionParams, Backend, Readback};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgmlType, GgufFile, TensorData, TensorInfo};
 use crate::model::{LanguageModel, Llama};
+use crate::sampling::DeviceSampling;
 
 /// Loads a `llama` GGUF onto the CPU backend.
 pub fn load_model(file: &GgufFile, source: &dyn ByteSource) -> Result<Box<dyn LanguageModel>> {
@@ -193,6 +194,11 @@ impl Backend for CpuBackend {
         Ok(table.embedding(&ids)?)
     }
 
+    fn embed_sampled(&self, table: &QTensor, token: &Tensor) -> Result<Option<Tensor>> {
+        let id = token.flatten_all()?.to_vec1::<f32>()?[0].to_bits();
+        self.embed(table, &[id]).map(Some)
+    }
+
     fn rms_norm(&self, x: &Tensor, scale: &Tensor, eps: f32) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(x, scale, eps)?)
     }
@@ -298,6 +304,28 @@ impl Backend for CpuBackend {
 
     fn read(&self, x: &Tensor) -> Result<Readback> {
         Ok(Readback::Host(x.flatten_all()?.to_vec1::<f32>()?))
+    }
+
+    /// Greedy choice where the logits lie, over the worker threads: the host then reads one id
+    /// instead of copying the vocabulary's logits and scanning them on one thread. Other sampling
+    /// is the host's.
+    fn sample(&self, logits: &Tensor, request: &DeviceSampling) -> Result<Option<Tensor>> {
+        if !request.is_greedy() {
+            return Ok(None);
+        }
+        let (storage, layout) = logits.storage_and_layout();
+        let token = match (&*storage, layout.contiguous_offsets()) {
+            (
+                candle_core::Storage::Cpu(candle_core::CpuStorage::F32(values)),
+                Some((start, end)),
+            ) => parallel::argmax_in_parallel(&values[start..end]),
+            _ => return Ok(None),
+        };
+        Ok(Some(Tensor::from_vec(
+            vec![f32::from_bits(token)],
+            (1, 1),
+            &self.device,
+        )?))
     }
 
     fn new_kv_cache(
@@ -528,6 +556,62 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Greedy sampling over the threads chooses what one `argmax` scan chooses: a maximum in
+    /// any chunk of the scan, equal maxima within and across chunks (the first wins), NaN, and
+    /// nothing above -inf. Other sampling stays on the host.
+    #[test]
+    fn greedy_sampling_over_the_threads_equals_one_scan() {
+        let backend = CpuBackend::new();
+        let logits = |v: &[f32]| Tensor::from_vec(v.to_vec(), (1, v.len()), &Device::Cpu).unwrap();
+        let sample = |v: &[f32]| {
+            let token = backend
+                .sample(&logits(v), &DeviceSampling::GREEDY)
+                .unwrap()
+                .expect("the CPU samples greedily");
+            backend.to_vec(&token).unwrap()[0].to_bits()
+        };
+        for len in [1, 7, 16384, 16385, 131_077] {
+            // Many equal values, in every chunk.
+            let base: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919) % 1013) as f32 / 100.0 - 5.0)
+                .collect();
+            let with = |changes: &[(usize, f32)]| {
+                let mut v = base.clone();
+                for &(i, x) in changes {
+                    v[i] = x;
+                }
+                v
+            };
+            let mut cases = vec![base.clone()];
+            for at in [0, len / 3, len - 1] {
+                cases.push(with(&[(at, 100.0)]));
+            }
+            if len > 16384 {
+                cases.push(with(&[(len - 1, 100.0), (3, 100.0)]));
+                cases.push(with(&[(16384, f32::NAN), (0, f32::NAN)]));
+            }
+            cases.push(vec![f32::NEG_INFINITY; len]);
+            let mut nan = vec![f32::NEG_INFINITY; len];
+            nan[len / 2] = f32::NAN;
+            cases.push(nan);
+            for (i, v) in cases.iter().enumerate() {
+                assert_eq!(
+                    sample(v),
+                    crate::sampling::argmax(v),
+                    "length {len}, case {i}"
+                );
+            }
+        }
+        let warm = DeviceSampling {
+            temperature: 0.8,
+            ..DeviceSampling::GREEDY
+        };
+        assert!(backend
+            .sample(&logits(&[1.0, 2.0]), &warm)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -3,6 +3,33 @@
 //! threads fight this one's for the cores, and sleep and wake between the hundreds of short
 //! calls of a decode step.
 
+/// [`argmax`](crate::sampling::argmax) of `values` (the same index), the scan shared out over
+/// the threads in runs of `ARGMAX_CHUNK` values: a vocabulary of 131072 logits took 4 % of the
+/// tiny Mistral's decode step on one thread while the others waited.
+pub(super) fn argmax_in_parallel(values: &[f32]) -> u32 {
+    const ARGMAX_CHUNK: usize = 16384;
+    // Per chunk: its first maximum's index (as bits) and value.
+    let mut best = vec![0f32; 2 * values.len().div_ceil(ARGMAX_CHUNK)];
+    for_each_rows_in_parallel(&mut best, 2, |first, run| {
+        for (c, out) in (first..).zip(run.chunks_exact_mut(2)) {
+            let start = c * ARGMAX_CHUNK;
+            let chunk = &values[start..values.len().min(start + ARGMAX_CHUNK)];
+            let i = crate::sampling::argmax(chunk) as usize;
+            out[0] = f32::from_bits((start + i) as u32);
+            out[1] = chunk[i];
+        }
+    });
+    // A later chunk wins only with a strictly larger value (NaN never), as in one scan; when
+    // nothing beats -inf, that is index 0.
+    let mut winner = (0, f32::NEG_INFINITY);
+    for chunk in best.chunks_exact(2) {
+        if chunk[1] > winner.1 {
+            winner = (chunk[0].to_bits(), chunk[1]);
+        }
+    }
+    winner.0
+}
+
 /// Calls `f(first_row, rows)` on consecutive runs of `row_len`-long rows of `out` that together
 /// cover it once, the runs spread over the threads.
 pub(super) fn for_each_rows_in_parallel(

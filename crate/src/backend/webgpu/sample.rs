@@ -61,8 +61,7 @@ impl SampleParams {
     /// The request in the kernel's terms, with the CPU's rules for what is off: top-k unless
     /// `0 < top_k < n`, top-p unless `top_p < 1`, min-p unless `0 < min_p <= 1`.
     fn new(request: &DeviceSampling, n: u32) -> SampleParams {
-        // NaN too: the CPU ends up at the argmax for it as well.
-        let greedy = request.temperature.is_nan() || request.temperature <= 0.0;
+        let greedy = request.is_greedy();
         let min_p_on = request.min_p > 0.0 && request.min_p <= 1.0;
         SampleParams {
             n,
