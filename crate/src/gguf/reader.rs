@@ -309,7 +309,7 @@ fn wrong(key: &str, v: &Value, expected: &'static str) -> GgufError {
 }
 
 fn tensor_elements(name: &str, dims: &[u64]) -> Result<u64, GgufError> {
-    if dims.iter().any(|&d| d == 0) {
+    if dims.contains(&0) {
         return Err(GgufError::BadTensorShape {
             name: name.to_string(),
             dims: dims.to_vec(),

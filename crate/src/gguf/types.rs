@@ -253,7 +253,7 @@ impl GgmlType {
     /// Bytes for `n_elements` values, or None when they do not fill whole blocks.
     pub fn bytes_for(self, n_elements: u64) -> Option<u64> {
         let block = self.block_len() as u64;
-        if n_elements % block != 0 {
+        if !n_elements.is_multiple_of(block) {
             return None;
         }
         (n_elements / block).checked_mul(self.block_bytes() as u64)

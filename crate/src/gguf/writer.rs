@@ -310,7 +310,7 @@ fn tensor_bytes(name: &str, dims: &[u64], dtype: GgmlType) -> Result<u64, GgufWr
     if dims.contains(&0) {
         return Err(bad("a dimension is zero"));
     }
-    if dims[0] % dtype.block_len() as u64 != 0 {
+    if !dims[0].is_multiple_of(dtype.block_len() as u64) {
         return Err(bad("rows do not fill whole quantization blocks"));
     }
     let n_elements = dims

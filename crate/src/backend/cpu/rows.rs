@@ -336,9 +336,9 @@ fn dot_q4_1_scalar(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
         let (d, m) = scale_and_min(block);
         let qs = &block[4..];
         let mut sum = 0i32;
-        for i in 0..16 {
-            sum += (qs[i] & 0x0F) as i32 * a.qs[i] as i32;
-            sum += (qs[i] >> 4) as i32 * a.qs[i + 16] as i32;
+        for (i, &q) in qs[..16].iter().enumerate() {
+            sum += (q & 0x0F) as i32 * a.qs[i] as i32;
+            sum += (q >> 4) as i32 * a.qs[i + 16] as i32;
         }
         total += d * a.d * sum as f32 + m * a.s;
     }
@@ -834,6 +834,11 @@ unsafe fn dot_q6_k_pair_avx2(w0: &[u8], w1: &[u8], act: &[SuperBlockQ8]) -> [f32
 }
 
 /// How far ahead of a row's current block [`prefetch_ahead_avx2`] asks for its bytes.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
 const PREFETCH_DISTANCE: usize = 2048;
 
 /// Asks for the cache lines `PREFETCH_DISTANCE` bytes past the start of `block`, one per 64

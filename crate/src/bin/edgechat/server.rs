@@ -364,6 +364,8 @@ fn run_job(engine: &mut Engine, job: ChatJob) {
 
 /// Puts `job` in the engine's queue without waiting; when the queue is full, the answer is a 503
 /// with `Retry-After` (OpenAI's shape for an overloaded server).
+// The refusal is the handler's answer as it is sent, once per request.
+#[allow(clippy::result_large_err)]
 fn queue_job(jobs: &std_mpsc::SyncSender<ChatJob>, job: ChatJob) -> Result<(), Response> {
     match jobs.try_send(job) {
         Ok(()) => Ok(()),
