@@ -427,13 +427,16 @@ fn random_id() -> String {
     hex::encode(bytes)
 }
 
+/// Provider name → API key.
+type ProviderKeys = Rc<HashMap<String, String>>;
+
 thread_local! {
     /// Provider keys, read from the secrets once per isolate and configuration (not per request).
-    static KEYS: RefCell<Option<(Rc<RouterConfig>, Rc<HashMap<String, String>>)>> = const { RefCell::new(None) };
+    static KEYS: RefCell<Option<(Rc<RouterConfig>, ProviderKeys)>> = const { RefCell::new(None) };
 }
 
 /// Provider name → key, from the secrets the configuration names.
-fn provider_keys(env: &Env, config: &Rc<RouterConfig>) -> Rc<HashMap<String, String>> {
+fn provider_keys(env: &Env, config: &Rc<RouterConfig>) -> ProviderKeys {
     let cached = KEYS.with_borrow(|k| {
         k.as_ref()
             .filter(|(c, _)| Rc::ptr_eq(c, config))
