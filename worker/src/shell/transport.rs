@@ -7,7 +7,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
-use worker::{AbortController, Date, Delay, Fetch, Headers, Method, Request, RequestInit};
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use worker::{AbortController, Date, Delay};
 
 use crate::router::config::Provider;
 use crate::router::relay::{Transport, UpstreamResponse};
@@ -54,28 +56,36 @@ impl Transport for WorkerTransport {
         provider: &Provider,
         body: String,
     ) -> Result<UpstreamResponse<UpstreamBody>, String> {
-        let headers = Headers::new();
-        let set = |k: &str, v: &str| headers.set(k, v).map_err(|e| e.to_string());
-        set("content-type", "application/json")?;
-        set("accept", "text/event-stream")?;
+        // One `fetch(url, init)`: a `Request` built first would be built again inside `fetch`
+        // to take the abort signal.
+        let js = |e: wasm_bindgen::JsValue| worker::Error::from(e).to_string();
+        let headers = web_sys::Headers::new().map_err(js)?;
+        headers
+            .set("content-type", "application/json")
+            .map_err(js)?;
+        headers.set("accept", "text/event-stream").map_err(js)?;
         if let Some(key) = self.keys.get(&provider.name) {
-            set("authorization", &format!("Bearer {key}"))?;
+            headers
+                .set("authorization", &format!("Bearer {key}"))
+                .map_err(js)?;
         }
-        let mut init = RequestInit::new();
-        init.with_method(Method::Post)
-            .with_headers(headers)
-            .with_body(Some(body.into()));
+        let abort = AbortOnDrop(Some(AbortController::default()));
+        let signal = abort.0.as_ref().expect("set above").signal();
+        let init = web_sys::RequestInit::new();
+        init.set_method("POST");
+        init.set_headers(&headers);
+        init.set_body(&body.into());
+        init.set_signal(Some(&signal));
         let url = format!(
             "{}/chat/completions",
             provider.base_url.trim_end_matches('/')
         );
-        let request = Request::new_with_init(&url, &init).map_err(|e| e.to_string())?;
-        let abort = AbortOnDrop(Some(AbortController::default()));
-        let signal = abort.0.as_ref().expect("set above").signal();
-        let mut response = Fetch::Request(request)
-            .send_with_signal(&signal)
+        let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+        let response = JsFuture::from(global.fetch_with_str_and_init(&url, &init))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(js)?;
+        let mut response =
+            worker::Response::from(response.dyn_into::<web_sys::Response>().map_err(js)?);
         let status = response.status_code();
         let retry_after = response.headers().get("retry-after").ok().flatten();
         let stream: Pin<Box<dyn Stream<Item = worker::Result<Vec<u8>>>>> = match response.stream() {
