@@ -362,3 +362,25 @@ fn long_prompt_prefill_matches_candle_transformers() {
     );
     assert_eq!(argmax(&got), argmax(&expected));
 }
+
+/// The CPU chooses greedy tokens itself, but never starts the next call on one before the host
+/// has it: it computes in the call, so a call made ahead would hold back every token (the first
+/// one included) by a whole decode step.
+#[test]
+fn cpu_samples_greedily_without_working_ahead_of_the_host() {
+    use edgechat::model::{Forwarded, Output};
+    use edgechat::sampling::DeviceSampling;
+    let path = common::model_path(common::SMOLLM2);
+    let prompt = [504u32, 3575, 282, 4649, 314, 7042];
+    let greedy = Output::Sample(DeviceSampling::GREEDY);
+    let mut model = ours(&path);
+    let logits = model.forward(&prompt).unwrap();
+    model.truncate_cache(0);
+    let pending = model.start_forward(&prompt, greedy).unwrap();
+    assert!(model.start_forward_sampled(greedy).unwrap().is_none());
+    match pending.wait().unwrap() {
+        Forwarded::Token(token) => assert_eq!(token, argmax(&logits)),
+        Forwarded::Logits(_) => panic!("greedy sampling is the CPU's own"),
+    }
+    assert_eq!(model.cache_len(), prompt.len());
+}

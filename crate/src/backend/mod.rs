@@ -143,6 +143,12 @@ pub trait Backend: Send + Sized {
 
     fn name(&self) -> &'static str;
 
+    /// Whether a forward call returns once its work is queued (a GPU), not done. Only then is a
+    /// call started on a token [`sample`](Self::sample) chose, before the host reads it, worth
+    /// making: the device runs it while the host handles the token. A backend that computes in
+    /// the call itself (the CPU) would deliver every token one step late that way.
+    const QUEUES_WORK: bool = false;
+
     /// What it runs on, for reports.
     fn describe(&self) -> String {
         self.name().to_string()

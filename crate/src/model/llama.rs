@@ -213,7 +213,8 @@ impl<B: Backend> Llama<B> {
         });
         match result {
             Ok((pending, sampled)) => {
-                self.last_sampled = sampled;
+                // Continued from on the device only where the device works ahead of the host.
+                self.last_sampled = sampled.filter(|_| B::QUEUES_WORK);
                 Ok(pending)
             }
             Err(e) => {

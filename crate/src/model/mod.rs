@@ -91,8 +91,8 @@ pub trait LanguageModel: Send {
 
     /// Runs one more token: the one the previous call chose on the device (`Output::Sample`),
     /// before the host has read it, so the device never waits for the host between tokens. `None`
-    /// when there is no such token (the host sampled, or the previous call wanted logits); the
-    /// caller then passes the token itself.
+    /// when there is no such token (the host sampled, the previous call wanted logits, or the
+    /// backend computes in the call itself, as the CPU does); the caller then passes the token.
     fn start_forward_sampled(&mut self, _output: Output) -> Result<Option<PendingForward>> {
         Ok(None)
     }

@@ -194,11 +194,6 @@ impl Backend for CpuBackend {
         Ok(table.embedding(&ids)?)
     }
 
-    fn embed_sampled(&self, table: &QTensor, token: &Tensor) -> Result<Option<Tensor>> {
-        let id = token.flatten_all()?.to_vec1::<f32>()?[0].to_bits();
-        self.embed(table, &[id]).map(Some)
-    }
-
     fn rms_norm(&self, x: &Tensor, scale: &Tensor, eps: f32) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(x, scale, eps)?)
     }

@@ -797,6 +797,8 @@ impl Backend for WebGpuBackend {
     type KvCache = GpuKvCache;
     type Positions = GpuPositions;
 
+    const QUEUES_WORK: bool = true;
+
     fn name(&self) -> &'static str {
         "webgpu"
     }
