@@ -17,6 +17,15 @@ use super::parallel::for_each_rows_in_parallel;
 
 use crate::error::{Error, Result};
 
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+mod avx2;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd128;
+
 /// Elements per activation block, and per weight block of Q4_1 and Q8_0.
 const BLOCK: usize = 32;
 /// Elements per Q6_K super-block (eight activation blocks).
@@ -310,11 +319,11 @@ fn dot_q4_1(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
     ))]
     {
         // SAFETY: the target features are enabled at compile time; slices are bounds-checked.
-        unsafe { dot_q4_1_avx2(weights, act) }
+        unsafe { avx2::dot_q4_1(weights, act) }
     }
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     {
-        dot_q4_1_simd128(weights, act)
+        simd128::dot_q4_1(weights, act)
     }
     #[cfg(not(any(
         all(
@@ -345,111 +354,6 @@ fn dot_q4_1_scalar(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
     total
 }
 
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_q4_1_avx2(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
-    use std::arch::x86_64::*;
-    let mut acc = _mm256_setzero_ps();
-    let mut mins = 0f32;
-    for (block, a) in weights.chunks_exact(RowFormat::Q4_1.block_bytes()).zip(act) {
-        prefetch_ahead_avx2(block);
-        let q8 = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-        let (sums, d, m) = q4_1_block_avx2(block, q8);
-        mins += m * a.s;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sums, acc);
-    }
-    horizontal_sum_avx(acc) + mins
-}
-
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_q4_1_pair_avx2(w0: &[u8], w1: &[u8], act: &[BlockQ8_1]) -> [f32; 2] {
-    use std::arch::x86_64::*;
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let (mut mins0, mut mins1) = (0f32, 0f32);
-    let block_bytes = RowFormat::Q4_1.block_bytes();
-    for ((b0, b1), a) in w0
-        .chunks_exact(block_bytes)
-        .zip(w1.chunks_exact(block_bytes))
-        .zip(act)
-    {
-        prefetch_ahead_avx2(b0);
-        prefetch_ahead_avx2(b1);
-        let q8 = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-        let (sums0, d0, m0) = q4_1_block_avx2(b0, q8);
-        let (sums1, d1, m1) = q4_1_block_avx2(b1, q8);
-        mins0 += m0 * a.s;
-        mins1 += m1 * a.s;
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * a.d), sums0, acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1 * a.d), sums1, acc1);
-    }
-    [
-        horizontal_sum_avx(acc0) + mins0,
-        horizontal_sum_avx(acc1) + mins1,
-    ]
-}
-
-/// One Q4_1 block against 32 activations: eight partial sums (to add) as floats, and the block's
-/// scale and minimum.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn q4_1_block_avx2(
-    block: &[u8],
-    q8: std::arch::x86_64::__m256i,
-) -> (std::arch::x86_64::__m256, f32, f32) {
-    use std::arch::x86_64::*;
-    let (d, m) = scale_and_min(block);
-    // `block[4..20]` is bounds-checked: the 16-byte load stays inside the block.
-    let packed = _mm_loadu_si128(block[4..20].as_ptr() as *const __m128i);
-    // Low nibbles are elements 0–15, high nibbles 16–31.
-    let nibbles = _mm256_and_si256(
-        _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed),
-        _mm256_set1_epi8(0x0F),
-    );
-    let pairs = _mm256_maddubs_epi16(nibbles, q8);
-    let sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-    (_mm256_cvtepi32_ps(sums), d, m)
-}
-
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn horizontal_sum_avx(v: std::arch::x86_64::__m256) -> f32 {
-    use std::arch::x86_64::*;
-    let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
-    let one = _mm_add_ss(quarter, _mm_shuffle_ps(quarter, quarter, 1));
-    _mm_cvtss_f32(one)
-}
-
-/// f16 → f32 for every bit pattern. wasm has no f16 conversion instruction and the software one
-/// branches; two lookups per 32-value block are cheaper.
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-fn f16_table() -> &'static [f32] {
-    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
-        (0..=u16::MAX)
-            .map(|bits| f16::from_bits(bits).to_f32())
-            .collect()
-    })
-}
-
 /// Two Q4_1 weight rows against one activation row, each exactly as `dot_q4_1` computes it. The
 /// rows share the activations' loads and the loop, and their two chains of sums run side by side
 /// (SmolLM2 decode in Chromium 29.9 -> 40.8 tok/s, natively at 2 threads 95-99 -> 122-126).
@@ -461,11 +365,11 @@ fn dot_q4_1_pair(w0: &[u8], w1: &[u8], act: &[BlockQ8_1]) -> [f32; 2] {
     ))]
     {
         // SAFETY: the target features are enabled at compile time; slices are bounds-checked.
-        unsafe { dot_q4_1_pair_avx2(w0, w1, act) }
+        unsafe { avx2::dot_q4_1_pair(w0, w1, act) }
     }
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     {
-        dot_q4_1_pair_simd128(w0, w1, act)
+        simd128::dot_q4_1_pair(w0, w1, act)
     }
     #[cfg(not(any(
         all(
@@ -480,105 +384,11 @@ fn dot_q4_1_pair(w0: &[u8], w1: &[u8], act: &[BlockQ8_1]) -> [f32; 2] {
     }
 }
 
-/// One Q4_1 block against one activation block in wasm: the integer dot product (four lanes to
-/// add) and the block's scale and minimum.
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-#[inline(always)]
-fn q4_1_block_simd128(
-    block: &[u8],
-    a: &BlockQ8_1,
-    table: &[f32],
-) -> (std::arch::wasm32::v128, f32, f32) {
-    use std::arch::wasm32::*;
-    let d = table[usize::from(u16::from_le_bytes([block[0], block[1]]))];
-    let m = table[usize::from(u16::from_le_bytes([block[2], block[3]]))];
-    // SAFETY: a Q4_1 block has 20 bytes, so 16 bytes from offset 4 are in bounds (checked
-    // below); `a.wide` holds 32 i16 (64 bytes), read as four 16-byte vectors.
-    assert!(block.len() >= 20);
-    let (packed, a0, a1, a2, a3) = unsafe {
-        let wide = a.wide.as_ptr() as *const v128;
-        (
-            v128_load(block.as_ptr().add(4) as *const v128),
-            v128_load(wide),
-            v128_load(wide.add(1)),
-            v128_load(wide.add(2)),
-            v128_load(wide.add(3)),
-        )
-    };
-    let lo = v128_and(packed, u8x16_splat(0x0F));
-    let hi = u8x16_shr(packed, 4);
-    let sum = i32x4_add(
-        i32x4_add(
-            i32x4_dot_i16x8(u16x8_extend_low_u8x16(lo), a0),
-            i32x4_dot_i16x8(u16x8_extend_high_u8x16(lo), a1),
-        ),
-        i32x4_add(
-            i32x4_dot_i16x8(u16x8_extend_low_u8x16(hi), a2),
-            i32x4_dot_i16x8(u16x8_extend_high_u8x16(hi), a3),
-        ),
-    );
-    (sum, d, m)
-}
-
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-fn horizontal_sum(v: std::arch::wasm32::v128) -> f32 {
-    use std::arch::wasm32::*;
-    f32x4_extract_lane::<0>(v)
-        + f32x4_extract_lane::<1>(v)
-        + f32x4_extract_lane::<2>(v)
-        + f32x4_extract_lane::<3>(v)
-}
-
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-fn dot_q4_1_simd128(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
-    use std::arch::wasm32::*;
-    let table = f16_table();
-    let mut acc = f32x4_splat(0.0);
-    let mut mins = 0f32;
-    for (block, a) in weights.chunks_exact(RowFormat::Q4_1.block_bytes()).zip(act) {
-        let (sum, d, m) = q4_1_block_simd128(block, a, table);
-        mins += m * a.s;
-        acc = f32x4_add(
-            acc,
-            f32x4_mul(f32x4_splat(d * a.d), f32x4_convert_i32x4(sum)),
-        );
-    }
-    horizontal_sum(acc) + mins
-}
-
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-fn dot_q4_1_pair_simd128(w0: &[u8], w1: &[u8], act: &[BlockQ8_1]) -> [f32; 2] {
-    use std::arch::wasm32::*;
-    let table = f16_table();
-    let (mut acc0, mut acc1) = (f32x4_splat(0.0), f32x4_splat(0.0));
-    let (mut mins0, mut mins1) = (0f32, 0f32);
-    let block_bytes = RowFormat::Q4_1.block_bytes();
-    for ((b0, b1), a) in w0
-        .chunks_exact(block_bytes)
-        .zip(w1.chunks_exact(block_bytes))
-        .zip(act)
-    {
-        let (sum0, d0, m0) = q4_1_block_simd128(b0, a, table);
-        let (sum1, d1, m1) = q4_1_block_simd128(b1, a, table);
-        mins0 += m0 * a.s;
-        mins1 += m1 * a.s;
-        acc0 = f32x4_add(
-            acc0,
-            f32x4_mul(f32x4_splat(d0 * a.d), f32x4_convert_i32x4(sum0)),
-        );
-        acc1 = f32x4_add(
-            acc1,
-            f32x4_mul(f32x4_splat(d1 * a.d), f32x4_convert_i32x4(sum1)),
-        );
-    }
-    [horizontal_sum(acc0) + mins0, horizontal_sum(acc1) + mins1]
-}
-
 /// Dot product of one Q8_0 weight row with one Q8 activation row.
 fn dot_q8_0(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     {
-        dot_q8_0_simd128(weights, act)
+        simd128::dot_q8_0(weights, act)
     }
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
     {
@@ -606,92 +416,12 @@ fn dot_q8_0_scalar(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
 fn dot_q8_0_pair(w0: &[u8], w1: &[u8], act: &[BlockQ8_1]) -> [f32; 2] {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     {
-        dot_q8_0_pair_simd128(w0, w1, act)
+        simd128::dot_q8_0_pair(w0, w1, act)
     }
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
     {
         [dot_q8_0(w0, act), dot_q8_0(w1, act)]
     }
-}
-
-/// One Q8_0 block against one activation block in wasm: the integer dot product (four lanes to
-/// add) and the block's scale.
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-#[inline(always)]
-fn q8_0_block_simd128(
-    block: &[u8],
-    a: &BlockQ8_1,
-    table: &[f32],
-) -> (std::arch::wasm32::v128, f32) {
-    use std::arch::wasm32::*;
-    let d = table[usize::from(u16::from_le_bytes([block[0], block[1]]))];
-    assert!(block.len() >= 34);
-    // SAFETY: the block has 34 bytes (checked above), so the four 8-byte loads at offsets 2, 10,
-    // 18 and 26 are in bounds; `a.wide` holds 32 i16 (64 bytes), read as four 16-byte vectors.
-    let sum = unsafe {
-        let weights = block.as_ptr().add(2) as *const i8;
-        let wide = a.wide.as_ptr() as *const v128;
-        i32x4_add(
-            i32x4_add(
-                i32x4_dot_i16x8(i16x8_load_extend_i8x8(weights), v128_load(wide)),
-                i32x4_dot_i16x8(
-                    i16x8_load_extend_i8x8(weights.add(8)),
-                    v128_load(wide.add(1)),
-                ),
-            ),
-            i32x4_add(
-                i32x4_dot_i16x8(
-                    i16x8_load_extend_i8x8(weights.add(16)),
-                    v128_load(wide.add(2)),
-                ),
-                i32x4_dot_i16x8(
-                    i16x8_load_extend_i8x8(weights.add(24)),
-                    v128_load(wide.add(3)),
-                ),
-            ),
-        )
-    };
-    (sum, d)
-}
-
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-fn dot_q8_0_simd128(weights: &[u8], act: &[BlockQ8_1]) -> f32 {
-    use std::arch::wasm32::*;
-    let table = f16_table();
-    let mut acc = f32x4_splat(0.0);
-    for (block, a) in weights.chunks_exact(RowFormat::Q8_0.block_bytes()).zip(act) {
-        let (sum, d) = q8_0_block_simd128(block, a, table);
-        acc = f32x4_add(
-            acc,
-            f32x4_mul(f32x4_splat(d * a.d_f16), f32x4_convert_i32x4(sum)),
-        );
-    }
-    horizontal_sum(acc)
-}
-
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-fn dot_q8_0_pair_simd128(w0: &[u8], w1: &[u8], act: &[BlockQ8_1]) -> [f32; 2] {
-    use std::arch::wasm32::*;
-    let table = f16_table();
-    let (mut acc0, mut acc1) = (f32x4_splat(0.0), f32x4_splat(0.0));
-    let block_bytes = RowFormat::Q8_0.block_bytes();
-    for ((b0, b1), a) in w0
-        .chunks_exact(block_bytes)
-        .zip(w1.chunks_exact(block_bytes))
-        .zip(act)
-    {
-        let (sum0, d0) = q8_0_block_simd128(b0, a, table);
-        let (sum1, d1) = q8_0_block_simd128(b1, a, table);
-        acc0 = f32x4_add(
-            acc0,
-            f32x4_mul(f32x4_splat(d0 * a.d_f16), f32x4_convert_i32x4(sum0)),
-        );
-        acc1 = f32x4_add(
-            acc1,
-            f32x4_mul(f32x4_splat(d1 * a.d_f16), f32x4_convert_i32x4(sum1)),
-        );
-    }
-    [horizontal_sum(acc0), horizontal_sum(acc1)]
 }
 
 /// The six-bit value (0..64, i.e. q + 32) of element `32·j + l` of half `n` of a Q6_K
@@ -714,7 +444,7 @@ fn dot_q6_k(weights: &[u8], act: &[SuperBlockQ8]) -> f32 {
     ))]
     {
         // SAFETY: the target features are enabled at compile time; slices are bounds-checked.
-        unsafe { dot_q6_k_avx2(weights, act) }
+        unsafe { avx2::dot_q6_k(weights, act) }
     }
     #[cfg(not(all(
         target_arch = "x86_64",
@@ -755,7 +485,7 @@ fn dot_q6_k_pair(w0: &[u8], w1: &[u8], act: &[SuperBlockQ8]) -> [f32; 2] {
     ))]
     {
         // SAFETY: the target features are enabled at compile time; slices are bounds-checked.
-        unsafe { dot_q6_k_pair_avx2(w0, w1, act) }
+        unsafe { avx2::dot_q6_k_pair(w0, w1, act) }
     }
     #[cfg(not(all(
         target_arch = "x86_64",
@@ -765,243 +495,6 @@ fn dot_q6_k_pair(w0: &[u8], w1: &[u8], act: &[SuperBlockQ8]) -> [f32; 2] {
     {
         [dot_q6_k(w0, act), dot_q6_k(w1, act)]
     }
-}
-
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_q6_k_avx2(weights: &[u8], act: &[SuperBlockQ8]) -> f32 {
-    use std::arch::x86_64::*;
-    let mut acc = _mm256_setzero_ps();
-    let block_bytes = RowFormat::Q6K.block_bytes();
-    for (block, a) in weights.chunks_exact(block_bytes).zip(act) {
-        prefetch_ahead_avx2(block);
-        let mut sums = _mm256_setzero_si256();
-        for n in 0..2 {
-            let (quarters, scales) = q6_k_half_avx2(block, n);
-            for (j, &quarter) in quarters.iter().enumerate() {
-                let q8 = q6_k_activations_avx2(a, 4 * n + j);
-                sums = q6_k_quarter_avx2(sums, quarter, q8, scales, j);
-            }
-        }
-        let act_sums = _mm256_loadu_si256(a.sums.as_ptr() as *const __m256i);
-        sums = _mm256_sub_epi32(sums, q6_k_offset_avx2(block, act_sums));
-        let d = f16::from_le_bytes([block[208], block[209]]).to_f32();
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sums), acc);
-    }
-    horizontal_sum_avx(acc)
-}
-
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_q6_k_pair_avx2(w0: &[u8], w1: &[u8], act: &[SuperBlockQ8]) -> [f32; 2] {
-    use std::arch::x86_64::*;
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let block_bytes = RowFormat::Q6K.block_bytes();
-    for ((b0, b1), a) in w0
-        .chunks_exact(block_bytes)
-        .zip(w1.chunks_exact(block_bytes))
-        .zip(act)
-    {
-        prefetch_ahead_avx2(b0);
-        prefetch_ahead_avx2(b1);
-        let (mut sums0, mut sums1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-        for n in 0..2 {
-            let (quarters0, scales0) = q6_k_half_avx2(b0, n);
-            let (quarters1, scales1) = q6_k_half_avx2(b1, n);
-            for j in 0..4 {
-                let q8 = q6_k_activations_avx2(a, 4 * n + j);
-                sums0 = q6_k_quarter_avx2(sums0, quarters0[j], q8, scales0, j);
-                sums1 = q6_k_quarter_avx2(sums1, quarters1[j], q8, scales1, j);
-            }
-        }
-        let act_sums = _mm256_loadu_si256(a.sums.as_ptr() as *const __m256i);
-        sums0 = _mm256_sub_epi32(sums0, q6_k_offset_avx2(b0, act_sums));
-        sums1 = _mm256_sub_epi32(sums1, q6_k_offset_avx2(b1, act_sums));
-        let d0 = f16::from_le_bytes([b0[208], b0[209]]).to_f32();
-        let d1 = f16::from_le_bytes([b1[208], b1[209]]).to_f32();
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * a.d), _mm256_cvtepi32_ps(sums0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1 * a.d), _mm256_cvtepi32_ps(sums1), acc1);
-    }
-    [horizontal_sum_avx(acc0), horizontal_sum_avx(acc1)]
-}
-
-/// How far ahead of a row's current block [`prefetch_ahead_avx2`] asks for its bytes.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-const PREFETCH_DISTANCE: usize = 2048;
-
-/// Asks for the cache lines `PREFETCH_DISTANCE` bytes past the start of `block`, one per 64
-/// bytes of it, so that consecutive blocks have the lines of the blocks after them requested. The
-/// hardware prefetcher alone left the kernels waiting on the cache: the tiny Mistral's Q6_K head
-/// went 30.7 -> 37.5 GB/s (131072 x 512, 2 threads), SmolLM2's Q4_1 decode 90-98 -> 123-128
-/// tok/s. Prefetching an address past the row's end is harmless (a hint, it never faults), so
-/// the pointer is only computed, never read.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-fn prefetch_ahead_avx2(block: &[u8]) {
-    use std::arch::x86_64::*;
-    for offset in (0..block.len()).step_by(64) {
-        let line = block.as_ptr().wrapping_add(PREFETCH_DISTANCE + offset);
-        _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
-    }
-}
-
-/// Half `n` (elements 128·n ..) of a Q6_K super-block: its four quarters of 32 six-bit values
-/// (q + 32), one byte each, and its eight scales as i16 in both 128-bit lanes.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn q6_k_half_avx2(
-    block: &[u8],
-    n: usize,
-) -> ([std::arch::x86_64::__m256i; 4], std::arch::x86_64::__m256i) {
-    use std::arch::x86_64::*;
-    // The sub-slices are bounds-checked: each load stays inside them.
-    let ql0 = _mm256_loadu_si256(block[64 * n..64 * n + 32].as_ptr() as *const __m256i);
-    let ql1 = _mm256_loadu_si256(block[64 * n + 32..64 * n + 64].as_ptr() as *const __m256i);
-    let qh = _mm256_loadu_si256(block[128 + 32 * n..160 + 32 * n].as_ptr() as *const __m256i);
-    let scales = _mm_loadl_epi64(block[192 + 8 * n..200 + 8 * n].as_ptr() as *const __m128i);
-    let low = _mm256_set1_epi8(0x0F);
-    let high = _mm256_set1_epi8(0x30);
-    // 16-bit shifts: the masks drop the bits that cross into a neighbouring byte.
-    let quarters = [
-        _mm256_or_si256(
-            _mm256_and_si256(ql0, low),
-            _mm256_and_si256(_mm256_slli_epi16(qh, 4), high),
-        ),
-        _mm256_or_si256(
-            _mm256_and_si256(ql1, low),
-            _mm256_and_si256(_mm256_slli_epi16(qh, 2), high),
-        ),
-        _mm256_or_si256(
-            _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low),
-            _mm256_and_si256(qh, high),
-        ),
-        _mm256_or_si256(
-            _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low),
-            _mm256_and_si256(_mm256_srli_epi16(qh, 2), high),
-        ),
-    ];
-    (
-        quarters,
-        _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(scales)),
-    )
-}
-
-/// Activations `32 c .. 32 c + 32` of a super-block.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn q6_k_activations_avx2(act: &SuperBlockQ8, c: usize) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    // Bounds-checked: the load stays inside the sub-slice.
-    _mm256_loadu_si256(act.qs[32 * c..32 * c + 32].as_ptr() as *const __m256i)
-}
-
-/// What the +32 of a super-block's stored values added to its sums: 32 · Σ scale_g · Σ q_g over
-/// its sixteen groups g of 16 activations, spread over eight lanes.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn q6_k_offset_avx2(
-    block: &[u8],
-    act_sums: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    let scales = _mm_loadu_si128(block[192..208].as_ptr() as *const __m128i);
-    _mm256_slli_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(scales), act_sums), 5)
-}
-
-/// Quarter `j` of a half (32 values, stored as q + 32) against its 32 activations, scaled and
-/// added to `sums` (eight integer partial sums). Elements 0–15 lie in the low 128 bits and take
-/// scale 2j, elements 16–31 scale 2j + 1. No overflow: pairs of 63 · 127 stay under 2^15, and a
-/// super-block's sums under 2^25.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn q6_k_quarter_avx2(
-    sums: std::arch::x86_64::__m256i,
-    q: std::arch::x86_64::__m256i,
-    q8: std::arch::x86_64::__m256i,
-    scales: std::arch::x86_64::__m256i,
-    j: usize,
-) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    let pairs = _mm256_maddubs_epi16(q, q8);
-    // Byte shuffles picking i16 scale 2j in the low lane and 2j + 1 in the high lane.
-    let pick = |k: usize| {
-        let (lo, hi) = (4 * k as i8, 4 * k as i8 + 2);
-        _mm256_setr_epi8(
-            lo,
-            lo + 1,
-            lo,
-            lo + 1,
-            lo,
-            lo + 1,
-            lo,
-            lo + 1,
-            lo,
-            lo + 1,
-            lo,
-            lo + 1,
-            lo,
-            lo + 1,
-            lo,
-            lo + 1,
-            hi,
-            hi + 1,
-            hi,
-            hi + 1,
-            hi,
-            hi + 1,
-            hi,
-            hi + 1,
-            hi,
-            hi + 1,
-            hi,
-            hi + 1,
-            hi,
-            hi + 1,
-            hi,
-            hi + 1,
-        )
-    };
-    _mm256_add_epi32(
-        sums,
-        _mm256_madd_epi16(pairs, _mm256_shuffle_epi8(scales, pick(j))),
-    )
 }
 
 #[cfg(test)]
