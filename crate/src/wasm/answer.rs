@@ -82,6 +82,9 @@ fn request_error(e: RequestError) -> JsValue {
     coded_error(e.code.unwrap_or("invalid_request"), &e.message, e.param)
 }
 
+// The engine's borrow is its lock for the whole answer: a call that comes meanwhile gets a
+// "busy" error from `try_borrow_mut` instead of waiting (there is one thread, never a panic).
+#[allow(clippy::await_holding_refcell_ref)]
 pub(super) async fn answer(
     context: Context,
     request_json: String,

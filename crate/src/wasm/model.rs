@@ -15,6 +15,8 @@ use crate::sampling::{argmax, DeviceSampling};
 /// A model loaded in the page.
 #[wasm_bindgen]
 pub struct WasmModel {
+    /// Borrowed mutably for a whole call, awaits included: the borrow is the model's lock, and a
+    /// call that comes meanwhile gets a "busy" error from `try_borrow_mut` (never a panic).
     model: Rc<RefCell<Box<dyn LanguageModel>>>,
     description: String,
 }
@@ -90,6 +92,7 @@ impl WasmModel {
     /// Greedy tokens after `prompt` (token ids), from an empty cache: the token chosen at each of
     /// `steps` steps. Each step feeds the chosen token, or `forced[i]` when given (teacher forcing:
     /// compares step by step with another run even after a near-tie).
+    #[allow(clippy::await_holding_refcell_ref)] // the model's lock (see `model`)
     pub fn greedy(
         &self,
         prompt: Vec<u32>,
@@ -120,6 +123,7 @@ impl WasmModel {
     }
 
     /// The last row's logits after `prompt` (token ids), from an empty cache.
+    #[allow(clippy::await_holding_refcell_ref)] // the model's lock (see `model`)
     pub fn logits(&self, prompt: Vec<u32>) -> js_sys::Promise {
         let model = self.model.clone();
         wasm_bindgen_futures::future_to_promise(async move {
@@ -142,6 +146,7 @@ impl WasmModel {
 
     /// Times a prefill of `prompt_tokens` and `gen_tokens` decode steps (see `edgechat bench`):
     /// a JSON report.
+    #[allow(clippy::await_holding_refcell_ref)] // the model's lock (see `model`)
     pub fn bench(&self, prompt_tokens: u32, gen_tokens: u32) -> js_sys::Promise {
         let model = self.model.clone();
         let description = self.description.clone();
