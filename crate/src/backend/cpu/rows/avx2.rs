@@ -217,46 +217,12 @@ unsafe fn q6_k_quarter(
     j: usize,
 ) -> __m256i {
     let pairs = _mm256_maddubs_epi16(q, q8);
-    // Byte shuffles picking i16 scale 2j in the low lane and 2j + 1 in the high lane.
-    let pick = |k: usize| {
-        let (lo, hi) = (4 * k as i8, 4 * k as i8 + 2);
-        _mm256_setr_epi8(
-            lo,
-            lo + 1,
-            lo,
-            lo + 1,
-            lo,
-            lo + 1,
-            lo,
-            lo + 1,
-            lo,
-            lo + 1,
-            lo,
-            lo + 1,
-            lo,
-            lo + 1,
-            lo,
-            lo + 1,
-            hi,
-            hi + 1,
-            hi,
-            hi + 1,
-            hi,
-            hi + 1,
-            hi,
-            hi + 1,
-            hi,
-            hi + 1,
-            hi,
-            hi + 1,
-            hi,
-            hi + 1,
-            hi,
-            hi + 1,
-        )
-    };
+    // A byte shuffle picking i16 scale 2j in the low lane and 2j + 1 in the high lane: the
+    // byte pair (2s, 2s + 1), as one little-endian i16, selects scale s.
+    let pick = |s: usize| (2 * s as i16) | ((2 * s as i16 + 1) << 8);
+    let picks = _mm256_set_m128i(_mm_set1_epi16(pick(2 * j + 1)), _mm_set1_epi16(pick(2 * j)));
     _mm256_add_epi32(
         sums,
-        _mm256_madd_epi16(pairs, _mm256_shuffle_epi8(scales, pick(j))),
+        _mm256_madd_epi16(pairs, _mm256_shuffle_epi8(scales, picks)),
     )
 }
