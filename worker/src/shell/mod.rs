@@ -565,9 +565,15 @@ async fn chat(
         let _ = headers.set("cache-control", "no-cache");
         let _ = headers.set("x-edgechat-provider", &provider);
         let mut writer = SseWriter::new(id, created, model, include_usage);
-        let events = futures::stream::once(async { first }).chain(rx);
-        let body = events
-            .map(move |event| Ok::<Vec<u8>, worker::Error>(writer.write(&event).into_bytes()));
+        // The events ready together (one upstream read carries several) go out as one chunk:
+        // each chunk is a round trip through the JS stream and a write to the socket.
+        let events = futures::stream::once(async { first })
+            .chain(rx)
+            .ready_chunks(64);
+        let body = events.map(move |events| {
+            let text: String = events.iter().map(|event| writer.write(event)).collect();
+            Ok::<Vec<u8>, worker::Error>(text.into_bytes())
+        });
         let response = Response::from_stream(body).map_err(|e| internal("response stream", e))?;
         return Ok(response.with_headers(headers));
     }
