@@ -280,6 +280,23 @@ for (const p of routers) {
     );
   }
 }
+// What workerd itself adds to one proxied request (the passthrough worker), and the routers'
+// latency beyond it: the part the router's own code can shorten.
+for (const mode of ["json", "stream"]) {
+  const floor = find("passthrough-js", mode, 1);
+  const base = find("direct", mode, 1);
+  if (!floor || !base) continue;
+  const floor50 = added(floor.latency_ms.p50, base.latency_ms.p50);
+  const beyond = routers
+    .map((p) => [p, find(p, mode, 1)])
+    .filter(([, x]) => x)
+    .map(([p, x]) => `${p} ${fmt(added(x.latency_ms.p50, floor.latency_ms.p50))}`);
+  goals.push(
+    `- floor (passthrough-js) ${mode}, C=1: workerd adds p50 ${fmt(floor50)} ms, ` +
+      `p99 ${fmt(added(floor.latency_ms.p99, base.latency_ms.p99))} ms; ` +
+      `router p50 beyond the floor, ms: ${beyond.join(", ")}`,
+  );
+}
 const ratios = {};
 for (const p of routers) {
   for (const mode of ["json", "stream"]) {
