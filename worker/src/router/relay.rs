@@ -86,6 +86,13 @@ pub enum Downstream {
     Failed { error: ApiError },
 }
 
+impl Downstream {
+    /// Whether this is the answer's last event (nothing follows it).
+    pub fn is_last(&self) -> bool {
+        matches!(self, Downstream::Done { .. } | Downstream::Failed { .. })
+    }
+}
+
 /// One upstream attempt, for the ledger and the provider statistics.
 #[derive(Clone, Debug, Serialize)]
 pub struct AttemptRecord {

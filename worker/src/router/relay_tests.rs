@@ -276,6 +276,13 @@ async fn run(t: &FakeTransport, job: RelayJob) -> Run {
         true
     })
     .await;
+    // The shell ends the caller's body at the first last event: every run has one, at the end.
+    let last: Vec<usize> = (0..events.len()).filter(|&i| events[i].is_last()).collect();
+    assert_eq!(
+        last,
+        [events.len() - 1],
+        "one last event, at the end: {events:?}"
+    );
     Run {
         events,
         result,
