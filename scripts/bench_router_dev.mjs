@@ -35,9 +35,8 @@ const dev = {
 };
 const options = passthrough
   ? {
-      name: "edgechat-bench-passthrough",
-      entrypoint: path.join(root, "scripts/bench_router_passthrough.js"),
-      compatibilityDate: "2026-04-01",
+      // Its own config file: without one, wrangler would look for a wrangler.toml upwards.
+      config: path.join(root, "scripts/bench_router_passthrough.toml"),
       bindings: { UPSTREAM: { type: "plain_text", value: second } },
       dev,
     }

@@ -566,8 +566,8 @@ async fn chat(
         let _ = headers.set("cache-control", "no-cache");
         let _ = headers.set("x-edgechat-provider", &provider);
         let mut writer = SseWriter::new(id, created, model, include_usage);
-        // The body ends with the answer's last event, not when the relay lets go of the channel:
-        // it reads the upstream body to its end first (for connection reuse).
+        // The body ends with the answer's last event, not when the relay drops the channel: the
+        // relay keeps reading the upstream body to its end afterwards (connection reuse).
         let mut events = futures::stream::iter([first]).chain(rx);
         let mut ended = false;
         let events = futures::stream::poll_fn(move |cx| {
@@ -582,7 +582,7 @@ async fn chat(
         });
         // The events ready together (one upstream read carries several) go out as one chunk:
         // each chunk is a round trip through the JS stream and a write to the socket.
-        let events = events.ready_chunks(64);
+        let events = events.ready_chunks(16);
         let body = events.map(move |events| {
             let text: String = events.iter().map(|event| writer.write(event)).collect();
             Ok::<Vec<u8>, worker::Error>(text.into_bytes())
