@@ -8,6 +8,7 @@ absolute times on a shared 2-core machine do not carry. Perplexity follows llama
 llama-perplexity on both sides (chunks of --ctx tokens, BOS first, the second half scored).
 """
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -18,6 +19,19 @@ import re
 
 import llama_cpp
 import numpy as np
+
+GGML_LOG_LEVEL_ERROR = 4
+
+
+@llama_cpp.llama_log_callback
+def quiet_llama_log(level, text, _user_data):
+    """llama.cpp logs every tensor and graph input to stderr, through a Python logger that fails on
+    UTF-8 split across messages: keep its errors only."""
+    if level == GGML_LOG_LEVEL_ERROR:
+        sys.stderr.write(text.decode("utf-8", "replace"))
+
+
+llama_cpp.llama_log_set(quiet_llama_log, ctypes.c_void_p(0))
 
 DEFAULT_MODELS = ["models/smollm2-135m-instruct-q4_1.gguf", "models/tiny-mistral.gguf"]
 
