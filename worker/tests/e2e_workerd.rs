@@ -202,7 +202,7 @@ fn router_config(upstream: &FaultUpstream, engine_url: &str) -> Value {
         None,
     ));
     // One provider alone: retries go back to it.
-    for name in ["solo429", "solo500", "down"] {
+    for name in ["solo429", "solo500", "down", "hold"] {
         providers.push(provider(
             name,
             &upstream.base_url(name),
@@ -307,7 +307,8 @@ fn router_config(upstream: &FaultUpstream, engine_url: &str) -> Value {
         "default_policy": "cheapest",
         "cors_allow_origins": ["http://localhost:8000"],
         "limits": {"max_attempts": 4, "overall_deadline_ms": 30000, "ttft_deadline_ms": 3000,
-                   "stall_deadline_ms": 2000, "max_retry_after_ms": 3000, "max_body_bytes": 65536},
+                   "stall_deadline_ms": 2000, "drain_deadline_ms": 20000, "max_retry_after_ms": 3000,
+                   "max_body_bytes": 65536},
         "breaker": {"failure_threshold": 3, "open_ms": 2000},
         "providers": providers,
     })
@@ -925,6 +926,25 @@ async fn cut_stalled_and_malformed_streams_continue_on_another_provider() {
         "malformed",
     )
     .await;
+}
+
+#[tokio::test]
+async fn the_answer_ends_at_done_while_the_provider_holds_its_connection_open() {
+    let h = harness();
+    let tag = "hold";
+    h.upstream.set(tag, "hold", Behavior::HoldAfterDone);
+    let started = Instant::now();
+    let s = stream(&h.main_token, &ask("s-hold", tag, true)).await;
+    let elapsed = started.elapsed();
+    assert_eq!(s.status, 200);
+    assert!(s.done, "the caller's stream ends with [DONE]");
+    assert_eq!(s.text, answer_for(tag));
+    // The router goes on reading the held body for up to drain_deadline_ms (20 s here), so the
+    // connection could be reused; the caller's stream must not wait for that.
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "the caller waited {elapsed:?} for the provider's connection to close"
+    );
 }
 
 #[tokio::test]

@@ -430,6 +430,26 @@ async fn no_done_ends_without_done() {
 }
 
 #[tokio::test]
+async fn hold_after_done_keeps_the_connection_open() {
+    let up = FaultUpstream::start().await;
+    up.set("h1", "a", Behavior::HoldAfterDone);
+    let resp = post(&up, "a", &chat_body("h1", true)).await.unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut text = String::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
+            Ok(Some(Ok(b))) => text.push_str(std::str::from_utf8(&b).unwrap()),
+            Ok(other) => panic!("the response ended instead of being held open: {other:?}"),
+            Err(_) => break, // 500 ms without a byte
+        }
+    }
+    let ev = events(&text);
+    assert_eq!(content(&ev), answer_for("h1"));
+    assert_eq!(finish_reasons(&ev), vec!["stop"]);
+    assert!(text.contains("[DONE]"));
+}
+
+#[tokio::test]
 async fn requests_and_auth_headers_are_recorded() {
     let up = FaultUpstream::start().await;
     let url = |p: &str| format!("{}/chat/completions", up.base_url(p));

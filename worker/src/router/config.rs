@@ -51,6 +51,9 @@ pub struct Limits {
     pub ttft_deadline_ms: u64,
     /// Longest silence inside a stream before it counts as stalled.
     pub stall_deadline_ms: u64,
+    /// After an answer ends, how long the rest of its upstream body is still read (a body read to
+    /// its end lets the runtime reuse the connection). The caller does not wait for it.
+    pub drain_deadline_ms: u64,
     /// Longest wait for a provider's `Retry-After` when it is the only one left.
     pub max_retry_after_ms: u64,
     /// Request body limit (413 above).
@@ -64,6 +67,7 @@ impl Default for Limits {
             overall_deadline_ms: 300_000,
             ttft_deadline_ms: 20_000,
             stall_deadline_ms: 20_000,
+            drain_deadline_ms: 1_000,
             max_retry_after_ms: 10_000,
             max_body_bytes: 1 << 20,
         }

@@ -29,8 +29,6 @@ use super::stats::AttemptReport;
 const MAX_ERROR_BODY: usize = 64 << 10;
 /// Back-off before a provider that failed transiently is tried again.
 const RETRY_BACKOFF_MS: u64 = 250;
-/// Longest wait for the rest of a finished upstream body (see `stream`).
-const DRAIN_MS: u64 = 1000;
 /// Assumed wait after a 429 without `Retry-After`.
 const DEFAULT_RETRY_AFTER_MS: u64 = 1000;
 
@@ -933,7 +931,7 @@ impl<'t, T: Transport> Relay<'t, T> {
                 // Read the body to its end (the caller already has everything): a response read to
                 // the end lets the runtime reuse the connection for the next request.
                 if !reader.ended {
-                    let _ = within(self.t, DRAIN_MS, async {
+                    let _ = within(self.t, self.limits.drain_deadline_ms, async {
                         while reader.body.next().await.is_some() {}
                     })
                     .await;

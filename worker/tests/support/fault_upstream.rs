@@ -111,13 +111,16 @@ pub enum Behavior {
     /// Stream the whole answer with finish_reason "stop" (and usage if asked) but no `data: [DONE]`,
     /// then end the response properly. Non-streaming: same as Normal.
     NoDone,
+    /// Stream the whole answer and `data: [DONE]`, then hold the connection open (~120 s) without
+    /// ending the response. Non-streaming: same as Normal.
+    HoldAfterDone,
 }
 
 impl Behavior {
     /// How many requests get this fault (None = all of them).
     fn times(&self) -> Option<u32> {
         match self {
-            Behavior::Normal | Behavior::NoDone => None,
+            Behavior::Normal | Behavior::NoDone | Behavior::HoldAfterDone => None,
             Behavior::Status { times, .. }
             | Behavior::ResetBeforeHeaders { times }
             | Behavior::NoResponse { times }
@@ -532,6 +535,7 @@ enum Ending {
     Stall,
     Malformed,
     NoDone,
+    HoldAfterDone,
 }
 
 fn ending_of(behavior: &Behavior) -> (Option<usize>, Ending) {
@@ -540,6 +544,7 @@ fn ending_of(behavior: &Behavior) -> (Option<usize>, Ending) {
         Behavior::StallAfter { after_chunks, .. } => (Some(*after_chunks), Ending::Stall),
         Behavior::MalformedAfter { after_chunks, .. } => (Some(*after_chunks), Ending::Malformed),
         Behavior::NoDone => (None, Ending::NoDone),
+        Behavior::HoldAfterDone => (None, Ending::HoldAfterDone),
         _ => (None, Ending::Normal),
     }
 }
@@ -591,7 +596,7 @@ async fn stream_answer(mut stream: TcpStream, plan: &Plan, behavior: &Behavior) 
             tokio::time::sleep(CHUNK_GAP).await;
             send_event(&mut stream, r#"{"choices": ["#).await?;
         }
-        Ending::Normal | Ending::NoDone => {
+        Ending::Normal | Ending::NoDone | Ending::HoldAfterDone => {
             tokio::time::sleep(CHUNK_GAP).await;
             send_event(&mut stream, &chunk(json!({}), json!(plan.finish))).await?;
             if plan.include_usage {
@@ -599,8 +604,12 @@ async fn stream_answer(mut stream: TcpStream, plan: &Plan, behavior: &Behavior) 
                                    "model": plan.model, "choices": [], "usage": plan.usage(sent)});
                 send_event(&mut stream, &usage.to_string()).await?;
             }
-            if matches!(ending, Ending::Normal) {
+            if !matches!(ending, Ending::NoDone) {
                 send_event(&mut stream, "[DONE]").await?;
+            }
+            if matches!(ending, Ending::HoldAfterDone) {
+                tokio::time::sleep(HOLD).await;
+                return Ok(());
             }
         }
     }
@@ -629,7 +638,9 @@ async fn json_answer(mut stream: TcpStream, plan: &Plan, behavior: &Behavior) ->
     });
     let bytes = body.to_string().into_bytes();
     match ending_of(behavior).1 {
-        Ending::Normal | Ending::NoDone => respond_json(&mut stream, 200, &body, None).await?,
+        Ending::Normal | Ending::NoDone | Ending::HoldAfterDone => {
+            respond_json(&mut stream, 200, &body, None).await?
+        }
         Ending::Malformed => {
             write_head(
                 &mut stream,
