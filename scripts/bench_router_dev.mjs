@@ -38,7 +38,8 @@ const options = passthrough
       // Its own config file: without one, wrangler would look for a wrangler.toml upwards.
       config: path.join(root, "scripts/bench_router_passthrough.toml"),
       bindings: { UPSTREAM: { type: "plain_text", value: second } },
-      dev,
+      // It keeps no state; miniflare's cache files go under target/, not next to the config.
+      dev: { ...dev, persist: path.join(root, "target/bench-router/state-passthrough") },
     }
   : {
       config: path.join(root, "worker/wrangler.toml"),
