@@ -44,6 +44,19 @@ async fn read_all(resp: reqwest::Response) -> (String, Option<reqwest::Error>) {
     (text, None)
 }
 
+/// The body received until 500 ms pass without a byte, on a response that must stay open.
+async fn read_until_silent(resp: reqwest::Response) -> String {
+    let mut stream = resp.bytes_stream();
+    let mut text = String::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
+            Ok(Some(Ok(b))) => text.push_str(std::str::from_utf8(&b).unwrap()),
+            Ok(other) => panic!("the response ended instead of being held open: {other:?}"),
+            Err(_) => return text,
+        }
+    }
+}
+
 /// The `data:` payloads of complete SSE events.
 fn events(text: &str) -> Vec<String> {
     text.split("\n\n")
@@ -380,15 +393,7 @@ async fn stall_after_stalls() {
         },
     );
     let resp = post(&up, "a", &chat_body("t1", true)).await.unwrap();
-    let mut stream = resp.bytes_stream();
-    let mut text = String::new();
-    loop {
-        match tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
-            Ok(Some(Ok(b))) => text.push_str(std::str::from_utf8(&b).unwrap()),
-            Ok(other) => panic!("stream ended instead of stalling: {other:?}"),
-            Err(_) => break, // 500 ms without a byte
-        }
-    }
+    let text = read_until_silent(resp).await;
     assert_eq!(content(&events(&text)), answer_chunks("t1")[..2].concat());
     assert_eq!(events(&text).len(), 2);
 }
@@ -434,15 +439,7 @@ async fn hold_after_done_keeps_the_connection_open() {
     let up = FaultUpstream::start().await;
     up.set("h1", "a", Behavior::HoldAfterDone);
     let resp = post(&up, "a", &chat_body("h1", true)).await.unwrap();
-    let mut stream = resp.bytes_stream();
-    let mut text = String::new();
-    loop {
-        match tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
-            Ok(Some(Ok(b))) => text.push_str(std::str::from_utf8(&b).unwrap()),
-            Ok(other) => panic!("the response ended instead of being held open: {other:?}"),
-            Err(_) => break, // 500 ms without a byte
-        }
-    }
+    let text = read_until_silent(resp).await;
     let ev = events(&text);
     assert_eq!(content(&ev), answer_for("h1"));
     assert_eq!(finish_reasons(&ev), vec!["stop"]);
