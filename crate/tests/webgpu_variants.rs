@@ -150,7 +150,7 @@ fn every_variant_matches_the_decoded_weights() {
                 for rows in [1, 37, 130] {
                     let (info, bytes, w) = encoded(ty, rows, cols, rows as u64 + 7);
                     let m = matrix(&b, &info, &bytes);
-                    for tokens in [1, 3, 11] {
+                    for tokens in [1, 3, 11, 40] {
                         let xs = values(tokens * cols, 99 + tokens as u64);
                         let x = upload(&b, tokens, cols, &xs);
                         let y = b.to_vec(&b.matmul(&x, &m).unwrap()).unwrap();
@@ -295,8 +295,8 @@ fn smollm2_matches_the_cpu_backend_with_every_variant() {
 }
 
 /// Matmul speed of each variant (run with `--ignored --nocapture`): a 2048 × 2048 matrix of each
-/// of Q4_1, Q8_0 and Q6_K, 8 products per submission, one token (the decode kernel: weight bytes
-/// read per second) and 64 (prefill: multiply-adds per second); the best of 3 submissions.
+/// type, 8 products per submission, one token (the decode kernel: weight bytes read per second)
+/// and 64 (prefill: multiply-adds per second); the best of 3 submissions.
 #[test]
 #[ignore = "a benchmark"]
 fn matmul_speed_of_every_variant() {
@@ -310,7 +310,7 @@ fn matmul_speed_of_every_variant() {
             if !measured.insert((variant.clone(), threads)) {
                 continue;
             }
-            for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q6K] {
+            for ty in TYPES {
                 let (info, bytes, _) = encoded(ty, N, N, 3);
                 let m = matrix(&b, &info, &bytes);
                 let mut line = format!("{variant:>13}, {threads} threads per row, {ty:?}:");

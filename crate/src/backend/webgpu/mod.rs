@@ -240,8 +240,10 @@ fn check_head_dim(head_dim: usize) -> Result<()> {
     Ok(())
 }
 
-/// Tokens per workgroup of the prefill matmul (`TOKENS` in kernels/matmul.wgsl).
-const MATMUL_TOKENS_PER_GROUP: usize = 8;
+/// The tile of the prefill matmul: weight rows and tokens per workgroup (`GEMM_ROWS`,
+/// `GEMM_TOKENS` in kernels/matmul.wgsl).
+const GEMM_ROWS: usize = 64;
+const GEMM_TOKENS: usize = 32;
 
 /// Types the kernels decode.
 pub const SUPPORTED_TYPES: [GgmlType; 7] = [
@@ -733,13 +735,18 @@ impl WebGpuBackend {
         }
         let y = self.tensor(x.rows, w.rows);
         let r = operand.map_or(&self.no_residual, |r| &r.buffer);
-        // Prefill: several tokens per workgroup, each weight block decoded once for all of them
-        // (except with the multi-row kernels of CPU implementations: see `matmul_tiled_prefill`).
-        let (pipeline, tokens_per_group) = if x.rows > 1 && self.gpu.matmul_tiled_prefill {
-            (self.gpu.kernels.matmul_tiled(w.ty), MATMUL_TOKENS_PER_GROUP)
-        } else {
-            (self.gpu.kernels.matmul(w.ty), 1)
-        };
+        // Prefill: a tile of rows and tokens per workgroup, each weight block decoded once for
+        // all of its tokens (on CPU implementations not for every type: see `gemm_prefill`).
+        let (pipeline, rows_per_group, tokens_per_group) =
+            if x.rows > 1 && self.gpu.gemm_prefill(w.ty) {
+                (self.gpu.kernels.matmul_tiled(w.ty), GEMM_ROWS, GEMM_TOKENS)
+            } else {
+                (
+                    self.gpu.kernels.matmul(w.ty),
+                    self.gpu.matmul_rows_per_group,
+                    1,
+                )
+            };
         for chunk in &w.chunks {
             let params = MatmulParams {
                 k: u32_of(w.cols, "row length")?,
@@ -752,7 +759,7 @@ impl WebGpuBackend {
             };
             // Row groups beyond the per-dimension limit (a large vocabulary at many threads per
             // row) continue in z; the kernel numbers them x + z · (groups in x).
-            let row_groups = chunk.rows.div_ceil(self.gpu.matmul_rows_per_group);
+            let row_groups = chunk.rows.div_ceil(rows_per_group);
             let max = self.gpu.max_groups_per_dim as usize;
             let groups = (
                 u32_of(row_groups.min(max), "row groups")?,

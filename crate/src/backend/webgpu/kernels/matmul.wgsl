@@ -25,7 +25,10 @@
 //                   workgroups that Vulkan, Metal, D3D12 and the browsers' implementations use).
 //   neither         THREADS_PER_ROW is 1: each thread has its row's whole sum.
 //   MULTI_ROW       THREADS_PER_ROW is 1 with f32 products (CPU implementations): `main` takes
-//                   eight rows per invocation (below); prefill runs it token by token.
+//                   eight rows per invocation (below); prefill runs it token by token for
+//                   Q4_1 (context.rs `gemm_prefill`).
+//
+// `tiled` (at the end) is the prefill kernel: a tile of 64 rows by 32 tokens per workgroup.
 
 struct Params {
     k: u32,           // input features (row length)
@@ -230,11 +233,26 @@ fn main(
 }
 // #endif
 
-// Prefill: TOKENS tokens per workgroup, each weight sub-block decoded once for all of them.
-const TOKENS: u32 = 8u;
-// #if REDUCE_SHARED
-var<workgroup> partial_tokens: array<f32, 512>; // 64 threads × TOKENS
+// Prefill: a tiled matrix product. A workgroup of 64 threads computes GEMM_ROWS weight rows for
+// GEMM_TOKENS tokens (the last tile of each is partial). It walks k one 32-value sub-block at a
+// time: each thread decodes one row's sub-block into w_tile and copies a share of the tokens' x
+// into x_tile, then each thread multiplies from there for its 4 rows (r, r + 16, r + 32, r + 48)
+// and 8 tokens (t, t + 4, ..., t + 28). So a weight is read from memory once per 32 tokens and a
+// value of x once per 64 rows, and neighbouring threads read neighbouring entries of w_tile (the
+// threads of a token group read the same x_tile entry: a broadcast). Both tiles hold quads of
+// consecutive k; with F16 they hold f16 (half the workgroup memory) and each quad's four
+// products are summed in f16, the running sums in f32.
+const GEMM_ROWS: u32 = 64u;
+const GEMM_TOKENS: u32 = 32u;
+// #if F16
+alias TileQuad = vec4<f16>;
+alias TileMatrix = mat4x4<f16>;
+// #else
+alias TileQuad = vec4<f32>;
+alias TileMatrix = mat4x4<f32>;
 // #endif
+var<workgroup> w_tile: array<TileQuad, 512>; // quad q of row r at q · GEMM_ROWS + r
+var<workgroup> x_tile: array<TileQuad, 256>; // quad q of token t at q · GEMM_TOKENS + t
 
 @compute @workgroup_size(64)
 fn tiled(
@@ -242,52 +260,45 @@ fn tiled(
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    let row = (wg.x + wg.z * groups.x) * ROWS + tid / THREADS_PER_ROW;
-    let lane = tid % THREADS_PER_ROW;
-    let first_token = wg.y * TOKENS;
-    let tokens = min(TOKENS, p.tokens - first_token);
-    let subs = p.k / 32u;
-    var acc: array<f32, 8>;
-    if (row < p.n_rows) {
-        let row_offset = row * p.row_bytes;
-        for (var s = lane; s < subs; s += THREADS_PER_ROW) {
-// #if F16
-            let wv = decode32h_TYPE(row_offset, s);
-            for (var t = 0u; t < tokens; t++) {
-                acc[t] += dot32h(wv, (first_token + t) * p.k + s * 32u, BIASED_TYPE);
+    let first_row = (wg.x + wg.z * groups.x) * GEMM_ROWS;
+    let first_token = wg.y * GEMM_TOKENS;
+    let row_lane = tid % 16u;
+    let token_lane = tid / 16u;
+    // The row this thread decodes (rows past the end repeat the last one; never stored).
+    let decoded_row = min(first_row + tid, p.n_rows - 1u) * p.row_bytes;
+    var acc: array<vec4<f32>, 8>; // token t + 4j: its sums for rows r, r + 16, r + 32, r + 48
+    for (var s = 0u; s < p.k / 32u; s++) {
+        let wv = decode32_TYPE(decoded_row, s);
+        for (var q = 0u; q < 8u; q++) {
+            w_tile[q * GEMM_ROWS + tid] = TileQuad(wv[q]);
+        }
+        for (var i = tid; i < 8u * GEMM_TOKENS; i += 64u) {
+            let token = i / 8u;
+            let q = i % 8u;
+            var v = vec4<f32>(0.0);
+            if (first_token + token < p.tokens) {
+                v = x4((first_token + token) * p.k + s * 32u + q * 4u);
             }
-// #else
-            let wv = decode32_TYPE(row_offset, s);
-            for (var t = 0u; t < tokens; t++) {
-                acc[t] += dot32(wv, (first_token + t) * p.k + s * 32u);
+            x_tile[q * GEMM_TOKENS + token] = TileQuad(v);
+        }
+        workgroupBarrier();
+        for (var q = 0u; q < 8u; q++) {
+            let w_at = q * GEMM_ROWS + row_lane;
+            // Column i: the quad of row r + 16i; x · W gives the four rows' dot products.
+            let w = TileMatrix(w_tile[w_at], w_tile[w_at + 16u], w_tile[w_at + 32u], w_tile[w_at + 48u]);
+            for (var j = 0u; j < 8u; j++) {
+                acc[j] += vec4<f32>(x_tile[q * GEMM_TOKENS + token_lane + 4u * j] * w);
             }
-// #endif
+        }
+        workgroupBarrier();
+    }
+    for (var j = 0u; j < 8u; j++) {
+        let token = first_token + token_lane + 4u * j;
+        for (var i = 0u; i < 4u; i++) {
+            let row = first_row + row_lane + 16u * i;
+            if (token < p.tokens && row < p.n_rows) {
+                store(token * p.out_cols + p.out_offset + row, acc[j][i]);
+            }
         }
     }
-// #if REDUCE_SHARED
-    for (var t = 0u; t < TOKENS; t++) {
-        partial_tokens[tid * TOKENS + t] = acc[t];
-    }
-    workgroupBarrier();
-    if (lane == 0u && row < p.n_rows) {
-        for (var t = 0u; t < tokens; t++) {
-            var sum = 0.0;
-            for (var i = 0u; i < THREADS_PER_ROW; i++) {
-                sum += partial_tokens[(tid + i) * TOKENS + t];
-            }
-            store((first_token + t) * p.out_cols + p.out_offset + row, sum);
-        }
-    }
-// #else
-// #if REDUCE_SUBGROUP
-    for (var t = 0u; t < tokens; t++) {
-        acc[t] = row_sum(acc[t]);
-    }
-// #endif
-    if (lane == 0u && row < p.n_rows) {
-        for (var t = 0u; t < tokens; t++) {
-            store((first_token + t) * p.out_cols + p.out_offset + row, acc[t]);
-        }
-    }
-// #endif
 }
