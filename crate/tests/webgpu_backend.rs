@@ -368,14 +368,24 @@ fn adapter_limits_split_matrices_or_give_a_typed_error() {
     .unwrap();
     let (info, bytes, w) = encoded(GgmlType::Q8_0, 130, 96, 5); // 102 bytes per row: 4 buffers
     let m = matrix(&small, &info, &bytes).unwrap();
-    let xs = values(96, 6);
-    let y = small
-        .to_vec(&small.matmul(&upload(&small, 1, 96, &xs), &m).unwrap())
-        .unwrap();
-    let expected: Vec<f64> = (0..130)
-        .map(|r| (0..96).map(|j| w[r * 96 + j] as f64 * xs[j] as f64).sum())
-        .collect();
-    assert!(relative_error(&y, &expected) < 1e-4);
+    // One token (the decode kernel) and 40 (the prefill kernel's tiles: two of tokens, and rows
+    // in each buffer's own).
+    for tokens in [1, 40] {
+        let xs = values(tokens * 96, 6);
+        let y = small
+            .to_vec(&small.matmul(&upload(&small, tokens, 96, &xs), &m).unwrap())
+            .unwrap();
+        let expected: Vec<f64> = (0..tokens * 130)
+            .map(|i| {
+                let (t, r) = (i / 130, i % 130);
+                (0..96)
+                    .map(|j| w[r * 96 + j] as f64 * xs[t * 96 + j] as f64)
+                    .sum()
+            })
+            .collect();
+        let err = relative_error(&y, &expected);
+        assert!(err < 1e-4, "{tokens} token(s): relative error {err}");
+    }
 
     let (info, bytes, _) = encoded(GgmlType::F32, 2, 2048, 7); // 8 KiB rows
     match matrix(&small, &info, &bytes) {
