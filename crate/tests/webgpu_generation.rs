@@ -6,9 +6,10 @@
 
 mod common;
 
+use edgechat::backend::webgpu::{GpuOptions, WebGpuBackend};
 use edgechat::backend::BackendKind;
 use edgechat::gguf::{FileSource, GgufFile};
-use edgechat::model::{Forwarded, LanguageModel, Output};
+use edgechat::model::{Forwarded, LanguageModel, Llama, Output};
 use edgechat::sampling::{argmax, Sampler, SamplingParams};
 use edgechat::session::{CancelToken, Engine, FinishReason};
 
@@ -105,10 +106,24 @@ fn a_stop_string_drops_the_call_started_ahead_and_the_next_turn_reuses_the_cache
     assert_eq!(continued.tokens, expected.tokens);
 }
 
+/// With the adapter's kernels, and with quantized activations (one more kernel per matmul input).
 #[test]
 fn decoding_is_one_submission_per_token_and_makes_no_bind_groups() {
     let mut engine = smollm2_on_gpu();
-    let model = engine.model_mut();
+    one_submission_and_no_bind_groups_per_token(engine.model_mut());
+    let path = common::model_path(common::SMOLLM2);
+    let source = FileSource::open(&path).unwrap();
+    let file = GgufFile::read(&source).unwrap();
+    let q8 = WebGpuBackend::with_options(GpuOptions {
+        matmul_threads_per_row: Some(32),
+        q8_activations: Some(true),
+        ..Default::default()
+    })
+    .unwrap();
+    one_submission_and_no_bind_groups_per_token(&mut Llama::load(q8, &file, &source).unwrap());
+}
+
+fn one_submission_and_no_bind_groups_per_token(model: &mut dyn LanguageModel) {
     let prompt: Vec<u32> = (0..20).map(|i| 100 + i * 7).collect();
     let request = Sampler::new(&SamplingParams::greedy());
     let output = Output::Sample(request.device_request(&request_draw()).unwrap());

@@ -186,6 +186,84 @@ fn every_variant_matches_the_decoded_weights() {
     eprintln!("{} variants in {:.1?}", checked.len(), started.elapsed());
 }
 
+/// `x` as the q8 decode kernels take it (kernels/quantize.wgsl): per 32 values d = max |x| / 127
+/// and q = round(x · (1 / d)), ties to even; each value replaced by d · q.
+fn quantized_activations(x: &[f32]) -> Vec<f32> {
+    x.chunks(32)
+        .flat_map(|block| {
+            let d = block.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
+            block
+                .iter()
+                .map(move |&v| d * (v * inverse).round_ties_even().clamp(-127.0, 127.0))
+        })
+        .collect()
+}
+
+/// The q8 activation variant (decode: quantized weights times x quantized to signed bytes, with
+/// integer dot products), for every quantized type, one thread per row and 32, row counts that
+/// are not multiples of a workgroup's: against the decoded weights times the same quantized x, in
+/// f64. Several tokens still go through the f32 prefill kernel, held to the f32 bound.
+#[test]
+fn q8_activations_match_the_decoded_weights_times_the_quantized_x() {
+    for threads in [1, 32] {
+        let b = WebGpuBackend::with_options(GpuOptions {
+            matmul_threads_per_row: Some(threads),
+            shader_f16: Some(false),
+            q8_activations: Some(true),
+            ..Default::default()
+        })
+        .unwrap();
+        let variant = b.adapter().kernel_variant.clone();
+        assert!(variant.ends_with("+q8x"), "{variant}");
+        for ty in TYPES {
+            let cols = if matches!(ty, GgmlType::Q4K | GgmlType::Q6K) {
+                768
+            } else {
+                320
+            };
+            let mut worst = 0f64;
+            for rows in [1, 37, 130] {
+                let (info, bytes, w) = encoded(ty, rows, cols, rows as u64 + 3);
+                let m = matrix(&b, &info, &bytes);
+                for tokens in [1, 3] {
+                    let xs = values(tokens * cols, 31 + tokens as u64);
+                    let x = upload(&b, tokens, cols, &xs);
+                    let y = b.to_vec(&b.matmul(&x, &m).unwrap()).unwrap();
+                    // F32/F16 weights and prefill keep f32 activations.
+                    let quantized = tokens == 1 && !matches!(ty, GgmlType::F32 | GgmlType::F16);
+                    let used = if quantized {
+                        quantized_activations(&xs)
+                    } else {
+                        xs.clone()
+                    };
+                    let (expected, norms): (Vec<f64>, Vec<f64>) = (0..tokens)
+                        .flat_map(|t| {
+                            let (w, used) = (&w, &used);
+                            (0..rows).map(move |r| {
+                                let terms = (0..cols)
+                                    .map(|j| w[r * cols + j] as f64 * used[t * cols + j] as f64);
+                                (
+                                    terms.clone().sum::<f64>(),
+                                    terms.map(|v| v * v).sum::<f64>().sqrt(),
+                                )
+                            })
+                        })
+                        .unzip();
+                    let err = relative_error(&y, &expected, &norms);
+                    assert!(
+                        err < F32_TOLERANCE,
+                        "{variant}, {threads} threads per row, {ty:?} {rows}x{cols}, \
+                         {tokens} tokens: relative error {err}"
+                    );
+                    worst = worst.max(err);
+                }
+            }
+            eprintln!("{variant}, {threads} threads per row, {ty:?}: relative error {worst:.2e}");
+        }
+    }
+}
+
 /// An adapter without a feature refuses a variant that needs it with a clear error (checked
 /// where the adapter lacks one).
 #[test]
@@ -250,12 +328,27 @@ fn smollm2_matches_the_cpu_backend_with_every_variant() {
         let token = argmax(expected.last().unwrap()) as u32;
         expected.push(cpu.forward(&[token]).unwrap());
     }
+    // Every supported variant, then the q8 activation one (32 threads per row).
+    let mut backends: Vec<(WebGpuBackend, Option<f64>)> = supported_variants()
+        .into_iter()
+        .map(|(f16, subgroups)| {
+            let bound = if f16 { F16_MODEL_TOLERANCE } else { 1e-4 };
+            (forced(f16, subgroups, subgroups.then_some(8)), Some(bound))
+        })
+        .collect();
+    let q8 = WebGpuBackend::with_options(GpuOptions {
+        matmul_threads_per_row: Some(32),
+        shader_f16: Some(false),
+        q8_activations: Some(true),
+        ..Default::default()
+    })
+    .unwrap();
+    // Quantized activations move the logits as the CPU's do: held to the CPU bound only.
+    backends.push((q8, None));
     // The f32 kernels' logits (the first variant), which the others are also held to.
     let mut f32_logits: Vec<Vec<f32>> = Vec::new();
-    for (f16, subgroups) in supported_variants() {
+    for (backend, bound_to_f32) in backends {
         let started = Instant::now();
-        let threads = subgroups.then_some(8);
-        let backend = forced(f16, subgroups, threads);
         let variant = format!(
             "{}, {} threads per row",
             backend.adapter().kernel_variant,
@@ -281,11 +374,12 @@ fn smollm2_matches_the_cpu_backend_with_every_variant() {
                 let reference: Vec<f64> = f32_got.iter().map(|&v| v as f64).collect();
                 let err = relative_error(&got, &reference, &[]);
                 eprintln!("{variant}: step {step}: relative to the f32 kernels {err:.2e}");
-                let bound = if f16 { F16_MODEL_TOLERANCE } else { 1e-4 };
-                assert!(
-                    err < bound,
-                    "{variant}, step {step}: {err} from the f32 kernels"
-                );
+                if let Some(bound) = bound_to_f32 {
+                    assert!(
+                        err < bound,
+                        "{variant}, step {step}: {err} from the f32 kernels"
+                    );
+                }
             } else {
                 f32_logits.push(got);
             }

@@ -21,7 +21,8 @@ pub struct AdapterSummary {
     /// The matmul kernels in use: "f32" or "f16" (products within a 32-value block in f16; F32
     /// weights always use the f32 kernel), with "+subgroups" when a row's partial sums are added
     /// with subgroup shuffles rather than through workgroup memory (needs `subgroups`, more than
-    /// one thread per row and subgroups of at least that many lanes).
+    /// one thread per row and subgroups of at least that many lanes), and "+q8x" when decode
+    /// multiplies quantized weights by quantized activations.
     pub kernel_variant: String,
     /// Threads that share a weight row in the matmul.
     pub matmul_threads_per_row: u32,
@@ -44,6 +45,8 @@ pub(super) struct Kernels {
     pub attention: wgpu::ComputePipeline,
     pub attention_split_partial: wgpu::ComputePipeline,
     pub attention_split_combine: wgpu::ComputePipeline,
+    /// Activations to signed bytes per 32 values (kernels/quantize.wgsl), for `Q8X` decode.
+    pub quantize: wgpu::ComputePipeline,
 }
 
 impl Kernels {
@@ -72,6 +75,7 @@ const NORM: &str = include_str!("kernels/norm.wgsl");
 const ROPE: &str = include_str!("kernels/rope.wgsl");
 const ELEMENTWISE: &str = include_str!("kernels/elementwise.wgsl");
 const ATTENTION: &str = include_str!("kernels/attention.wgsl");
+const QUANTIZE: &str = include_str!("kernels/quantize.wgsl");
 
 /// The name a type's decoding functions have in quant.wgsl.
 fn wgsl_type_name(ty: GgmlType) -> &'static str {
@@ -87,6 +91,11 @@ fn wgsl_type_name(ty: GgmlType) -> &'static str {
     }
 }
 
+/// Block-quantized weights (not F32 or F16): the types the q8 activation kernels take.
+fn is_quantized(ty: GgmlType) -> bool {
+    !matches!(ty, GgmlType::F32 | GgmlType::F16)
+}
+
 /// What went wrong on the device, as reported by wgpu's callbacks.
 #[derive(Clone, Debug)]
 enum GpuFault {
@@ -95,8 +104,8 @@ enum GpuFault {
 }
 
 /// Settings that are normally chosen for the adapter; tests force them. `None` = the adapter's
-/// choice, or natively what `EDGECHAT_GPU_VARIANT=f32|f16`, `EDGECHAT_GPU_SUBGROUPS=0|1` and
-/// `EDGECHAT_GPU_THREADS_PER_ROW=n` say when they are set.
+/// choice, or natively what `EDGECHAT_GPU_VARIANT=f32|f16`, `EDGECHAT_GPU_SUBGROUPS=0|1`,
+/// `EDGECHAT_GPU_THREADS_PER_ROW=n` and `EDGECHAT_GPU_ACTIVATIONS=f32|q8` say when they are set.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GpuOptions {
     /// Threads per weight row in the matmul (a power of two up to 64).
@@ -108,6 +117,10 @@ pub struct GpuOptions {
     /// `subgroups`; they are still used only where they apply, see
     /// [`AdapterSummary::kernel_variant`]).
     pub subgroups: Option<bool>,
+    /// Decode multiplies quantized weights by activations quantized to signed bytes per 32
+    /// values, with integer dot products (kernels/quantize.wgsl, matmul.wgsl `Q8X`); the default
+    /// is f32 activations.
+    pub q8_activations: Option<bool>,
     /// A lower storage-binding limit than the adapter's (splits matrices into more buffers).
     pub max_binding_bytes: Option<u64>,
     /// Bytes of a tensor held on the host at once while uploading (default 16 MiB).
@@ -129,6 +142,8 @@ pub(super) struct Gpu {
     pub matmul_rows_per_group: usize,
     /// The decode kernel is matmul.wgsl's MULTI_ROW (CPU implementations): see `gemm_prefill`.
     multi_row: bool,
+    /// Decode multiplies quantized weights by quantized activations: see `q8_decode`.
+    q8x: bool,
     /// Bytes between dispatch parameters in a uniform buffer (the adapter's offset alignment).
     pub uniform_slot_bytes: usize,
     pub upload_piece_bytes: usize,
@@ -227,6 +242,7 @@ impl Gpu {
                 64 / threads_per_row as usize
             },
             multi_row: variant.multi_row(),
+            q8x: variant.q8x,
             uniform_slot_bytes: (limits.min_uniform_buffer_offset_alignment as usize).max(256),
             upload_piece_bytes: options.upload_piece_bytes.unwrap_or(16 << 20),
             profiler,
@@ -244,6 +260,12 @@ impl Gpu {
     /// (SwiftShader: Q4_K 0.53 → 0.63, Q6_K 0.22 → 0.63, Q8_0 0.32 → 0.62 GMAC/s).
     pub fn gemm_prefill(&self, ty: GgmlType) -> bool {
         !self.multi_row || ty != GgmlType::Q4_1
+    }
+
+    /// Whether the decode kernel for `ty` matrices reads x quantized (`Kernels::quantize`) rather
+    /// than in f32: with the q8 activation variant, for the quantized weight types.
+    pub fn q8_decode(&self, ty: GgmlType) -> bool {
+        self.q8x && is_quantized(ty)
     }
 
     /// The first GPU error since the device opened, if any.
@@ -281,6 +303,8 @@ enum Reduction {
 #[derive(Clone, Debug)]
 struct Variant {
     f16: bool,
+    /// Quantized activations in the decode kernel of quantized weights (matmul.wgsl `Q8X`).
+    q8x: bool,
     reduction: Reduction,
     threads_per_row: u32,
     /// `enable subgroups;` in the source: browsers require it; wgpu's own compiler (naga) rejects
@@ -335,6 +359,13 @@ impl Variant {
             Some(forced) => forced,
             None => has_subgroups,
         };
+        let q8x = options
+            .q8_activations
+            .or(env_choice(
+                "EDGECHAT_GPU_ACTIVATIONS",
+                &[("f32", false), ("q8", true)],
+            )?)
+            .unwrap_or(false);
         let threads_per_row = match options.matmul_threads_per_row {
             Some(n) => n,
             None => env_threads_per_row()?.unwrap_or(if cpu { 1 } else { 32 }),
@@ -353,6 +384,7 @@ impl Variant {
         needed.set(wgpu::Features::SUBGROUP, subgroups);
         Ok(Variant {
             f16,
+            q8x,
             reduction,
             threads_per_row,
             subgroups_directive: info.backend == wgpu::Backend::BrowserWebGpu,
@@ -363,15 +395,17 @@ impl Variant {
     /// One thread per row with f32 products: kernels/matmul.wgsl's MULTI_ROW decode kernel,
     /// eight rows per invocation, for CPU implementations.
     fn multi_row(&self) -> bool {
-        self.threads_per_row == 1 && !self.f16
+        self.threads_per_row == 1 && !self.f16 && !self.q8x
     }
 
     fn name(&self) -> String {
         let precision = if self.f16 { "f16" } else { "f32" };
-        match self.reduction {
-            Reduction::Subgroup => format!("{precision}+subgroups"),
-            Reduction::None | Reduction::Shared => precision.to_string(),
-        }
+        let reduction = match self.reduction {
+            Reduction::Subgroup => "+subgroups",
+            Reduction::None | Reduction::Shared => "",
+        };
+        let activations = if self.q8x { "+q8x" } else { "" };
+        format!("{precision}{reduction}{activations}")
     }
 
     /// The matmul source for weights of type `ty`, with the quant.wgsl decoders it calls.
@@ -384,8 +418,11 @@ impl Variant {
             flags.push("F16");
             header.push_str("enable f16; ");
         }
+        if self.q8x && is_quantized(ty) {
+            flags.push("Q8X");
+        }
         match self.reduction {
-            Reduction::None if !f16 => flags.push("MULTI_ROW"), // see multi_row
+            Reduction::None if self.multi_row() => flags.push("MULTI_ROW"),
             Reduction::None => {}
             Reduction::Shared => flags.push("REDUCE_SHARED"),
             Reduction::Subgroup => {
@@ -530,6 +567,7 @@ impl Kernels {
                 ATTENTION.into(),
                 "split_combine",
             ),
+            quantize: pipeline("quantize", QUANTIZE.into(), "main"),
             names: names.into_inner(),
         }
     }

@@ -21,7 +21,7 @@ mod sample;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
@@ -62,6 +62,9 @@ pub struct GpuTensor {
     buffer: Arc<wgpu::Buffer>,
     rows: usize,
     cols: usize,
+    /// The same quantized for the q8 decode kernels, once a matmul has asked for it (the inputs
+    /// of Q, K and V, or of the FFN's gate and up, are quantized once for all of them).
+    quantized: OnceLock<Arc<wgpu::Buffer>>,
 }
 
 /// Rows `[first_row, first_row + rows)` of a weight matrix, in one buffer.
@@ -204,6 +207,12 @@ struct RopeParams {
     heads: u32,
     head_dim: u32,
     rows: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct QuantizeParams {
+    blocks: u32,
 }
 
 #[repr(C)]
@@ -405,6 +414,7 @@ impl WebGpuBackend {
             buffer,
             rows: 1,
             cols: 1,
+            quantized: OnceLock::new(),
         }
     }
 
@@ -422,6 +432,7 @@ impl WebGpuBackend {
             buffer: self.storage(rows * cols),
             rows,
             cols,
+            quantized: OnceLock::new(),
         }
     }
 
@@ -735,18 +746,24 @@ impl WebGpuBackend {
         }
         let y = self.tensor(x.rows, w.rows);
         let r = operand.map_or(&self.no_residual, |r| &r.buffer);
+        let gemm = x.rows > 1 && self.gpu.gemm_prefill(w.ty);
+        // The decode kernel reads x at binding 1, or quantized at binding 5 (see `quantized`).
+        let input = if !gemm && self.gpu.q8_decode(w.ty) {
+            (5, self.quantized(x)?)
+        } else {
+            (1, x.buffer.clone())
+        };
         // Prefill: a tile of rows and tokens per workgroup, each weight block decoded once for
         // all of its tokens (on CPU implementations not for every type: see `gemm_prefill`).
-        let (pipeline, rows_per_group, tokens_per_group) =
-            if x.rows > 1 && self.gpu.gemm_prefill(w.ty) {
-                (self.gpu.kernels.matmul_tiled(w.ty), GEMM_ROWS, GEMM_TOKENS)
-            } else {
-                (
-                    self.gpu.kernels.matmul(w.ty),
-                    self.gpu.matmul_rows_per_group,
-                    1,
-                )
-            };
+        let (pipeline, rows_per_group, tokens_per_group) = if gemm {
+            (self.gpu.kernels.matmul_tiled(w.ty), GEMM_ROWS, GEMM_TOKENS)
+        } else {
+            (
+                self.gpu.kernels.matmul(w.ty),
+                self.gpu.matmul_rows_per_group,
+                1,
+            )
+        };
         for chunk in &w.chunks {
             let params = MatmulParams {
                 k: u32_of(w.cols, "row length")?,
@@ -768,13 +785,51 @@ impl WebGpuBackend {
             );
             self.dispatch_bound(
                 pipeline,
-                &[(0, &chunk.buffer), (1, &x.buffer), (2, &y.buffer), (4, r)],
+                &[
+                    (0, &chunk.buffer),
+                    (input.0, &input.1),
+                    (2, &y.buffer),
+                    (4, r),
+                ],
                 3,
                 &params,
                 groups,
             );
         }
         Ok(y)
+    }
+
+    /// `x` in 32-value blocks of signed bytes with a scale each (kernels/quantize.wgsl), for the
+    /// q8 decode kernels: made once per tensor, on the first matmul that asks.
+    fn quantized(&self, x: &GpuTensor) -> Result<Arc<wgpu::Buffer>> {
+        if let Some(xq) = x.quantized.get() {
+            return Ok(xq.clone());
+        }
+        if !x.cols.is_multiple_of(32) {
+            return Err(Error::Backend(format!(
+                "quantized activations: rows of {} values are not whole 32-value blocks",
+                x.cols
+            )));
+        }
+        let blocks = x.rows * x.cols / 32;
+        // Three 16-byte quads per block: its 32 bytes, then its scale and sum.
+        let xq = self.storage(blocks * 12);
+        let params = QuantizeParams {
+            blocks: u32_of(blocks, "blocks")?,
+        };
+        let groups = blocks.div_ceil(64);
+        let max = self.gpu.max_groups_per_dim as usize;
+        let groups = (
+            u32_of(groups.min(max), "groups")?,
+            u32_of(groups.div_ceil(max), "groups")?,
+        );
+        self.dispatch(
+            &self.gpu.kernels.quantize,
+            &[&x.buffer, &xq],
+            &params,
+            groups,
+        );
+        Ok(x.quantized.get_or_init(|| xq).clone())
     }
 
     /// Rows of `table` for the `n` token ids in `ids` (on the GPU).

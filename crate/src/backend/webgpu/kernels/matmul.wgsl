@@ -24,6 +24,10 @@
 //                   one subgroup as consecutive subgroup lanes (the linear layout of 1-D
 //                   workgroups that Vulkan, Metal, D3D12 and the browsers' implementations use).
 //   neither         THREADS_PER_ROW is 1: each thread has its row's whole sum.
+//   Q8X             the decode kernel multiplies quantized weights by x quantized to signed bytes
+//                   (xq, from kernels/quantize.wgsl) with integer dot products of 4 bytes
+//                   (quant.wgsl's dot32q_T), as llama.cpp's and the CPU backend's decode do:
+//                   a quarter of f32 x's reads. Not for F16/F32 weights, nor with MULTI_ROW.
 //   MULTI_ROW       THREADS_PER_ROW is 1 with f32 products (CPU implementations): `main` takes
 //                   eight rows per invocation (below); prefill runs it token by token for
 //                   Q4_1 (context.rs `gemm_prefill`).
@@ -50,6 +54,10 @@ const EPILOGUE_SWIGLU: u32 = 2u;
 @group(0) @binding(3) var<uniform> p: Params;
 // The epilogue's second operand (same shape as y); a one-word placeholder without an epilogue.
 @group(0) @binding(4) var<storage, read> r: array<f32>;
+// #if Q8X
+// x quantized by kernels/quantize.wgsl, which the decode kernel reads instead of x.
+@group(0) @binding(5) var<storage, read> xq: array<vec4<u32>>;
+// #endif
 
 fn store(i: u32, v: f32) {
     switch p.epilogue {
@@ -205,10 +213,14 @@ fn main(
     if (row < p.n_rows) {
         let row_offset = row * p.row_bytes;
         for (var s = lane; s < subs; s += THREADS_PER_ROW) {
+// #if Q8X
+            acc += dot32q_TYPE(row_offset, s, (token * subs + s) * 3u);
+// #else
 // #if F16
             acc += dot32h(decode32h_TYPE(row_offset, s), xo + s * 32u, BIASED_TYPE);
 // #else
             acc += dot32_TYPE(row_offset, s, xo + s * 32u);
+// #endif
 // #endif
         }
     }

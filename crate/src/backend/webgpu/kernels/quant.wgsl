@@ -233,6 +233,96 @@ fn dot32_q6_k(row: u32, s: u32, xo: u32) -> f32 {
     return q6_k_scale(base, s % 8u, 0u) * dot(lo, ones) + q6_k_scale(base, s % 8u, 16u) * dot(hi, ones);
 }
 
+// #if Q8X
+// The decode matmul on quantized activations (kernels/quantize.wgsl's blocks in `xq`, declared by
+// the including kernel): dot32q_T(row, s, xb) = Σ over sub-block s of W·x with x's block at quad
+// `xb`, from integer dot products of 4 signed bytes at a time (dot4I8Packed), the scales applied
+// once per sub-block. The weights' values go in as signed bytes: nibbles and Q6_K's 6-bit values
+// (0..63) are non-negative, their offsets (−8, −32) and minimums are taken off through the
+// block's sum of x.
+struct XBlock {
+    lo: vec4<u32>, // values 0..16: word i holds 4i .. 4i + 4
+    hi: vec4<u32>, // values 16..32
+    d: f32,        // x ≈ d · q
+    sum: f32,      // d · Σ q
+}
+fn x_block(xb: u32) -> XBlock {
+    let scales = bitcast<vec2<f32>>(xq[xb + 2u].xy);
+    return XBlock(xq[xb], xq[xb + 1u], scales.x, scales.y);
+}
+// Σ q over the 4 bytes of a word.
+fn byte_sum(word: u32) -> i32 {
+    return dot4I8Packed(word, 0x01010101u);
+}
+// Nibble word k holds values 4k.. in its low nibbles and 16 + 4k.. in its high ones (Q4_0, Q4_1).
+fn nibble_dot(word: u32, k: u32, xv: XBlock) -> i32 {
+    return dot4I8Packed(word & 0x0f0f0f0fu, xv.lo[k]) + dot4I8Packed((word >> 4u) & 0x0f0f0f0fu, xv.hi[k]);
+}
+// d·Σ (q − 8)·x.
+fn dot32q_q4_0(row: u32, s: u32, xb: u32) -> f32 {
+    let base = row + s * 18u;
+    let xv = x_block(xb);
+    var dot = 0;
+    for (var k = 0u; k < 4u; k++) {
+        dot += nibble_dot(wword(base + 2u + 4u * k), k, xv);
+    }
+    return wf16(base) * (xv.d * f32(dot) - 8.0 * xv.sum);
+}
+// d·Σ q·x + m·Σ x.
+fn dot32q_q4_1(row: u32, s: u32, xb: u32) -> f32 {
+    let word = (row + s * 20u) >> 2u;
+    let dm = unpack2x16float(w[word]);
+    let xv = x_block(xb);
+    var dot = 0;
+    for (var k = 0u; k < 4u; k++) {
+        dot += nibble_dot(w[word + 1u + k], k, xv);
+    }
+    return dm.x * xv.d * f32(dot) + dm.y * xv.sum;
+}
+fn dot32q_q8_0(row: u32, s: u32, xb: u32) -> f32 {
+    let base = row + s * 34u;
+    let xv = x_block(xb);
+    var dot = 0;
+    for (var k = 0u; k < 4u; k++) {
+        dot += dot4I8Packed(wword(base + 2u + 4u * k), xv.lo[k]);
+        dot += dot4I8Packed(wword(base + 18u + 4u * k), xv.hi[k]);
+    }
+    return wf16(base) * xv.d * f32(dot);
+}
+// d·scale·Σ q·x − dmin·min·Σ x: word k of the sub-block holds values 4k.. in one nibble.
+fn dot32q_q4_k(row: u32, s: u32, xb: u32) -> f32 {
+    let base = row + (s / 8u) * 144u;
+    let sub = s % 8u;
+    let scale_min = q4_k_scale_min(base, sub);
+    let qs = (base + 16u + (sub / 2u) * 32u) >> 2u;
+    let shift = (sub % 2u) * 4u;
+    let xv = x_block(xb);
+    var dot = 0;
+    for (var k = 0u; k < 4u; k++) {
+        dot += dot4I8Packed((w[qs + k] >> shift) & 0x0f0f0f0fu, xv.lo[k]);
+        dot += dot4I8Packed((w[qs + 4u + k] >> shift) & 0x0f0f0f0fu, xv.hi[k]);
+    }
+    return scale_min.x * xv.d * f32(dot) - scale_min.y * xv.sum;
+}
+// Each half's scale times Σ (q − 32)·x over the half.
+fn dot32q_q6_k(row: u32, s: u32, xb: u32) -> f32 {
+    let xv = x_block(xb);
+    var lo = 0;
+    var hi = 0;
+    var lo_sum = 0;
+    var hi_sum = 0;
+    for (var k = 0u; k < 4u; k++) {
+        lo += dot4I8Packed(q6_k_word(row, s, k), xv.lo[k]);
+        hi += dot4I8Packed(q6_k_word(row, s, k + 4u), xv.hi[k]);
+        lo_sum += byte_sum(xv.lo[k]);
+        hi_sum += byte_sum(xv.hi[k]);
+    }
+    let base = row + (s / 8u) * 210u;
+    return xv.d * (q6_k_scale(base, s % 8u, 0u) * f32(lo - 32 * lo_sum)
+        + q6_k_scale(base, s % 8u, 16u) * f32(hi - 32 * hi_sum));
+}
+// #endif
+
 // #if F16
 struct Block16 {
     q: array<vec4<f16>, 8>,
