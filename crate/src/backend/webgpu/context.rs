@@ -45,8 +45,9 @@ pub(super) struct Kernels {
     pub attention: wgpu::ComputePipeline,
     pub attention_split_partial: wgpu::ComputePipeline,
     pub attention_split_combine: wgpu::ComputePipeline,
-    /// Activations to signed bytes per 32 values (kernels/quantize.wgsl), for `Q8X` decode.
-    pub quantize: wgpu::ComputePipeline,
+    /// Activations to signed bytes per 32 values (kernels/quantize.wgsl), for `Q8X` decode; only
+    /// built for that variant (it needs WGSL's packed 4×8-bit integer functions).
+    pub quantize: Option<wgpu::ComputePipeline>,
 }
 
 impl Kernels {
@@ -567,7 +568,9 @@ impl Kernels {
                 ATTENTION.into(),
                 "split_combine",
             ),
-            quantize: pipeline("quantize", QUANTIZE.into(), "main"),
+            quantize: variant
+                .q8x
+                .then(|| pipeline("quantize", QUANTIZE.into(), "main")),
             names: names.into_inner(),
         }
     }

@@ -805,6 +805,11 @@ impl WebGpuBackend {
         if let Some(xq) = x.quantized.get() {
             return Ok(xq.clone());
         }
+        let Some(quantize) = &self.gpu.kernels.quantize else {
+            return Err(Error::Backend(
+                "quantized activations: the kernel variant does not have them".into(),
+            ));
+        };
         if !x.cols.is_multiple_of(32) {
             return Err(Error::Backend(format!(
                 "quantized activations: rows of {} values are not whole 32-value blocks",
@@ -823,12 +828,7 @@ impl WebGpuBackend {
             u32_of(groups.min(max), "groups")?,
             u32_of(groups.div_ceil(max), "groups")?,
         );
-        self.dispatch(
-            &self.gpu.kernels.quantize,
-            &[&x.buffer, &xq],
-            &params,
-            groups,
-        );
+        self.dispatch(quantize, &[&x.buffer, &xq], &params, groups);
         Ok(x.quantized.get_or_init(|| xq).clone())
     }
 
