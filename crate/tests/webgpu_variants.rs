@@ -73,6 +73,37 @@ fn relative_error(a: &[f32], b: &[f64], term_norms: &[f64]) -> f64 {
         / scale
 }
 
+/// The row length the matmul checks use: 10 sub-blocks of 32, 24 for the 256-value K-quant blocks
+/// (not a multiple of the threads per row in either case).
+fn row_length(ty: GgmlType) -> usize {
+    if matches!(ty, GgmlType::Q4K | GgmlType::Q6K) {
+        768
+    } else {
+        320
+    }
+}
+
+/// x · Wᵀ in f64 for `tokens` rows of x and `rows` rows of W (`cols` long), token-major, with the
+/// norm of each output's terms (for `relative_error`).
+fn exact_products(
+    w: &[f32],
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    (0..tokens * rows)
+        .map(|i| {
+            let (t, r) = (i / rows, i % rows);
+            let terms = (0..cols).map(|j| w[r * cols + j] as f64 * x[t * cols + j] as f64);
+            (
+                terms.clone().sum::<f64>(),
+                terms.map(|v| v * v).sum::<f64>().sqrt(),
+            )
+        })
+        .unzip()
+}
+
 /// What the adapter offers: (shader-f16, subgroups, smallest subgroup).
 fn adapter_features() -> (bool, bool, u32) {
     let b = WebGpuBackend::with_options(GpuOptions {
@@ -140,12 +171,7 @@ fn every_variant_matches_the_decoded_weights() {
             }
             let tolerance = if f16 { F16_TOLERANCE } else { F32_TOLERANCE };
             for ty in TYPES {
-                // 10 sub-blocks of 32 per row; 24 for the 256-value K-quant blocks.
-                let cols = if matches!(ty, GgmlType::Q4K | GgmlType::Q6K) {
-                    768
-                } else {
-                    320
-                };
+                let cols = row_length(ty);
                 let mut worst = 0f64;
                 for rows in [1, 37, 130] {
                     let (info, bytes, w) = encoded(ty, rows, cols, rows as u64 + 7);
@@ -154,20 +180,7 @@ fn every_variant_matches_the_decoded_weights() {
                         let xs = values(tokens * cols, 99 + tokens as u64);
                         let x = upload(&b, tokens, cols, &xs);
                         let y = b.to_vec(&b.matmul(&x, &m).unwrap()).unwrap();
-                        // Per output: the exact sum and the norm of its terms.
-                        let (expected, norms): (Vec<f64>, Vec<f64>) = (0..tokens)
-                            .flat_map(|t| {
-                                let (w, xs) = (&w, &xs);
-                                (0..rows).map(move |r| {
-                                    let terms = (0..cols)
-                                        .map(|j| w[r * cols + j] as f64 * xs[t * cols + j] as f64);
-                                    (
-                                        terms.clone().sum::<f64>(),
-                                        terms.map(|v| v * v).sum::<f64>().sqrt(),
-                                    )
-                                })
-                            })
-                            .unzip();
+                        let (expected, norms) = exact_products(&w, &xs, rows, cols, tokens);
                         let err = relative_error(&y, &expected, &norms);
                         assert!(
                             err < tolerance,
@@ -217,11 +230,7 @@ fn q8_activations_match_the_decoded_weights_times_the_quantized_x() {
         let variant = b.adapter().kernel_variant.clone();
         assert!(variant.ends_with("+q8x"), "{variant}");
         for ty in TYPES {
-            let cols = if matches!(ty, GgmlType::Q4K | GgmlType::Q6K) {
-                768
-            } else {
-                320
-            };
+            let cols = row_length(ty);
             let mut worst = 0f64;
             for rows in [1, 37, 130] {
                 let (info, bytes, w) = encoded(ty, rows, cols, rows as u64 + 3);
@@ -237,19 +246,7 @@ fn q8_activations_match_the_decoded_weights_times_the_quantized_x() {
                     } else {
                         xs.clone()
                     };
-                    let (expected, norms): (Vec<f64>, Vec<f64>) = (0..tokens)
-                        .flat_map(|t| {
-                            let (w, used) = (&w, &used);
-                            (0..rows).map(move |r| {
-                                let terms = (0..cols)
-                                    .map(|j| w[r * cols + j] as f64 * used[t * cols + j] as f64);
-                                (
-                                    terms.clone().sum::<f64>(),
-                                    terms.map(|v| v * v).sum::<f64>().sqrt(),
-                                )
-                            })
-                        })
-                        .unzip();
+                    let (expected, norms) = exact_products(&w, &used, rows, cols, tokens);
                     let err = relative_error(&y, &expected, &norms);
                     assert!(
                         err < F32_TOLERANCE,
@@ -453,16 +450,7 @@ fn a_matrix_with_more_row_groups_than_a_dispatch_dimension_is_computed_whole() {
         let xs = values(tokens * cols, 11);
         let x = upload(&b, tokens, cols, &xs);
         let y = b.to_vec(&b.matmul(&x, &m).unwrap()).unwrap();
-        let (expected, norms): (Vec<f64>, Vec<f64>) = (0..tokens * rows)
-            .map(|i| {
-                let (t, r) = (i / rows, i % rows);
-                let terms = (0..cols).map(|j| w[r * cols + j] as f64 * xs[t * cols + j] as f64);
-                (
-                    terms.clone().sum::<f64>(),
-                    terms.map(|v| v * v).sum::<f64>().sqrt(),
-                )
-            })
-            .unzip();
+        let (expected, norms) = exact_products(&w, &xs, rows, cols, tokens);
         let err = relative_error(&y, &expected, &norms);
         assert!(
             err < F32_TOLERANCE,

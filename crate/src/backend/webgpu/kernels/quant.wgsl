@@ -77,6 +77,18 @@ fn q4_k_scale_min(base: u32, sub: u32) -> vec2<f32> {
     let dm = unpack2x16float(w[base >> 2u]);
     return vec2<f32>(dm.x * f32(sc), dm.y * f32(m));
 }
+// Sub-block s of a Q4_K row at byte `row`: (d·scale, dmin·min), the word index of the 32 bytes of
+// nibbles it shares with its neighbour, and the shift to its own (the low ones when s is even).
+struct Q4kSub {
+    scale_min: vec2<f32>,
+    qs: u32,
+    shift: u32,
+}
+fn q4_k_sub(row: u32, s: u32) -> Q4kSub {
+    let base = row + (s / 8u) * 144u;
+    let sub = s % 8u;
+    return Q4kSub(q4_k_scale_min(base, sub), (base + 16u + (sub / 2u) * 32u) >> 2u, (sub % 2u) * 4u);
+}
 fn q6_k_scale(base: u32, sub: u32, l: u32) -> f32 {
     let n = sub / 4u;
     let quarter = sub % 4u;
@@ -143,14 +155,10 @@ fn decode32_q8_0(row: u32, s: u32) -> array<vec4<f32>, 8> {
     return out;
 }
 fn decode32_q4_k(row: u32, s: u32) -> array<vec4<f32>, 8> {
-    let base = row + (s / 8u) * 144u;
-    let sub = s % 8u;
-    let scale_min = q4_k_scale_min(base, sub);
-    let qs = (base + 16u + (sub / 2u) * 32u) >> 2u;
-    let shift = (sub % 2u) * 4u;
+    let q4k = q4_k_sub(row, s);
     var out: array<vec4<f32>, 8>;
     for (var k = 0u; k < 8u; k++) {
-        out[k] = scale_min.x * unsigned4((w[qs + k] >> shift) & 0x0f0f0f0fu) - scale_min.y;
+        out[k] = q4k.scale_min.x * unsigned4((w[q4k.qs + k] >> q4k.shift) & 0x0f0f0f0fu) - q4k.scale_min.y;
     }
     return out;
 }
@@ -205,20 +213,16 @@ fn dot32_q8_0(row: u32, s: u32, xo: u32) -> f32 {
 }
 // d·scale·Σ q·x − dmin·min·Σ x.
 fn dot32_q4_k(row: u32, s: u32, xo: u32) -> f32 {
-    let base = row + (s / 8u) * 144u;
-    let sub = s % 8u;
-    let scale_min = q4_k_scale_min(base, sub);
-    let qs = (base + 16u + (sub / 2u) * 32u) >> 2u;
-    let shift = (sub % 2u) * 4u;
+    let q4k = q4_k_sub(row, s);
     var qx = vec4<f32>(0.0);
     var xs = vec4<f32>(0.0);
     for (var k = 0u; k < 8u; k++) {
         let xv = x4(xo + 4u * k);
-        qx = fma(unsigned4((w[qs + k] >> shift) & 0x0f0f0f0fu), xv, qx);
+        qx = fma(unsigned4((w[q4k.qs + k] >> q4k.shift) & 0x0f0f0f0fu), xv, qx);
         xs += xv;
     }
     let ones = vec4<f32>(1.0);
-    return scale_min.x * dot(qx, ones) - scale_min.y * dot(xs, ones);
+    return q4k.scale_min.x * dot(qx, ones) - q4k.scale_min.y * dot(xs, ones);
 }
 // Each half's scale times Σ (q − 32)·x over the half.
 fn dot32_q6_k(row: u32, s: u32, xo: u32) -> f32 {
@@ -291,18 +295,14 @@ fn dot32q_q8_0(row: u32, s: u32, xb: u32) -> f32 {
 }
 // d·scale·Σ q·x − dmin·min·Σ x: word k of the sub-block holds values 4k.. in one nibble.
 fn dot32q_q4_k(row: u32, s: u32, xb: u32) -> f32 {
-    let base = row + (s / 8u) * 144u;
-    let sub = s % 8u;
-    let scale_min = q4_k_scale_min(base, sub);
-    let qs = (base + 16u + (sub / 2u) * 32u) >> 2u;
-    let shift = (sub % 2u) * 4u;
+    let q4k = q4_k_sub(row, s);
     let xv = x_block(xb);
     var dot = 0;
     for (var k = 0u; k < 4u; k++) {
-        dot += dot4I8Packed((w[qs + k] >> shift) & 0x0f0f0f0fu, xv.lo[k]);
-        dot += dot4I8Packed((w[qs + 4u + k] >> shift) & 0x0f0f0f0fu, xv.hi[k]);
+        dot += dot4I8Packed((w[q4k.qs + k] >> q4k.shift) & 0x0f0f0f0fu, xv.lo[k]);
+        dot += dot4I8Packed((w[q4k.qs + 4u + k] >> q4k.shift) & 0x0f0f0f0fu, xv.hi[k]);
     }
-    return scale_min.x * xv.d * f32(dot) - scale_min.y * xv.sum;
+    return q4k.scale_min.x * xv.d * f32(dot) - q4k.scale_min.y * xv.sum;
 }
 // Each half's scale times Σ (q − 32)·x over the half.
 fn dot32q_q6_k(row: u32, s: u32, xb: u32) -> f32 {
@@ -412,17 +412,13 @@ fn decode32h_q8_0(row: u32, s: u32) -> Block16 {
 }
 const BIASED_q4_k = true;
 fn decode32h_q4_k(row: u32, s: u32) -> Block16 {
-    let base = row + (s / 8u) * 144u;
-    let sub = s % 8u;
-    let scale_min = q4_k_scale_min(base, sub);
-    let qs = (base + 16u + (sub / 2u) * 32u) >> 2u;
-    let shift = (sub % 2u) * 4u;
+    let q4k = q4_k_sub(row, s);
     var b: Block16;
     for (var k = 0u; k < 8u; k++) {
-        b.q[k] = nibbles_h(w[qs + k] >> shift);
+        b.q[k] = nibbles_h(w[q4k.qs + k] >> q4k.shift);
     }
-    b.scale = vec2<f32>(scale_min.x);
-    b.bias = 8.0 * scale_min.x - scale_min.y;
+    b.scale = vec2<f32>(q4k.scale_min.x);
+    b.bias = 8.0 * q4k.scale_min.x - q4k.scale_min.y;
     return b;
 }
 const BIASED_q6_k = false;
