@@ -211,12 +211,6 @@ struct RopeParams {
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct QuantizeParams {
-    blocks: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
 struct LenParams {
     len: u32,
 }
@@ -819,8 +813,8 @@ impl WebGpuBackend {
         let blocks = x.rows * x.cols / 32;
         // Three 16-byte quads per block: its 32 bytes, then its scale and sum.
         let xq = self.storage(blocks * 12);
-        let params = QuantizeParams {
-            blocks: u32_of(blocks, "blocks")?,
+        let params = LenParams {
+            len: u32_of(blocks, "blocks")?,
         };
         let groups = blocks.div_ceil(64);
         let max = self.gpu.max_groups_per_dim as usize;
