@@ -44,6 +44,11 @@ function check(condition, message) {
   if (!condition) throw new Error(message);
 }
 
+// Whether a layout condition holds within 10 s (CSS transitions run late on a loaded machine).
+async function settles(condition) {
+  return page.waitForFunction(condition, null, { timeout: 10_000 }).then(() => true, () => false);
+}
+
 const messages = () => page.locator('[data-testid="message"]');
 const lastAnswer = () => page.locator('[data-testid="message"][data-role="assistant"]').last();
 
@@ -150,12 +155,14 @@ try {
   // 7. Dark theme and a phone-sized screen.
   await page.click('[data-testid="theme"]');
   await page.setViewportSize({ width: 390, height: 844 });
-  await page.waitForTimeout(400); // the conversation list slides away
-  check(await page.locator('#sidebar').evaluate((e) => e.getBoundingClientRect().right <= 0), 'the conversation list covers the chat');
+  // The conversation list slides away (a 0.15 s transition); a busy machine may take longer to
+  // settle, so wait for the layout itself rather than a fixed time.
+  check(await settles(() => document.getElementById('sidebar').getBoundingClientRect().right <= 0),
+    'the conversation list covers the chat');
   await shot('phone-dark');
   await page.click('#toggle-sidebar');
-  await page.waitForTimeout(400);
-  check(await page.locator('#sidebar').evaluate((e) => e.getBoundingClientRect().left >= 0), 'the conversation list does not open');
+  check(await settles(() => document.getElementById('sidebar').getBoundingClientRect().left >= 0),
+    'the conversation list does not open');
   await shot('phone-conversations');
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
   check(!overflow, 'the page is wider than a phone screen');
