@@ -1402,12 +1402,34 @@ async fn provider_keys_reach_only_their_provider() {
         h.upstream.auth_headers(tag, "keyed")[0].as_deref(),
         Some(format!("Bearer {FAULT_KEY}").as_str())
     );
+    let keyless = h.upstream.auth_headers(tag, "keyed-b");
     assert!(
-        h.upstream
-            .auth_headers(tag, "keyed-b")
-            .iter()
-            .all(Option::is_none),
-        "no key for a keyless provider"
+        !keyless.is_empty() && keyless.iter().all(Option::is_none),
+        "no key for a keyless provider: {keyless:?}"
+    );
+    // A provider that rejects the request and echoes its key: the caller gets the rejection
+    // (no other provider took the request), without the key.
+    let echo_tag = "keys-echo";
+    let echo = json!({"error": {"message": format!("unsupported parameter (request sent with key {FAULT_KEY})")}});
+    for (provider, code, body) in [("keyed", 400, echo), ("keyed-b", 500, json!({}))] {
+        h.upstream.set(
+            echo_tag,
+            provider,
+            Behavior::Status {
+                code,
+                body,
+                retry_after: None,
+                times: None,
+            },
+        );
+    }
+    let response = post(&h.main_token, &ask("s-keyed", echo_tag, true)).await;
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("request sent with key [redacted]") && !text.contains(FAULT_KEY),
+        "{text}"
     );
     let usage = client()
         .get(format!("{}/v1/usage", h.url))

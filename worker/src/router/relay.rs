@@ -51,6 +51,9 @@ pub trait Transport {
     ) -> impl Future<Output = Result<UpstreamResponse<Self::Body>, String>>;
     fn sleep(&self, ms: u64) -> impl Future<Output = ()>;
     fn now_ms(&self) -> u64;
+    /// `text` with every provider key this transport sends replaced: applied to whatever a
+    /// provider wrote that may reach the caller (an error message can echo the key it was sent).
+    fn redact(&self, text: &str) -> String;
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -160,8 +163,16 @@ enum Failure {
     },
     /// The prompt does not fit this provider's context.
     ContextLength,
-    /// The request itself is refused (content policy, invalid for the provider): the caller's answer.
+    /// The request itself is refused (content policy): the caller's answer, unless part of the
+    /// answer was already sent (then another provider may finish it).
     Refused {
+        outcome: String,
+        error: Box<ApiError>,
+    },
+    /// This provider rejected the request as invalid (a 4xx other than the above). The router
+    /// validated it, so another provider may take it (one may reject a parameter such as
+    /// `stream_options` or an assistant prefill); if none does, this is the caller's answer.
+    Rejected {
         outcome: String,
         error: Box<ApiError>,
     },
@@ -174,6 +185,7 @@ impl Failure {
         match self {
             Failure::Transient { outcome, .. }
             | Failure::Refused { outcome, .. }
+            | Failure::Rejected { outcome, .. }
             | Failure::Unusable { outcome, .. } => outcome.clone(),
             Failure::ContextLength => "context_length".into(),
         }
@@ -182,7 +194,7 @@ impl Failure {
         match self {
             Failure::Transient { status, .. } => *status,
             Failure::ContextLength => Some(400),
-            Failure::Refused { error, .. } => Some(error.status),
+            Failure::Refused { error, .. } | Failure::Rejected { error, .. } => Some(error.status),
             Failure::Unusable { status, .. } => Some(*status),
         }
     }
@@ -210,27 +222,44 @@ struct StreamReader<B> {
     body: B,
     parser: SseParser,
     queue: VecDeque<Item>,
+    /// Why the stream failed, reported after the items parsed before the failure.
+    failure: Option<Failure>,
     /// The body has ended (it must not be polled again).
     ended: bool,
 }
 
 impl<B: Stream<Item = Result<Vec<u8>, String>> + Unpin> StreamReader<B> {
-    /// The next item, waiting at most `timeout_ms` for bytes (no limit: the caller has one);
-    /// `Ok(None)` when the body ended.
+    fn new(body: B) -> Self {
+        StreamReader {
+            body,
+            parser: SseParser::default(),
+            queue: VecDeque::new(),
+            failure: None,
+            ended: false,
+        }
+    }
+
+    /// The next item, waiting at most `timeout_ms` for it (no limit: the caller has one) — bytes
+    /// that carry no item, such as keep-alive comments, do not count; `Ok(None)` when the body
+    /// ended.
     async fn next<T: Transport>(
         &mut self,
         t: &T,
         timeout_ms: Option<u64>,
     ) -> Result<Option<Item>, Failure> {
+        let deadline = timeout_ms.map(|ms| t.now_ms().saturating_add(ms));
         loop {
             if let Some(item) = self.queue.pop_front() {
                 return Ok(Some(item));
             }
+            if let Some(failure) = self.failure.take() {
+                return Err(failure);
+            }
             if self.ended {
                 return Ok(None);
             }
-            let next = match timeout_ms {
-                Some(ms) => within(t, ms, self.body.next()).await,
+            let next = match deadline {
+                Some(at) => within(t, at.saturating_sub(t.now_ms()), self.body.next()).await,
                 None => Some(self.body.next().await),
             };
             if matches!(next, Some(None) | Some(Some(Err(_)))) {
@@ -245,12 +274,22 @@ impl<B: Stream<Item = Result<Vec<u8>, String>> + Unpin> StreamReader<B> {
                 Some(Some(Err(_))) => return Err(Failure::transient("cut", true)),
                 Some(Some(Ok(bytes))) => bytes,
             };
-            let events = self
-                .parser
-                .push(&bytes)
-                .map_err(|_| Failure::transient("malformed", true))?;
-            for event in events {
-                self.parse_event(&event.data)?;
+            // Items parsed before a bad event still count: a finish reason among them completes
+            // the answer.
+            match self.parser.push(&bytes) {
+                Ok(events) => {
+                    for event in events {
+                        if let Err(failure) = self.parse_event(&event.data) {
+                            self.failure = Some(failure);
+                            self.ended = true;
+                            break;
+                        }
+                    }
+                }
+                Err(_) => {
+                    self.failure = Some(Failure::transient("malformed", true));
+                    self.ended = true;
+                }
             }
         }
     }
@@ -260,12 +299,21 @@ impl<B: Stream<Item = Result<Vec<u8>, String>> + Unpin> StreamReader<B> {
             self.queue.push_back(Item::Done);
             return Ok(());
         }
-        let value: Value =
-            serde_json::from_str(data).map_err(|_| Failure::transient("malformed", true))?;
-        if value.get("error").is_some_and(|e| !e.is_null()) {
+        let malformed = || Failure::transient("malformed", true);
+        let value: Value = serde_json::from_str(data).map_err(|_| malformed())?;
+        let Some(object) = value.as_object() else {
+            return Err(malformed());
+        };
+        if object.get("error").is_some_and(|e| !e.is_null()) {
             return Err(Failure::transient("stream_error", true));
         }
-        let choice = value.get("choices").and_then(|c| c.get(0));
+        // An event without a choice (Azure's opening `"choices": []` with its filter results, a
+        // provider's own event types) carries nothing for the answer and is skipped.
+        let choice = match object.get("choices") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(choices)) => choices.first(),
+            Some(_) => return Err(malformed()),
+        };
         if let Some(text) = choice
             .and_then(|c| c.pointer("/delta/content"))
             .and_then(Value::as_str)
@@ -288,9 +336,6 @@ impl<B: Stream<Item = Result<Vec<u8>, String>> + Unpin> StreamReader<B> {
                 completion_tokens: c,
                 total_tokens: p + c,
             }));
-        }
-        if choice.is_none() && value.get("usage").is_none() {
-            return Err(Failure::transient("malformed", true));
         }
         Ok(())
     }
@@ -329,12 +374,7 @@ async fn first_token<T: Transport>(
         if !(200..300).contains(&response.status) {
             return Err(classify_error(t, response).await);
         }
-        let mut reader = StreamReader {
-            body: response.body,
-            parser: SseParser::default(),
-            queue: VecDeque::new(),
-            ended: false,
-        };
+        let mut reader = StreamReader::new(response.body);
         loop {
             match reader.next(t, None).await? {
                 Some(Item::Usage(_)) => continue,
@@ -366,7 +406,7 @@ async fn classify_error<T: Transport>(t: &T, response: UpstreamResponse<T::Body>
         .retry_after
         .as_deref()
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|s| s * 1000);
+        .map(|s| s.saturating_mul(1000));
     let mut body = response.body;
     let mut bytes = Vec::new();
     // A bounded, short read: the error body only refines the status.
@@ -388,7 +428,12 @@ async fn classify_error<T: Transport>(t: &T, response: UpstreamResponse<T::Body>
             .unwrap_or("")
             .to_string()
     };
-    let (code, kind, message) = (text("code"), text("type"), text("message"));
+    // What the provider wrote may reach the caller: never with a key in it.
+    let (code, kind, message) = (
+        t.redact(&text("code")),
+        text("type"),
+        t.redact(&text("message")),
+    );
     let message_lower = message.to_lowercase();
     let outcome = format!("http_{status}");
     if status == 429 {
@@ -460,10 +505,22 @@ async fn classify_error<T: Transport>(t: &T, response: UpstreamResponse<T::Body>
         param: None,
         retry_after_s: None,
     };
-    Failure::Refused {
+    Failure::Rejected {
         outcome,
         error: Box::new(error),
     }
+}
+
+/// `text` with each of `secrets` replaced by `[redacted]`. Values under 8 characters are left:
+/// no real key is that short, and replacing them would garble the message.
+pub fn redact_secrets<'a>(text: &str, secrets: impl IntoIterator<Item = &'a str>) -> String {
+    let mut text = text.to_string();
+    for secret in secrets {
+        if secret.len() >= 8 && text.contains(secret) {
+            text = text.replace(secret, "[redacted]");
+        }
+    }
+    text
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -502,6 +559,9 @@ struct Relay<'t, T: Transport> {
     /// The provider whose text the caller has, and why it stopped, when a rescue is under way.
     rescue_from: Option<(String, String)>,
     last_error: Option<ApiError>,
+    /// The first provider's rejection of the request as invalid: the caller's answer when no
+    /// provider takes the request (more telling than a later provider's outage).
+    rejection: Option<ApiError>,
 }
 
 impl<'t, T: Transport> Relay<'t, T> {
@@ -522,6 +582,7 @@ impl<'t, T: Transport> Relay<'t, T> {
             sent_tokens: 0,
             rescue_from: None,
             last_error: None,
+            rejection: None,
         }
     }
 
@@ -573,17 +634,27 @@ impl<'t, T: Transport> Relay<'t, T> {
         }
         let fits =
             |c: &Candidate, limit: Option<u32>| limit.is_none_or(|l| c.offer.context_length > l);
-        while let Some(candidate) = self.fresh.pop_front() {
-            if fits(&candidate, self.too_small_context) {
-                return Some(candidate);
-            }
-        }
         let limit = self.too_small_context;
+        self.fresh.retain(|c| fits(c, limit));
+        // A rescue takes the first provider that can continue the text the caller has before one
+        // that would have to restart the answer in view, whatever their order by price or speed.
+        let rescuing = !self.sent_text.is_empty();
+        let index = rescuing
+            .then(|| {
+                self.fresh
+                    .iter()
+                    .position(|c| c.provider.prefill != Prefill::None)
+            })
+            .flatten()
+            .unwrap_or(0);
+        if let Some(candidate) = self.fresh.remove(index) {
+            return Some(candidate);
+        }
         self.retry.retain(|(c, _)| fits(c, limit));
         let index = (0..self.retry.len()).min_by_key(|&i| self.retry[i].1)?;
         let now = self.t.now_ms();
         let wait = self.retry[index].1.saturating_sub(now);
-        if wait > self.limits.max_retry_after_ms || now + wait >= self.deadline_ms {
+        if wait > self.limits.max_retry_after_ms || now.saturating_add(wait) >= self.deadline_ms {
             return None;
         }
         let (candidate, _) = self.retry.swap_remove(index);
@@ -730,7 +801,7 @@ impl<'t, T: Transport> Relay<'t, T> {
                         ApiError::upstream_failed(format!("provider {provider} failed: {outcome}"))
                     }
                 });
-                self.retry.push((candidate, now + backoff));
+                self.retry.push((candidate, now.saturating_add(backoff)));
             }
             Failure::ContextLength => {
                 let context = candidate.offer.context_length;
@@ -743,7 +814,14 @@ impl<'t, T: Transport> Relay<'t, T> {
                 e.code = Some("context_length_exceeded".into());
                 self.last_error = Some(e);
             }
-            Failure::Refused { error, .. } => refused = Some((**error).clone()),
+            Failure::Refused { error, .. } if self.sent_text.is_empty() => {
+                refused = Some((**error).clone())
+            }
+            // Refused while continuing an answer already under way: another provider may finish it.
+            Failure::Refused { error, .. } => self.last_error = Some((**error).clone()),
+            Failure::Rejected { error, .. } => {
+                self.rejection.get_or_insert_with(|| (**error).clone());
+            }
             Failure::Unusable { outcome, .. } => {
                 report.provider_fault = true;
                 self.last_error = Some(ApiError::upstream_failed(format!(
@@ -1036,9 +1114,13 @@ impl<'t, T: Transport> Relay<'t, T> {
     }
 
     fn give_up(&mut self, emit: &mut dyn FnMut(Downstream) -> bool) -> RelayResult {
-        let mut error = self.last_error.clone().unwrap_or_else(|| {
-            ApiError::unavailable("no provider is available for this model", Some(1))
-        });
+        let mut error = self
+            .rejection
+            .clone()
+            .or_else(|| self.last_error.clone())
+            .unwrap_or_else(|| {
+                ApiError::unavailable("no provider is available for this model", Some(1))
+            });
         let outcome = if self.sent_text.is_empty() {
             RelayOutcome::Failed
         } else {

@@ -39,6 +39,8 @@ enum Script {
         chunks: Vec<&'static str>,
         end: End,
     },
+    /// Headers at once, then these bytes as they are, one read each, 10 ms apart.
+    Raw(Vec<&'static str>),
 }
 
 fn ok(chunks: &[&'static str]) -> Script {
@@ -86,6 +88,16 @@ fn event(value: Value) -> Vec<u8> {
 }
 
 fn body_of(script: Script) -> Body {
+    if let Script::Raw(reads) = script {
+        return Box::pin(futures::stream::unfold(
+            reads.into_iter(),
+            |mut reads| async move {
+                let read = reads.next()?;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                Some((Ok(read.as_bytes().to_vec()), reads))
+            },
+        ));
+    }
     let Script::Stream {
         first_ms,
         chunks,
@@ -181,6 +193,15 @@ impl Transport for FakeTransport {
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }
+    fn redact(&self, text: &str) -> String {
+        let keys: Vec<String> = self.scripts.borrow().keys().map(|p| key_of(p)).collect();
+        redact_secrets(text, keys.iter().map(String::as_str))
+    }
+}
+
+/// The key this transport would send to `provider`.
+fn key_of(provider: &str) -> String {
+    format!("sk-fake-key-of-{provider}")
 }
 
 fn candidate(name: &str, prefill: Prefill, context_length: u32, price: f64) -> Candidate {
@@ -827,4 +848,217 @@ async fn the_overall_deadline_bounds_every_wait() {
     );
     assert!(r.elapsed_ms <= 1200, "{} ms", r.elapsed_ms);
     assert_eq!(r.failed().status, 502);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rescue_prefers_a_provider_that_continues_over_one_that_restarts() {
+    let t = FakeTransport::new(&[
+        (
+            "a",
+            vec![Script::Stream {
+                first_ms: 5,
+                chunks: vec!["The", " sky"],
+                end: End::Cut,
+            }],
+        ),
+        ("restarts", vec![]),
+        ("continues", vec![ok(&[" is", " blue", "."])]),
+    ]);
+    let cands = vec![
+        candidate("a", Prefill::None, 100, 1.0),
+        candidate("restarts", Prefill::None, 100, 1.0),
+        candidate("continues", Prefill::MistralPrefix, 100, 5.0),
+    ];
+    let r = run(&t, job(cands, None, None)).await;
+    assert_eq!(r.text(), "The sky is blue.");
+    assert_eq!(r.outcomes(), [("a", "cut"), ("continues", "ok")]);
+    assert!(t.posts_to("restarts").is_empty());
+    assert!(!r.events.iter().any(|e| matches!(
+        e,
+        Downstream::Switch {
+            continued: false,
+            ..
+        }
+    )));
+}
+
+fn status(code: u16, body: Value) -> Script {
+    Script::Status {
+        code,
+        retry_after: None,
+        body,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_rejects_the_request_hands_it_to_the_next() {
+    let rejected = json!({"error": {"message": "Unrecognized request argument supplied: stream_options", "type": "invalid_request_error"}});
+    let t = FakeTransport::new(&[("a", vec![status(400, rejected)]), ("b", vec![ok(WORDS)])]);
+    let cands = vec![
+        candidate("a", Prefill::None, 100, 1.0),
+        candidate("b", Prefill::None, 100, 1.0),
+    ];
+    let r = run(&t, job(cands, None, None)).await;
+    assert_eq!(r.text(), "The sky is blue.");
+    assert_eq!(r.outcomes(), [("a", "http_400"), ("b", "ok")]);
+    assert!(!r.result.attempts[0].report.provider_fault);
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_provider_fails_a_rejection_is_the_answer_without_the_key_it_echoed() {
+    let echo = json!({"error": {"message": format!("invalid value for top_k (request sent with key {})", key_of("a")), "code": "invalid_value"}});
+    let t = FakeTransport::new(&[
+        ("a", vec![status(422, echo)]),
+        (
+            "b",
+            // Down for an hour: not waited for.
+            vec![Script::Status {
+                code: 503,
+                retry_after: Some("3600"),
+                body: json!({}),
+            }],
+        ),
+    ]);
+    let cands = vec![
+        candidate("a", Prefill::None, 100, 1.0),
+        candidate("b", Prefill::None, 100, 1.0),
+    ];
+    let r = run(&t, job(cands, None, None)).await;
+    let e = r.failed();
+    assert_eq!((e.status, e.code.as_deref()), (422, Some("invalid_value")));
+    assert_eq!(
+        e.message,
+        "invalid value for top_k (request sent with key [redacted])"
+    );
+    assert_eq!(r.result.outcome, RelayOutcome::Failed);
+    // Rejected once: not retried on the same provider.
+    assert_eq!(t.posts_to("a").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rescue_provider_that_rejects_the_prefill_hands_the_rest_to_the_next() {
+    let t = FakeTransport::new(&[
+        (
+            "a",
+            vec![Script::Stream {
+                first_ms: 5,
+                chunks: vec!["The", " sky"],
+                end: End::Cut,
+            }],
+        ),
+        (
+            "b",
+            vec![status(
+                400,
+                json!({"error": {"message": "prefix is not supported"}}),
+            )],
+        ),
+        ("c", vec![ok(&[" is", " blue", "."])]),
+    ]);
+    let cands = vec![
+        candidate("a", Prefill::None, 100, 1.0),
+        candidate("b", Prefill::MistralPrefix, 100, 1.0),
+        candidate("c", Prefill::TrailingAssistant, 100, 1.0),
+    ];
+    let r = run(&t, job(cands, None, None)).await;
+    assert_eq!(r.text(), "The sky is blue.");
+    assert_eq!(r.outcomes(), [("a", "cut"), ("b", "http_400"), ("c", "ok")]);
+    assert_eq!(r.result.outcome, RelayOutcome::Completed);
+}
+
+const OPENING: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"The sky\"},\"finish_reason\":null}]}\n\n";
+
+#[tokio::test(start_paused = true)]
+async fn a_finish_before_a_bad_event_in_the_same_read_completes_the_answer() {
+    let t = FakeTransport::new(&[(
+        "a",
+        vec![Script::Raw(vec![
+            OPENING,
+            concat!(
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" is blue.\"},\"finish_reason\":\"stop\"}]}\n\n",
+                "data: {\"choices\": [\n\n",
+            ),
+        ])],
+    )]);
+    let r = run(
+        &t,
+        job(vec![candidate("a", Prefill::None, 100, 1.0)], None, None),
+    )
+    .await;
+    assert_eq!(r.text(), "The sky is blue.");
+    assert_eq!(r.done().1, "stop");
+    assert_eq!(r.outcomes(), [("a", "ok")]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_without_a_choice_are_skipped_but_broken_ones_are_not() {
+    // Azure opens with `"choices": []` and its filter results; some providers add their own events.
+    let t = FakeTransport::new(&[(
+        "a",
+        vec![Script::Raw(vec![
+            "data: {\"choices\":[],\"prompt_filter_results\":[{\"prompt_index\":0}]}\n\n",
+            OPENING,
+            "data: {\"type\":\"ping\"}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" is blue.\"},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: [DONE]\n\n",
+        ])],
+    )]);
+    let r = run(
+        &t,
+        job(vec![candidate("a", Prefill::None, 100, 1.0)], None, None),
+    )
+    .await;
+    assert_eq!(r.text(), "The sky is blue.");
+    assert_eq!(r.outcomes(), [("a", "ok")]);
+    // Valid JSON that is not an event object, or whose choices are not a list, is malformed.
+    for bad in ["data: [1, 2]\n\n", "data: {\"choices\": {\"0\": 1}}\n\n"] {
+        let t = FakeTransport::new(&[
+            ("a", vec![Script::Raw(vec![OPENING, bad])]),
+            ("b", vec![ok(&[" is", " blue", "."])]),
+        ]);
+        let cands = vec![
+            candidate("a", Prefill::None, 100, 1.0),
+            candidate("b", Prefill::TrailingAssistant, 100, 1.0),
+        ];
+        let r = run(&t, job(cands, None, None)).await;
+        assert_eq!(r.text(), "The sky is blue.", "{bad}");
+        assert_eq!(r.outcomes(), [("a", "malformed"), ("b", "ok")], "{bad}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn keep_alive_comments_do_not_hide_a_stall() {
+    // An SSE comment every 10 ms and no token: stalled at the 500 ms stall deadline all the same.
+    let mut reads = vec![OPENING];
+    reads.extend(std::iter::repeat_n(": keep-alive\n\n", 100));
+    let t = FakeTransport::new(&[
+        ("a", vec![Script::Raw(reads)]),
+        ("b", vec![ok(&[" is", " blue", "."])]),
+    ]);
+    let cands = vec![
+        candidate("a", Prefill::None, 100, 1.0),
+        candidate("b", Prefill::TrailingAssistant, 100, 1.0),
+    ];
+    let r = run(&t, job(cands, None, None)).await;
+    assert_eq!(r.text(), "The sky is blue.");
+    assert_eq!(r.outcomes(), [("a", "stalled"), ("b", "ok")]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_retry_after_does_not_wrap_around() {
+    let t = FakeTransport::new(&[(
+        "a",
+        vec![Script::Status {
+            code: 429,
+            retry_after: Some("18446744073709551615"),
+            body: json!({}),
+        }],
+    )]);
+    let r = run(
+        &t,
+        job(vec![candidate("a", Prefill::None, 100, 1.0)], None, None),
+    )
+    .await;
+    assert_eq!(r.failed().status, 503);
+    assert_eq!(t.posts_to("a").len(), 1);
 }

@@ -12,7 +12,7 @@ use wasm_bindgen_futures::JsFuture;
 use worker::{AbortController, Date, Delay};
 
 use crate::router::config::Provider;
-use crate::router::relay::{Transport, UpstreamResponse};
+use crate::router::relay::{redact_secrets, Transport, UpstreamResponse};
 
 pub struct WorkerTransport {
     /// Provider name → API key, read from the worker's secrets. Never logged or returned.
@@ -106,5 +106,9 @@ impl Transport for WorkerTransport {
 
     fn now_ms(&self) -> u64 {
         Date::now().as_millis()
+    }
+
+    fn redact(&self, text: &str) -> String {
+        redact_secrets(text, self.keys.values().map(String::as_str))
     }
 }
