@@ -427,6 +427,25 @@ fn a_string_longer_than_any_real_one_is_rejected_even_when_the_file_holds_it() {
 }
 
 #[test]
+fn header_strings_past_64_mib_in_total_are_rejected_even_when_the_file_holds_them() {
+    // Five strings of 15 MiB, each under the one-string limit: the header would hold 75 MiB.
+    let len = 15 << 20;
+    let mut b = Builder::new();
+    for i in 0..5 {
+        let mut value = Vec::with_capacity(len + 8);
+        put_u64(&mut value, len as u64);
+        value.resize(len + 8, b'a');
+        b = b.kv_raw(format!("test.text.{i}").as_bytes(), TYPE_STRING, &value);
+    }
+    match parse_err(b.build()) {
+        GgufError::CountTooLarge { what, max, .. } => {
+            assert_eq!((what, max), ("bytes of header strings in total", 64 << 20))
+        }
+        e => panic!("wrong error {e:?}"),
+    }
+}
+
+#[test]
 fn deeply_nested_arrays() {
     // Arrays of arrays, nested ten deep, each with one element; the innermost holds one u32.
     let depth = 10;

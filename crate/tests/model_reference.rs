@@ -65,15 +65,10 @@ fn argmax(v: &[f32]) -> u32 {
     best as u32
 }
 
-/// Largest absolute difference relative to the largest logit magnitude.
+/// Largest absolute difference relative to the largest logit magnitude (infinite with a NaN).
 fn relative_max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max)
-        / scale
+    (common::max_abs_diff(a, b) / scale as f64) as f32
 }
 
 /// Same file, same prompt: logits within 8% of the largest logit magnitude at every step, and the

@@ -1,6 +1,8 @@
 //! The engine end to end on SmolLM2-135M-Instruct (Q4_1), plus exact cache bookkeeping checks on
 //! a scripted fake model that uses the same tokenizer.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -499,11 +501,7 @@ fn split_prefill_matches_one_prefill() {
         model.truncate_cache(0);
         model.forward(&prompt[..split]).unwrap();
         let parts = model.forward(&prompt[split..]).unwrap();
-        let max_diff = whole
-            .iter()
-            .zip(&parts)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let max_diff = common::max_abs_diff(&whole, &parts);
         // Every row is computed on its own, in the same order however the rows are batched
         // (prompts under 32 tokens: longer Q4_1 prompts multiply dequantized f32 tiles).
         assert!(
@@ -538,11 +536,7 @@ fn truncated_cache_continues_like_a_fresh_one() {
     model.truncate_cache(a.len());
     assert_eq!(model.cache_len(), a.len());
     let reused = model.forward(&c).unwrap();
-    let max_diff = fresh
-        .iter()
-        .zip(&reused)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
+    let max_diff = common::max_abs_diff(&fresh, &reused);
     // Same tolerance as above.
     assert!(max_diff < 1e-2, "max logit difference {max_diff}");
 }

@@ -26,15 +26,10 @@ fn gpu() -> WebGpuBackend {
     backend
 }
 
-/// Largest |a − b| relative to the largest |b|.
+/// Largest |a − b| relative to the largest |b| (infinite with a NaN).
 fn relative_error(a: &[f32], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - y).abs())
-        .fold(0f64, f64::max)
-        / scale
+    common::max_abs_diff(a, b) / scale
 }
 
 /// Every type the kernels decode.

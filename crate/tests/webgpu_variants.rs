@@ -60,17 +60,12 @@ fn upload(
 /// Largest |a − b| relative to the largest |b|, or to the largest norm of the terms that make up a
 /// `b` where that is larger (rounding errors scale with it; one output can be near 0 by chance).
 fn relative_error(a: &[f32], b: &[f64], term_norms: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
     let scale = b
         .iter()
         .chain(term_norms)
         .fold(0f64, |m, v| m.max(v.abs()))
         .max(1e-12);
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - y).abs())
-        .fold(0f64, f64::max)
-        / scale
+    common::max_abs_diff(a, b) / scale
 }
 
 /// The row length the matmul checks use: 10 sub-blocks of 32, 24 for the 256-value K-quant blocks

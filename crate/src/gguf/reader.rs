@@ -15,6 +15,10 @@ const CHUNK: usize = 1 << 16;
 const MAX_METADATA_ARRAY_ITEMS: u64 = 1 << 22;
 /// Largest single metadata string we accept (chat templates are a few KiB; a vocabulary is an array).
 const MAX_STRING_LEN: u64 = 16 << 20;
+/// Bytes of all strings in the header, at most: what the parsed header holds in memory (in a
+/// browser, the wasm heap) is bounded by this, not by the file's size. Real headers hold a few MB
+/// (tekken's vocabulary and merges: about 6 MB).
+const MAX_METADATA_STRING_BYTES: u64 = 64 << 20;
 
 /// Where one tensor's bytes are, and what they hold.
 #[derive(Debug, Clone, PartialEq)]
@@ -336,6 +340,8 @@ struct Cursor<'a> {
     buf_start: u64,
     /// Metadata array items read so far (bounded by `MAX_METADATA_ARRAY_ITEMS`).
     array_items: u64,
+    /// String bytes read so far (bounded by `MAX_METADATA_STRING_BYTES`).
+    string_bytes: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -347,6 +353,7 @@ impl<'a> Cursor<'a> {
             buf: Vec::new(),
             buf_start: 0,
             array_items: 0,
+            string_bytes: 0,
         }
     }
 
@@ -416,6 +423,14 @@ impl<'a> Cursor<'a> {
         }
         if len > MAX_STRING_LEN {
             return Err(GgufError::StringTooLong { offset, len });
+        }
+        self.string_bytes = self.string_bytes.saturating_add(len);
+        if self.string_bytes > MAX_METADATA_STRING_BYTES {
+            return Err(GgufError::CountTooLarge {
+                what: "bytes of header strings in total",
+                count: self.string_bytes,
+                max: MAX_METADATA_STRING_BYTES,
+            });
         }
         let mut bytes = vec![0u8; len as usize];
         self.bytes(&mut bytes)?;

@@ -7,6 +7,20 @@ use std::path::{Path, PathBuf};
 
 use edgechat::gguf::{FileSource, GgufFile, Value};
 
+/// Largest |a − b| over the pairs, infinite when either side holds a NaN: `f64::max` drops a NaN,
+/// so without this an all-NaN output would pass as a perfect match.
+pub fn max_abs_diff<A: Into<f64> + Copy, B: Into<f64> + Copy>(a: &[A], b: &[B]) -> f64 {
+    assert_eq!(a.len(), b.len(), "compared vectors differ in length");
+    a.iter().zip(b).fold(0f64, |max, (&x, &y)| {
+        let d = (x.into() - y.into()).abs();
+        if d.is_nan() {
+            f64::INFINITY
+        } else {
+            max.max(d)
+        }
+    })
+}
+
 pub const SMOLLM2: &str = "smollm2-135m-instruct-q4_1.gguf";
 pub const TINY_MISTRAL: &str = "tiny-mistral.gguf";
 
