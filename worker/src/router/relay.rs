@@ -553,7 +553,11 @@ struct Relay<'t, T: Transport> {
     /// Context length that proved too small: only larger ones are tried.
     too_small_context: Option<u32>,
     attempts: Vec<AttemptRecord>,
-    /// Answer text the caller has (since the last restart).
+    /// The text of the request's trailing assistant message: the start of the answer, which the
+    /// caller has (its own prefill, or the npm package handing over an answer its local engine
+    /// began). Providers that can continue a text continue it; others get the message as sent.
+    caller_prefix: String,
+    /// Answer text the caller has from this relay (since the last restart).
     sent_text: String,
     sent_tokens: u64,
     /// The provider whose text the caller has, and why it stopped, when a rescue is under way.
@@ -567,7 +571,14 @@ struct Relay<'t, T: Transport> {
 impl<'t, T: Transport> Relay<'t, T> {
     fn new(t: &'t T, job: RelayJob) -> Self {
         let deadline_ms = t.now_ms() + job.limits.overall_deadline_ms;
+        let caller_prefix = match job.request.messages.last() {
+            Some(last) if last["role"] == "assistant" && last.get("tool_calls").is_none() => {
+                last["content"].as_str().unwrap_or_default().to_string()
+            }
+            _ => String::new(),
+        };
         Relay {
+            caller_prefix,
             t,
             request: job.request,
             limits: job.limits,
@@ -636,10 +647,11 @@ impl<'t, T: Transport> Relay<'t, T> {
             |c: &Candidate, limit: Option<u32>| limit.is_none_or(|l| c.offer.context_length > l);
         let limit = self.too_small_context;
         self.fresh.retain(|c| fits(c, limit));
-        // A rescue takes the first provider that can continue the text the caller has before one
-        // that would have to restart the answer in view, whatever their order by price or speed.
-        let rescuing = !self.sent_text.is_empty();
-        let index = rescuing
+        // With text to continue (a rescue, or the caller's own prefill), the first provider that
+        // can continue it goes before one that would restart the answer in view (or answer anew
+        // after the caller's text), whatever their order by price or speed.
+        let continuing = !self.sent_text.is_empty() || !self.caller_prefix.is_empty();
+        let index = continuing
             .then(|| {
                 self.fresh
                     .iter()
@@ -848,19 +860,25 @@ impl<'t, T: Transport> Relay<'t, T> {
     fn upstream_body(&self, candidate: &Candidate) -> String {
         let mut messages = self.request.messages.clone();
         let mut body = serde_json::Map::new();
-        if !self.sent_text.is_empty() {
-            match candidate.provider.prefill {
-                Prefill::None => {}
-                Prefill::TrailingAssistant => {
-                    messages.push(json!({"role": "assistant", "content": self.sent_text}))
-                }
-                Prefill::MistralPrefix => messages
-                    .push(json!({"role": "assistant", "content": self.sent_text, "prefix": true})),
-                Prefill::ContinueFinalMessage => {
-                    messages.push(json!({"role": "assistant", "content": self.sent_text}));
-                    body.insert("continue_final_message".into(), json!(true));
-                    body.insert("add_generation_prompt".into(), json!(false));
-                }
+        let text = format!("{}{}", self.caller_prefix, self.sent_text);
+        let continued = match candidate.provider.prefill {
+            _ if text.is_empty() => None,
+            Prefill::None => None,
+            Prefill::TrailingAssistant | Prefill::ContinueFinalMessage => {
+                Some(json!({"role": "assistant", "content": text}))
+            }
+            Prefill::MistralPrefix => {
+                Some(json!({"role": "assistant", "content": text, "prefix": true}))
+            }
+        };
+        if let Some(message) = continued {
+            if !self.caller_prefix.is_empty() {
+                messages.pop(); // the caller's assistant message, continued in `text`
+            }
+            messages.push(message);
+            if candidate.provider.prefill == Prefill::ContinueFinalMessage {
+                body.insert("continue_final_message".into(), json!(true));
+                body.insert("add_generation_prompt".into(), json!(false));
             }
         }
         body.insert("model".into(), json!(candidate.offer.upstream_model));

@@ -1062,3 +1062,64 @@ async fn a_huge_retry_after_does_not_wrap_around() {
     assert_eq!(r.failed().status, 503);
     assert_eq!(t.posts_to("a").len(), 1);
 }
+
+/// `job` with the caller's own start of the answer as a trailing assistant message.
+fn job_continuing(candidates: Vec<Candidate>, start: &str) -> RelayJob {
+    let mut job = job(candidates, None, None);
+    job.request
+        .messages
+        .push(json!({"role": "assistant", "content": start}));
+    job
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_callers_trailing_assistant_text_is_continued_in_each_providers_own_way() {
+    let t = FakeTransport::new(&[
+        ("plain", vec![]),
+        (
+            "mistral",
+            vec![Script::Stream {
+                first_ms: 5,
+                chunks: vec![" is"],
+                end: End::Cut,
+            }],
+        ),
+        ("vllm", vec![ok(&[" blue", "."])]),
+    ]);
+    let cands = vec![
+        candidate("plain", Prefill::None, 100, 1.0),
+        candidate("mistral", Prefill::MistralPrefix, 100, 2.0),
+        candidate("vllm", Prefill::ContinueFinalMessage, 100, 3.0),
+    ];
+    let r = run(&t, job_continuing(cands, "The sky")).await;
+    // The relay's text is what comes after the caller's.
+    assert_eq!(r.text(), " is blue.");
+    assert_eq!(r.outcomes(), [("mistral", "cut"), ("vllm", "ok")]);
+    assert!(t.posts_to("plain").is_empty());
+    let first = &t.posts_to("mistral")[0];
+    assert_eq!(
+        first["messages"],
+        json!([{"role": "user", "content": "hello"}, {"role": "assistant", "content": "The sky", "prefix": true}])
+    );
+    let rescue = &t.posts_to("vllm")[0];
+    assert_eq!(
+        rescue["messages"],
+        json!([{"role": "user", "content": "hello"}, {"role": "assistant", "content": "The sky is"}])
+    );
+    assert_eq!(rescue["continue_final_message"], true);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_cannot_continue_gets_the_callers_messages_as_sent() {
+    let t = FakeTransport::new(&[("plain", vec![ok(&[" is", " blue", "."])])]);
+    let r = run(
+        &t,
+        job_continuing(vec![candidate("plain", Prefill::None, 100, 1.0)], "The sky"),
+    )
+    .await;
+    assert_eq!(r.text(), " is blue.");
+    assert_eq!(
+        t.posts_to("plain")[0]["messages"],
+        json!([{"role": "user", "content": "hello"}, {"role": "assistant", "content": "The sky"}])
+    );
+}
