@@ -328,6 +328,12 @@ async function send(text) {
     for await (const chunk of stream) {
       const label = chunk.edgechat;
       if (label?.event === 'handoff') stats.handoff = label.reason;
+      if (label?.event === 'restart') {
+        // The hosted route started its part over on another provider: the answer is `text` now.
+        reply.content = label.text ?? '';
+        stats.providers = [];
+        paint();
+      }
       if (label?.backend) stats.backend = label.backend;
       if (label?.provider && label.backend === 'hosted' && !stats.providers.includes(label.provider)) stats.providers.push(label.provider);
       const delta = chunk.choices[0]?.delta?.content;

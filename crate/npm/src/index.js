@@ -49,6 +49,7 @@ export class Engine {
     this.#broken = error;
     for (const call of this.#calls.values()) call.reject(error);
     this.#calls.clear();
+    this.#localReady?.reject(error); // a no-op once it has settled
   }
 
   #receive(message) {
@@ -83,13 +84,21 @@ export class Engine {
   }
 
   // Sends a message; the promise settles with the worker's result or error. With a `signal`, an
-  // abort asks the worker to stop and rejects with the signal's reason.
+  // abort asks the worker to stop and rejects with the signal's reason: at once for an answer (the
+  // worker's last words on it are dropped), when the worker has stopped for a load (which must not
+  // seem over while it may still replace the model).
   #call(type, fields, { onProgress, onChunk, signal } = {}) {
     if (this.#broken) return Promise.reject(this.#broken);
     if (signal?.aborted) return Promise.reject(abortReason(signal));
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
-      const onAbort = () => this.#worker.postMessage({ id: this.#nextId++, type: 'abort', target: id });
+      const onAbort = () => {
+        this.#worker.postMessage({ id: this.#nextId++, type: 'abort', target: id });
+        if (type === 'chat') {
+          this.#calls.delete(id);
+          reject(abortReason(signal));
+        }
+      };
       signal?.addEventListener('abort', onAbort, { once: true });
       const settle = (fn) => (value) => {
         signal?.removeEventListener('abort', onAbort);

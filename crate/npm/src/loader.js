@@ -106,7 +106,10 @@ export async function listCachedModels() {
 
 export async function deleteCachedModel(idOrUrl) {
   const dir = await cacheDirectory();
-  const id = /^[0-9a-f]{32}$/.test(idOrUrl) ? idOrUrl : await cacheId(idOrUrl);
+  // A URL is known by its absolute form, as `load` keeps it (a relative one is the page's).
+  const id = /^[0-9a-f]{32}$/.test(idOrUrl)
+    ? idOrUrl
+    : await cacheId(new URL(idOrUrl, globalThis.document?.baseURI ?? self.location.href).href);
   let removed = false;
   for (const name of [`${id}.gguf`, `${id}.json`]) {
     try {
@@ -307,11 +310,14 @@ async function download({ url, meta, file, metaFile, progress, signal }) {
   for (let i = 0; i < chunks; i++) if (!done.has(i)) todo.push(i);
   let loaded = stored;
   progress?.('download', loaded, size);
+  // The first range that fails stops the others (their writes would go to a closed file).
+  const failed = new AbortController();
+  const rangeSignal = signal ? AbortSignal.any([signal, failed.signal]) : failed.signal;
   const worker = async () => {
-    while (todo.length > 0) {
+    while (todo.length > 0 && !failed.signal.aborted) {
       const i = todo.shift();
       const start = i * meta.chunkBytes;
-      await fetchRange(url, start, start + chunkLength(meta, i), signal, (at, bytes) => {
+      await fetchRange(url, start, start + chunkLength(meta, i), size, rangeSignal, (at, bytes) => {
         writeAll(file.access, bytes, at);
         loaded += bytes.length;
         progress?.('download', loaded, size);
@@ -324,7 +330,11 @@ async function download({ url, meta, file, metaFile, progress, signal }) {
       metaFile.write(meta);
     }
   };
-  await Promise.all(Array.from({ length: Math.min(PARALLEL_REQUESTS, todo.length) }, worker));
+  const stopOthers = (e) => {
+    failed.abort();
+    throw e;
+  };
+  await Promise.all(Array.from({ length: Math.min(PARALLEL_REQUESTS, todo.length) }, () => worker().catch(stopOthers)));
   return meta;
 }
 
@@ -374,10 +384,10 @@ async function fetchWithRetries(url, init, signal) {
 
 const backoff = (attempt) => Math.min(250 * 2 ** attempt, 4000);
 
-// Fetches bytes [start, end) and hands them to `write(at, bytes)` as they arrive. A connection
-// that breaks off, or stalls for STALL_MS, is asked again for the rest only; retries count from
-// the last progress.
-async function fetchRange(url, start, end, signal, write) {
+// Fetches bytes [start, end) of a file of `size` bytes and hands them to `write(at, bytes)` as
+// they arrive. A connection that breaks off, or stalls for STALL_MS, is asked again for the rest
+// only; retries count from the last progress.
+async function fetchRange(url, start, end, size, signal, write) {
   let at = start;
   let failures = 0;
   while (at < end) {
@@ -398,8 +408,20 @@ async function fetchRange(url, start, end, signal, write) {
         await response.body?.cancel();
         throw new EdgechatError('download_failed', `GET ${url}: the server stopped serving byte ranges (HTTP ${response.status})`);
       }
+      // Bytes of another version of the file must not be mixed in (where the server lets the
+      // page read Content-Range).
+      const range = /^bytes (\d+)-\d+\/(\d+|\*)$/.exec(response.headers.get('content-range')?.trim() ?? '');
+      if (range && (Number(range[1]) !== at || (range[2] !== '*' && Number(range[2]) !== size))) {
+        await response.body?.cancel();
+        throw new EdgechatError('download_failed',
+          `GET ${url}: asked for bytes from ${at} of ${size}, got "${response.headers.get('content-range')}" (the file changed on the server?)`);
+      }
       const reader = response.body.getReader();
       for (;;) {
+        if (at >= end) {
+          await reader.cancel(); // a server that sends more than was asked: the rest is not ours
+          break;
+        }
         const { done, value } = await reader.read();
         if (done) break;
         arm();
@@ -420,6 +442,7 @@ async function fetchRange(url, start, end, signal, write) {
     } finally {
       clearTimeout(timer);
       signal?.removeEventListener('abort', stop);
+      request.abort(); // nothing more is read from this request, whatever ended it
     }
   }
 }

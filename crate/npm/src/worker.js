@@ -14,6 +14,9 @@ import { openModel, deleteCachedModel } from './loader.js';
 
 const wasmReady = init(); // resolves to the wasm exports (its `memory` among them)
 let current = null; // { engine: WasmEngine, source, info }
+// A local model loading while the hosted route answers ({ controller, placeholder }: the hosted
+// engine it is to replace). A later load or unload cancels it.
+let background = null;
 let queue = Promise.resolve();
 const pending = new Map(); // id -> { aborted, abort() }: requests queued or running
 
@@ -44,15 +47,18 @@ async function load(id, model, options, control) {
     current = { engine, source: null, info };
     return info;
   };
+  cancelBackground();
   if (fallback && mode === 'hosted-only') return hosted('hosted-only mode');
   if (fallback && mode === 'prefer-local' && options.fallback.answerWhileLoading && !current) {
     // Answer from the hosted route now; the local model takes over once it has loaded.
     const info = { ...hosted('the local model is still loading'), loading: true };
-    loadInBackground(model, options, wasm, fallback);
+    loadInBackground(model, options, wasm, fallback, current);
     return info;
   }
   try {
-    return await loadLocal(id, model, options, control, wasm, fallback);
+    const loaded = await loadLocal(id, model, options, control, wasm, fallback, { replace: true });
+    current = loaded;
+    return loaded.info;
   } catch (e) {
     // Local first: a model that cannot run here (or fails to load) leaves the hosted route, unless
     // a model already loaded is still in place (its file was not at fault).
@@ -63,7 +69,11 @@ async function load(id, model, options, control) {
   }
 }
 
-async function loadLocal(id, model, options, control, wasm, fallback) {
+// Loads a local model and returns it ({ engine, source, info }) for the caller to put in use. With
+// `replace`, the model in use is given up once the file has passed its checks (its memory is needed
+// for the new one); without, it stays (the background load replaces a hosted engine, which holds
+// no model, when it is done).
+async function loadLocal(id, model, options, control, wasm, fallback, { replace }) {
   const progress = progressReporter(id);
   const source = await openModel(model, {
     sha256: options.sha256, size: options.size, progress, signal: control.signal, newHasher: () => new Sha256(),
@@ -80,7 +90,7 @@ async function loadLocal(id, model, options, control, wasm, fallback) {
       throw e;
     }
     if (control.aborted) throw new EdgechatError('aborted', 'the load was aborted');
-    unloadCurrent();
+    if (replace) unloadCurrent();
     let phase = null;
     let phaseTotal = 0;
     let phaseRead = 0;
@@ -107,42 +117,70 @@ async function loadLocal(id, model, options, control, wasm, fallback) {
       source: { fromCache: source.fromCache, cacheId: source.id ?? null, url: source.url ?? null },
       wasm_memory_bytes: wasm.memory.buffer.byteLength,
     };
-    current = { engine, source, info };
-    return info;
+    return { engine, source, info };
   } catch (e) {
-    if (current?.source !== source) source.close();
+    source.close();
     throw e;
   }
 }
 
-// Progress and the outcome of a background load go to the engine, not to a call (id 0).
-function loadInBackground(model, options, wasm, fallback) {
+// Progress and the outcome of a background load go to the engine, not to a call (id 0). The model
+// goes into use between requests (never under an answer the hosted engine is giving), and only if
+// the hosted engine it was to replace is still the one in use.
+function loadInBackground(model, options, wasm, fallback, placeholder) {
   const controller = new AbortController();
   const control = { aborted: false, controller, signal: controller.signal, abort: null };
-  loadLocal(0, model, options, control, wasm, fallback).then(
-    (info) => post({ id: 0, type: 'local-ready', info }),
-    (error) => post({ id: 0, type: 'local-failed', error: serializeError(error) }),
+  const job = { control, placeholder };
+  background = job;
+  loadLocal(0, model, options, control, wasm, fallback, { replace: false }).then(
+    (loaded) => {
+      queue = queue.then(() => {
+        try {
+          if (background !== job || current !== placeholder) {
+            release(loaded); // a later load or unload took over meanwhile
+            return;
+          }
+          background = null;
+          unloadCurrent();
+          current = loaded;
+          post({ id: 0, type: 'local-ready', info: loaded.info });
+        } catch (error) {
+          post({ id: 0, type: 'local-failed', error: serializeError(error) });
+        }
+      });
+    },
+    (error) => {
+      if (background !== job) return; // cancelled by a later load or unload: not this engine's news
+      background = null;
+      post({ id: 0, type: 'local-failed', error: serializeError(error) });
+    },
   );
+}
+
+function cancelBackground() {
+  if (!background) return;
+  background.control.aborted = true;
+  background.control.controller.abort();
+  background = null;
+}
+
+function release(loaded) {
+  loaded.engine.unload();
+  loaded.engine.free();
+  loaded.source?.close();
 }
 
 function unloadCurrent() {
   if (!current) return;
-  current.engine.unload();
-  current.engine.free();
-  current.source?.close();
+  release(current);
   current = null;
 }
 
 async function chat(id, request, control) {
   if (!current) throw new EdgechatError('not_loaded', 'no model is loaded');
   const { engine } = current;
-  control.abort = () => {
-    try {
-      engine.cancel();
-    } catch {
-      // The engine was replaced (a background load finished) and its request ends on its own.
-    }
-  };
+  // A background load never replaces the engine while it answers (see loadInBackground).
+  control.abort = () => engine.cancel();
   if (control.aborted) throw new EdgechatError('aborted', 'the request was aborted');
   return engine.chat(JSON.stringify(request), (chunk) => post({ id, type: 'chunk', chunk }));
 }
@@ -151,6 +189,7 @@ const handlers = {
   load: (m, control) => load(m.id, m.model, m.options ?? {}, control),
   chat: (m, control) => chat(m.id, m.request, control),
   unload: async () => {
+    cancelBackground();
     unloadCurrent();
     return null;
   },

@@ -2,13 +2,39 @@
 //! fetch), its body read as it arrives and parsed as server-sent events.
 
 use serde_json::Value;
-use wasm_bindgen::JsCast;
+use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
 use super::hosted::{error_answer, read_event, HostedError, HostedEvent};
 use super::sse::SseParser;
 use super::Fallback;
 use crate::session::CancelToken;
+
+/// How often a read that waits for the router looks for an abort: a caller that stops the answer
+/// is not kept waiting for the router's next bytes.
+const CANCEL_POLL_MS: i32 = 100;
+
+/// A promise that resolves to a string after `ms` (setTimeout; never, in a host without it).
+fn tick(ms: i32) -> js_sys::Promise {
+    js_sys::Promise::new(&mut |resolve, _reject| {
+        let set_timeout = js_sys::Reflect::get(&js_sys::global(), &"setTimeout".into())
+            .ok()
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+        if let Some(set_timeout) = set_timeout {
+            let _ = set_timeout.call3(&JsValue::NULL, &resolve, &ms.into(), &"tick".into());
+        }
+    })
+}
+
+/// Aborts the router request when the answer's reading ends, however it ends (an error, an abort;
+/// after `[DONE]` there is nothing left to abort).
+struct AbortOnDrop(web_sys::AbortController);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Sends `body` to the router and hands each event to `on_event` until `[DONE]`. A cancelled
 /// token aborts the request and gives the `aborted` error.
@@ -18,9 +44,11 @@ pub async fn stream(
     cancel: &CancelToken,
     on_event: &mut dyn FnMut(HostedEvent),
 ) -> Result<(), HostedError> {
-    let controller = web_sys::AbortController::new()
-        .map_err(|_| HostedError::new("hosted_unreachable", "no AbortController"))?;
-    let signal = controller.signal();
+    let controller = AbortOnDrop(
+        web_sys::AbortController::new()
+            .map_err(|_| HostedError::new("hosted_unreachable", "no AbortController"))?,
+    );
+    let signal = controller.0.signal();
     let unreachable = |e: gloo_net::Error| {
         HostedError::new(
             "hosted_unreachable",
@@ -51,20 +79,32 @@ pub async fn stream(
         .dyn_into::<web_sys::ReadableStreamDefaultReader>()
         .map_err(|_| HostedError::new("hosted_protocol", "the hosted answer cannot be read"))?;
     let mut parser = SseParser::default();
+    let aborted = || HostedError::new("aborted", "the request was aborted");
     loop {
         if cancel.is_cancelled() {
-            controller.abort();
-            return Err(HostedError::new("aborted", "the request was aborted"));
+            return Err(aborted());
         }
-        let read = JsFuture::from(reader.read()).await.map_err(|e| {
-            HostedError::new(
-                "hosted_unreachable",
-                format!(
-                    "the hosted answer broke off: {}",
-                    js_sys::Error::from(e).message()
-                ),
-            )
-        })?;
+        // The read races a timer, so an abort is seen while the router is quiet.
+        let pending_read = reader.read();
+        let read = loop {
+            let race =
+                js_sys::Promise::race(&js_sys::Array::of2(&pending_read, &tick(CANCEL_POLL_MS)));
+            let settled = JsFuture::from(race).await.map_err(|e| {
+                HostedError::new(
+                    "hosted_unreachable",
+                    format!(
+                        "the hosted answer broke off: {}",
+                        js_sys::Error::from(e).message()
+                    ),
+                )
+            })?;
+            if !settled.is_string() {
+                break settled; // the read's {done, value}
+            }
+            if cancel.is_cancelled() {
+                return Err(aborted());
+            }
+        };
         let done = js_sys::Reflect::get(&read, &"done".into())
             .ok()
             .and_then(|d| d.as_bool())

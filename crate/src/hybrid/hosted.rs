@@ -126,11 +126,10 @@ pub fn read_event(data: &str) -> Result<Vec<HostedEvent>, HostedError> {
             }
         }
         if let Some(reason) = choice["finish_reason"].as_str() {
+            // The router's `error` event follows, with what went wrong; a stream that ends
+            // without it is an incomplete answer all the same.
             if reason == "error" {
-                return Err(HostedError::new(
-                    "hosted_error",
-                    "the hosted route failed mid-answer",
-                ));
+                return Ok(events);
             }
             events.push(HostedEvent::Finish {
                 reason: reason.to_string(),
@@ -210,11 +209,15 @@ mod tests {
             matches!(&read_event(switch).unwrap()[0], HostedEvent::Switch(v) if v["to"] == "b")
         );
         assert_eq!(read_event("[DONE]").unwrap(), vec![HostedEvent::Done]);
+        // A failed answer: the finish reason `error` is no finish; the error event after it says why.
+        let failing =
+            r#"{"provider":"p","choices":[{"index":0,"delta":{},"finish_reason":"error"}]}"#;
+        assert_eq!(read_event(failing).unwrap(), vec![]);
+        let error = read_event(r#"{"error":{"message":"all providers failed"}}"#).unwrap_err();
+        assert_eq!(error.code, "hosted_error");
         assert_eq!(
-            read_event(r#"{"error":{"message":"all providers failed"}}"#)
-                .unwrap_err()
-                .code,
-            "hosted_error"
+            error.message,
+            "the hosted route failed mid-answer: all providers failed"
         );
         assert_eq!(read_event("{nope").unwrap_err().code, "hosted_protocol");
         let refused = error_answer(401, r#"{"error":{"message":"invalid token"}}"#);

@@ -221,6 +221,7 @@ pub(super) async fn answer(
     let mut finish_reason = String::from("stop");
     let mut usage = (0u64, 0u64, 0f64);
     let mut providers: Vec<String> = Vec::new();
+    let hosted_start = out.text.len();
     let result =
         hybrid::client::stream(fallback, &body, &context.cancel, &mut |event| match event {
             HostedEvent::Text { provider, text } => {
@@ -229,7 +230,16 @@ pub(super) async fn answer(
                 }
                 out.text("hosted", &provider, &text);
             }
-            HostedEvent::Switch(event) => out.marker(event),
+            HostedEvent::Switch(mut event) => {
+                if event["event"] == "restart" {
+                    // The router's text so far is void (its next provider starts over after the
+                    // local part, which stands): the marker says what the answer is now.
+                    out.text.truncate(hosted_start);
+                    providers.clear();
+                    event["text"] = json!(out.text);
+                }
+                out.marker(event)
+            }
             HostedEvent::Finish { reason } => finish_reason = reason,
             HostedEvent::Usage {
                 prompt_tokens,

@@ -193,6 +193,35 @@ try {
     }
   });
 
+  await test('a load made while a model loads in the background wins: the background one never replaces it', async () => {
+    let release;
+    const until = new Promise((ok) => { release = ok; });
+    const slow = await startServer({ mounts: { '/models/': resolve(root, 'models') }, cors: true, hold: { prefix: '/models/', until } });
+    try {
+      const page = await openPage(plain, 'load-over-background');
+      const held = `${slow.origin}/models/${MODEL}`;
+      const { info, error } = await load(page, { model: held, fallback: { ...fallback, answerWhileLoading: true } });
+      check(!error && info.backend === 'hosted' && info.loading, `createEngine: ${JSON.stringify(error ?? info)}`);
+      const second = await page.evaluate(async (url) => {
+        const info = await window.engine.load(url, { backend: 'wasm' });
+        return { url: info.source?.url, backend: info.backend, ready: (await window.engine.localReady).source?.url };
+      }, modelUrl);
+      check(second.backend === 'wasm' && second.url === modelUrl && second.ready === modelUrl, `second load: ${JSON.stringify(second)}`);
+      release();
+      // Time for the held download to run to its end, were it still going.
+      await new Promise((ok) => setTimeout(ok, 3000));
+      const after = await page.evaluate(() => window.engine.info().source?.url);
+      check(after === modelUrl, `the model in use is ${after}`);
+      const answer = await ask(page);
+      check(!answer.error && textOf(answer.chunks, 'wasm').length > 0, `answer: ${JSON.stringify(answer)}`);
+      await page.close();
+      return `in use: ${after}; answer ${JSON.stringify(textOf(answer.chunks))}`;
+    } finally {
+      release();
+      await slow.close();
+    }
+  });
+
   await test('a GPU device lost during an answer: the answer completes through the hosted route', async () => {
     const page = await openPage(gpu, 'device-lost');
     const { info, error } = await load(page, { model: modelUrl, backend: 'webgpu', fallback });
