@@ -54,6 +54,8 @@ impl RequestError {
 }
 
 /// The fields read from a request. Others are ignored, `model` included: there is one model.
+/// Features the engine does not have (tools, structured output, log probabilities) are read to
+/// be refused by name: ignored, they would give an answer that only looks like what was asked.
 #[derive(Deserialize)]
 struct RawRequest {
     #[serde(default)]
@@ -80,6 +82,18 @@ struct RawRequest {
     stream_options: Option<StreamOptions>,
     #[serde(default)]
     n: Option<u64>,
+    #[serde(default)]
+    tools: Option<Value>,
+    #[serde(default)]
+    functions: Option<Value>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    response_format: Option<Value>,
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    top_logprobs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -134,6 +148,7 @@ impl ChatRequest {
         }
         let request: RawRequest = serde_json::from_value(value)
             .map_err(|e| RequestError::invalid(format!("Invalid request: {e}"), None))?;
+        refuse_what_the_engine_cannot_do(&request)?;
 
         let Some(raw_messages) = request.messages else {
             return Err(RequestError::invalid(
@@ -304,6 +319,50 @@ impl From<crate::Error> for PromptError {
 /// The text of a message's `content`: a string, or the concatenated `text` of an array of
 /// `{type: "text", text}` parts (other part types, such as images, are refused). Null is empty
 /// (an assistant message that only called tools).
+/// Refuses tools, structured output and log probabilities; their "off" values (no tools,
+/// `tool_choice: "none"` or `"auto"`, `response_format: {"type": "text"}`, `logprobs: false`)
+/// pass, since clients send them by default.
+fn refuse_what_the_engine_cannot_do(request: &RawRequest) -> Result<(), RequestError> {
+    let given = |v: &Option<Value>| {
+        v.as_ref()
+            .is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
+    };
+    if given(&request.tools) || given(&request.functions) {
+        return Err(RequestError::invalid(
+            "tools (function calling) are not supported by this engine",
+            Some("tools"),
+        ));
+    }
+    if request
+        .tool_choice
+        .as_ref()
+        .is_some_and(|c| !c.is_null() && *c != "none" && *c != "auto")
+    {
+        return Err(RequestError::invalid(
+            "tool_choice is not supported by this engine (no tools)",
+            Some("tool_choice"),
+        ));
+    }
+    if let Some(format) = request.response_format.as_ref().filter(|f| !f.is_null()) {
+        if format["type"] != "text" {
+            return Err(RequestError::invalid(
+                format!(
+                    "response_format {} is not supported by this engine (only {{\"type\": \"text\"}})",
+                    format["type"]
+                ),
+                Some("response_format"),
+            ));
+        }
+    }
+    if request.logprobs == Some(true) || request.top_logprobs.is_some_and(|n| n > 0) {
+        return Err(RequestError::invalid(
+            "logprobs are not supported by this engine",
+            Some("logprobs"),
+        ));
+    }
+    Ok(())
+}
+
 fn message_text(index: usize, content: Value) -> Result<String, RequestError> {
     let invalid = |why: &str| {
         RequestError::invalid(format!("messages[{index}].content {why}"), Some("messages"))
@@ -480,6 +539,22 @@ mod tests {
                 json!({"messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}),
                 Some("stop"),
             ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}]}),
+                Some("tools"),
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}),
+                Some("tool_choice"),
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}),
+                Some("response_format"),
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "logprobs": true}),
+                Some("logprobs"),
+            ),
         ];
         for (body, param) in cases {
             let e = parse(body.clone()).expect_err(&body.to_string());
@@ -487,6 +562,10 @@ mod tests {
             assert!(!e.message.is_empty());
         }
         assert!(ChatRequest::parse(b"{not json", 10).is_err());
+        // What clients send by default for those features is not a request for them.
+        let defaults = json!({"messages": [{"role": "user", "content": "x"}], "tools": [],
+            "tool_choice": "none", "response_format": {"type": "text"}, "logprobs": false, "top_logprobs": null});
+        assert!(parse(defaults).is_ok());
     }
 
     #[test]
