@@ -1,6 +1,7 @@
 //! CPU backend on candle-core: weights stay in their GGUF quantization and are multiplied with
 //! candle's quantized kernels (AVX2 / AVX-512-VNNI natively, simd128 in wasm), except where ours
-//! are faster (`rows.rs`: Q4_1 everywhere, Q8_0 in wasm).
+//! are faster (`rows.rs`: Q4_1 everywhere, Q8_0 in wasm; `tiles.rs`: Q4_K and Q6_K with
+//! AVX-512 VNNI).
 
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Tensor};
@@ -8,6 +9,13 @@ use candle_core::{Device, Tensor};
 mod attention;
 mod parallel;
 mod rows;
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512bw",
+    target_feature = "avx512vnni"
+))]
+mod tiles;
 
 pub use attention::CpuKvCache;
 use rows::{RowFormat, RowMatrix};
@@ -78,6 +86,47 @@ pub(crate) fn candle_dtype(t: GgmlType) -> GgmlDType {
 pub enum CpuMatrix {
     Candle(QMatMul),
     Rows(RowMatrix),
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vnni"
+    ))]
+    Tiles(tiles::TiledMatrix),
+}
+
+/// Repacks a K-quant matrix into our AVX-512 VNNI tiles where they are built and the shape
+/// tiles (rows a multiple of 16, columns of 256); `None` leaves it to the other kernels.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512bw",
+    target_feature = "avx512vnni"
+))]
+fn tiled(info: &TensorInfo, bytes: &[u8]) -> Option<Result<CpuMatrix>> {
+    let format = match info.dtype {
+        GgmlType::Q4K => tiles::TileFormat::Q4K,
+        GgmlType::Q6K => tiles::TileFormat::Q6K,
+        _ => return None,
+    };
+    let [cols, rows] = info.dims[..] else {
+        return None;
+    };
+    let (rows, cols) = (rows as usize, cols as usize);
+    if !tiles::TiledMatrix::fits(rows, cols) {
+        return None;
+    }
+    Some(tiles::TiledMatrix::from_gguf(format, bytes, rows, cols).map(CpuMatrix::Tiles))
+}
+
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512bw",
+    target_feature = "avx512vnni"
+)))]
+fn tiled(_info: &TensorInfo, _bytes: &[u8]) -> Option<Result<CpuMatrix>> {
+    None
 }
 
 /// The formats our kernels multiply (see `rows.rs`).
@@ -98,8 +147,8 @@ pub struct CpuPositions {
 /// Q4_1 prompts (and a Q6_K head asked for every position's logits) of at least this many
 /// tokens go through f32 tiles of dequantized weights: a blocked f32 GEMM beats one quantized dot
 /// product per (token, row) pair once a tile is reused enough (2.6x on SmolLM2 at 256 tokens).
-/// K-quant layers and Q8_0 keep quantized kernels (natively candle's VNNI-repacked ones, which
-/// beat this path; Q8_0 in wasm ours, the same algorithm).
+/// K-quant layers and Q8_0 keep quantized kernels (natively our AVX-512 tiles or candle's
+/// repacked kernels, which beat this path; Q8_0 in wasm ours, the same algorithm).
 const DEQUANTIZED_PREFILL_MIN_TOKENS: usize = 32;
 /// Weight rows dequantized at a time (bounded scratch: 512 × 14336 f32 is 29 MB).
 const PREFILL_TILE_ROWS: usize = 512;
@@ -150,6 +199,9 @@ impl Backend for CpuBackend {
 
     fn load_matrix(&self, data: TensorData<'_>) -> Result<CpuMatrix> {
         let (info, bytes) = (data.info, data.read_all()?);
+        if let Some(matrix) = tiled(info, &bytes) {
+            return matrix;
+        }
         if let (Some(format), 2) = (own_row_format(info.dtype), info.dims.len()) {
             let (cols, rows) = (info.dims[0] as usize, info.dims[1] as usize);
             return Ok(CpuMatrix::Rows(RowMatrix::new(format, bytes, rows, cols)?));
@@ -159,9 +211,10 @@ impl Backend for CpuBackend {
         )?))
     }
 
-    /// A Q6_K head (Mistral-shaped files) goes through our kernel: one row per decode step is
+    /// A Q6_K head (Mistral-shaped files) goes through our kernels: the AVX-512 tiles where they
+    /// are built (as the layers), else the AVX2 rows, two at a time: one row per decode step is
     /// what it serves, where candle's kernel, repacked for prompts, takes one weight row at a
-    /// time. Layers keep candle's, which prompts need (4x the dequantized path on 128 tokens).
+    /// time. Without either, candle's.
     fn load_head(&self, data: TensorData<'_>) -> Result<CpuMatrix> {
         let avx2 = cfg!(all(
             target_arch = "x86_64",
@@ -171,6 +224,9 @@ impl Backend for CpuBackend {
         if avx2 && data.info.dtype == GgmlType::Q6K && data.info.dims.len() == 2 {
             let (cols, rows) = (data.info.dims[0] as usize, data.info.dims[1] as usize);
             let bytes = data.read_all()?;
+            if let Some(matrix) = tiled(data.info, &bytes) {
+                return matrix;
+            }
             return Ok(CpuMatrix::Rows(RowMatrix::new(
                 RowFormat::Q6K,
                 bytes,
@@ -201,6 +257,18 @@ impl Backend for CpuBackend {
     fn matmul(&self, x: &Tensor, w: &CpuMatrix) -> Result<Tensor> {
         match w {
             CpuMatrix::Candle(w) => Ok(x.apply(w)?),
+            #[cfg(all(
+                target_arch = "x86_64",
+                target_feature = "avx512f",
+                target_feature = "avx512bw",
+                target_feature = "avx512vnni"
+            ))]
+            CpuMatrix::Tiles(w) => {
+                let rows = x.dims()[0];
+                let input = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let out = w.matmul(&input, rows);
+                Ok(Tensor::from_vec(out, (rows, w.rows()), &self.device)?)
+            }
             CpuMatrix::Rows(w) => {
                 let rows = x.dims()[0];
                 let tiled = match w.format() {
@@ -258,6 +326,29 @@ impl Backend for CpuBackend {
 
     fn matmul_many(&self, x: &Tensor, ws: &[&CpuMatrix]) -> Result<Vec<Tensor>> {
         let tokens = x.dims()[0];
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx512f",
+            target_feature = "avx512bw",
+            target_feature = "avx512vnni"
+        ))]
+        {
+            let group: Option<Vec<&tiles::TiledMatrix>> = ws
+                .iter()
+                .map(|w| match w {
+                    CpuMatrix::Tiles(m) => Some(m),
+                    _ => None,
+                })
+                .collect();
+            if let Some(group) = group.filter(|g| g.iter().all(|w| w.cols() == g[0].cols())) {
+                let input = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                return tiles::matmul_many(&group, &input, tokens)
+                    .into_iter()
+                    .zip(&group)
+                    .map(|(out, w)| Ok(Tensor::from_vec(out, (tokens, w.rows()), &self.device)?))
+                    .collect();
+            }
+        }
         let own: Option<Vec<&RowMatrix>> = ws
             .iter()
             .map(|w| {

@@ -69,3 +69,10 @@ pub(super) fn for_each_rows_in_parallel(
         });
     }
 }
+
+/// Calls `f` on runs of `0..units` that together cover it once, the runs spread over the
+/// threads.
+#[cfg(not(target_arch = "wasm32"))]
+pub(super) fn for_each_in_parallel(units: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    candle_core::utils::barrier_pool().execute_chunked(units, f);
+}
