@@ -61,10 +61,13 @@ function parseRange(header, size) {
 // `cors`: any origin may fetch (as from a model host such as Hugging Face), Range included.
 // Options for tests: `log` (an array) records each request's path and Range header; under a
 // `flaky.prefix` path, the first response to each distinct request is cut off after
-// `flaky.cutAfter` bytes (a dropped connection, for resumable downloads).
-export async function startServer({ mounts, isolation = true, port = 0, log = null, flaky = null, cors = false, hold = null } = {}) {
+// `flaky.cutAfter` bytes (a dropped connection, for resumable downloads); under a `stall.prefix`
+// path, the first request to each distinct Range from byte 0 gets no answer at all (a server that
+// stops answering: the client must give up on it).
+export async function startServer({ mounts, isolation = true, port = 0, log = null, flaky = null, cors = false, hold = null, stall = null } = {}) {
   if (!mounts || typeof mounts !== 'object') throw new Error('startServer: mounts required');
   const cutOnce = new Set();
+  const stalledOnce = new Set();
 
   const server = http.createServer((req, res) => {
     log?.push({ method: req.method, path: new URL(req.url, 'http://x').pathname, range: req.headers.range ?? null });
@@ -90,6 +93,13 @@ export async function startServer({ mounts, isolation = true, port = 0, log = nu
     if (req.method !== 'GET' && req.method !== 'HEAD') return fail(405, 'method not allowed');
 
     const urlPath = new URL(req.url, 'http://x').pathname;
+    if (stall && urlPath.startsWith(stall.prefix) && /^bytes=0-/.test(req.headers.range ?? '')) {
+      const key = `${urlPath} ${req.headers.range}`;
+      if (!stalledOnce.has(key)) {
+        stalledOnce.add(key);
+        return; // held open, never answered
+      }
+    }
     if (hold && urlPath.startsWith(hold.prefix)) hold.until.then(() => serveFile(urlPath));
     else serveFile(urlPath);
 

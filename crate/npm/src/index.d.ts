@@ -129,6 +129,8 @@ export interface LoadOptions {
   fallback?: Fallback;
   /** The most wasm memory the CPU backend may use, in bytes (default and most: 4 GiB). */
   wasmMemoryLimit?: number;
+  /** A download request that sends nothing for this long is asked again (default 30000 ms). */
+  stallTimeoutMs?: number;
 }
 
 export interface Fallback {

@@ -118,13 +118,16 @@ export class Engine {
    * Loads a model (a URL, a File or Blob, or "cache:<id>"), replacing the one loaded. A model that
    * fails to load leaves the one in use in place when its file is at fault.
    */
-  async load(model, { onProgress, backend, gpu, sha256, size, name, signal, fallback, wasmMemoryLimit } = {}) {
+  async load(model, { onProgress, backend, gpu, sha256, size, name, signal, fallback, wasmMemoryLimit, stallTimeoutMs } = {}) {
     if (model == null && fallback?.mode !== 'hosted-only') {
       throw new EdgechatError('invalid_options', 'createEngine needs a `model`: a URL, a File or Blob, or "cache:<id>"');
     }
+    if (stallTimeoutMs != null && !(Number.isFinite(stallTimeoutMs) && stallTimeoutMs > 0)) {
+      throw new EdgechatError('invalid_options', '`stallTimeoutMs` must be a positive number of milliseconds');
+    }
     // A relative URL means the page's, not the worker script's.
     if (typeof model === 'string' && !model.startsWith('cache:')) model = new URL(model, globalThis.document?.baseURI ?? location.href).href;
-    const options = { backend, gpu, sha256, size, name, fallback, wasmMemoryLimit };
+    const options = { backend, gpu, sha256, size, name, fallback, wasmMemoryLimit, stallTimeoutMs };
     this.#onProgress = onProgress;
     let resolve;
     let reject;

@@ -16,7 +16,7 @@ export const CACHE_DIRECTORY = 'edgechat-models';
 const CHUNK_BYTES = 8 << 20;
 const PARALLEL_REQUESTS = 4;
 const MAX_RETRIES = 5;
-// A range request with no data for this long is given up and asked again.
+// A request with no data for this long is given up and asked again (`stallTimeoutMs` of `load`).
 const STALL_MS = 30_000;
 const VERIFY_PIECE_BYTES = 8 << 20;
 // A call into the browser's storage that has not answered in this long is an error, not a hang.
@@ -175,7 +175,7 @@ function fileSource(file, size, phaseOf) {
 
 // Opens a model: `model` is a URL string, `cache:<id>`, a File or a Blob.
 // `progress(phase, loaded, total)` reports download and verification.
-export async function openModel(model, { sha256, size: expectedSize, progress, signal, newHasher } = {}) {
+export async function openModel(model, { sha256, size: expectedSize, progress, signal, newHasher, stallMs = STALL_MS } = {}) {
   if (typeof Blob !== 'undefined' && model instanceof Blob) {
     return blobSource(model);
   }
@@ -205,7 +205,7 @@ export async function openModel(model, { sha256, size: expectedSize, progress, s
   let metaFile = null;
   try {
     metaFile = await openMetaFile(dir, id);
-    meta = await download({ url, meta, file, metaFile, progress, signal });
+    meta = await download({ url, meta, file, metaFile, progress, signal, stallMs });
     const bad = (why) => new EdgechatError('integrity', `${url}: ${why}; the download was discarded`);
     if (expectedSize != null && meta.size !== expectedSize) {
       throw bad(`${meta.size} bytes where ${expectedSize} were expected`);
@@ -262,8 +262,16 @@ function throwIfAborted(signal) {
 }
 
 // Downloads `url` into the open cache file, resuming from `meta` (chunks already stored).
-async function download({ url, meta, file, metaFile, progress, signal }) {
-  const probe = await fetchWithRetries(url, { headers: { Range: 'bytes=0-0' } }, signal);
+async function download({ url, meta, file, metaFile, progress, signal, stallMs }) {
+  const { response: probe, guard } = await probeFile(url, signal, stallMs);
+  try {
+    return await downloadFrom(probe, { url, meta, file, metaFile, progress, signal, stallMs, guard });
+  } finally {
+    guard.done();
+  }
+}
+
+async function downloadFrom(probe, { url, meta, file, metaFile, progress, signal, stallMs, guard }) {
   const ranged = probe.status === 206;
   let size = null;
   if (ranged) {
@@ -282,13 +290,23 @@ async function download({ url, meta, file, metaFile, progress, signal }) {
   await checkQuota(size, stored);
 
   if (!ranged) {
-    // No range support: one sequential stream (no parallelism, no resume), still to disk.
+    // No range support: one sequential stream (no parallelism, no resume), still to disk. A stall
+    // cannot be resumed from where it stopped: it fails the download.
     file.access.truncate(0);
     let written = 0;
     const reader = probe.body.getReader();
     for (;;) {
       throwIfAborted(signal);
-      const { done, value } = await reader.read();
+      guard.arm();
+      let piece;
+      try {
+        piece = await reader.read();
+      } catch (e) {
+        throwIfAborted(signal);
+        const why = guard.stalled ? `no data for ${stallMs / 1000} s` : e.message;
+        throw new EdgechatError('download_failed', `GET ${url}: ${why} after ${written} bytes (the server does not serve ranges, so the download cannot resume)`);
+      }
+      const { done, value } = piece;
       if (done) break;
       writeAll(file.access, value, written);
       written += value.length;
@@ -301,6 +319,7 @@ async function download({ url, meta, file, metaFile, progress, signal }) {
     return { ...meta, size: written, done: [] };
   }
   await probe.body?.cancel();
+  guard.done();
   if (size == null) throw new EdgechatError('download_failed', `${url}: the server did not say the file's size (Content-Range)`);
   if (file.access.getSize() !== size) file.access.truncate(size);
 
@@ -317,7 +336,7 @@ async function download({ url, meta, file, metaFile, progress, signal }) {
     while (todo.length > 0 && !failed.signal.aborted) {
       const i = todo.shift();
       const start = i * meta.chunkBytes;
-      await fetchRange(url, start, start + chunkLength(meta, i), size, rangeSignal, (at, bytes) => {
+      await fetchRange(url, start, start + chunkLength(meta, i), size, rangeSignal, stallMs, (at, bytes) => {
         writeAll(file.access, bytes, at);
         loaded += bytes.length;
         progress?.('download', loaded, size);
@@ -384,26 +403,61 @@ async function fetchWithRetries(url, init, signal) {
 
 const backoff = (attempt) => Math.min(250 * 2 ** attempt, 4000);
 
+// A request that is given up when no data arrives for `stallMs`: `arm()` (re)starts the timer;
+// `signal` ends the request on the caller's abort or on a stall (then `stalled` is true); `done()`
+// ends it and lets go of the caller's signal.
+function stallGuard(signal, stallMs) {
+  const request = new AbortController();
+  const stop = () => request.abort();
+  signal?.addEventListener('abort', stop, { once: true });
+  let timer = null;
+  const guard = {
+    signal: request.signal,
+    stalled: false,
+    arm() {
+      clearTimeout(timer);
+      timer = setTimeout(() => { guard.stalled = true; request.abort(); }, stallMs);
+    },
+    done() {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', stop);
+      request.abort(); // nothing more is read from this request, whatever ended it
+    },
+  };
+  return guard;
+}
+
+// The first byte of the file (its size, and whether the server serves ranges), asked again when
+// no answer comes for `stallMs`. Returns the response and its guard, still armed for the body.
+async function probeFile(url, signal, stallMs) {
+  for (let stalls = 0; ; stalls++) {
+    const guard = stallGuard(signal, stallMs);
+    guard.arm();
+    try {
+      const response = await fetchWithRetries(url, { headers: { Range: 'bytes=0-0' } }, guard.signal);
+      return { response, guard };
+    } catch (e) {
+      guard.done();
+      throwIfAborted(signal);
+      if (!guard.stalled) throw e;
+      if (stalls >= MAX_RETRIES) {
+        throw new EdgechatError('download_failed', `GET ${url}: no answer in ${stallMs / 1000} s (after ${MAX_RETRIES} retries)`);
+      }
+    }
+  }
+}
+
 // Fetches bytes [start, end) of a file of `size` bytes and hands them to `write(at, bytes)` as
-// they arrive. A connection that breaks off, or stalls for STALL_MS, is asked again for the rest
+// they arrive. A connection that breaks off, or stalls for `stallMs`, is asked again for the rest
 // only; retries count from the last progress.
-async function fetchRange(url, start, end, size, signal, write) {
+async function fetchRange(url, start, end, size, signal, stallMs, write) {
   let at = start;
   let failures = 0;
   while (at < end) {
-    // Aborted by the caller, or by the stall timer (which each arriving piece resets).
-    const request = new AbortController();
-    const stop = () => request.abort();
-    signal?.addEventListener('abort', stop, { once: true });
-    let stalled = false;
-    let timer = null;
-    const arm = () => {
-      clearTimeout(timer);
-      timer = setTimeout(() => { stalled = true; request.abort(); }, STALL_MS);
-    };
+    const guard = stallGuard(signal, stallMs);
     try {
-      arm();
-      const response = await fetchWithRetries(url, { headers: { Range: `bytes=${at}-${end - 1}` } }, request.signal);
+      guard.arm();
+      const response = await fetchWithRetries(url, { headers: { Range: `bytes=${at}-${end - 1}` } }, guard.signal);
       if (response.status !== 206) {
         await response.body?.cancel();
         throw new EdgechatError('download_failed', `GET ${url}: the server stopped serving byte ranges (HTTP ${response.status})`);
@@ -424,7 +478,7 @@ async function fetchRange(url, start, end, size, signal, write) {
         }
         const { done, value } = await reader.read();
         if (done) break;
-        arm();
+        guard.arm();
         const take = Math.min(value.length, end - at);
         write(at, take === value.length ? value : value.subarray(0, take));
         at += take;
@@ -433,16 +487,14 @@ async function fetchRange(url, start, end, size, signal, write) {
       if (at < end) throw new Error(`the connection closed ${end - at} bytes early`);
     } catch (e) {
       if (signal?.aborted) throw new EdgechatError('aborted', 'the download was aborted');
-      if (e instanceof EdgechatError && !stalled) throw e;
+      if (e instanceof EdgechatError && !guard.stalled) throw e;
       if (++failures > MAX_RETRIES) {
-        const why = stalled ? `no data for ${STALL_MS / 1000} s` : e.message;
+        const why = guard.stalled ? `no data for ${stallMs / 1000} s` : e.message;
         throw new EdgechatError('download_failed', `GET ${url} bytes ${at}-${end - 1}: ${why} (after ${MAX_RETRIES} retries)`);
       }
       await sleep(backoff(failures));
     } finally {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', stop);
-      request.abort(); // nothing more is read from this request, whatever ended it
+      guard.done();
     }
   }
 }

@@ -77,6 +77,7 @@ async function loadLocal(id, model, options, control, wasm, fallback, { replace 
   const progress = progressReporter(id);
   const source = await openModel(model, {
     sha256: options.sha256, size: options.size, progress, signal: control.signal, newHasher: () => new Sha256(),
+    stallMs: options.stallTimeoutMs ?? undefined,
   });
   try {
     // A bad or unsupported file fails here, before the model in use is given up.

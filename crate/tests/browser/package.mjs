@@ -48,8 +48,9 @@ const pages = await startServer({
   mounts: { '/npm/': resolve(root, 'crate/npm'), '/': resolve(root, 'crate/tests/browser') },
 });
 const modelLog = [];
-const modelsMounts = { '/models/': resolve(root, 'models'), '/broken/': broken, '/flaky/': resolve(root, 'models') };
-let models = await startServer({ mounts: modelsMounts, log: modelLog, flaky: { prefix: '/flaky/', cutAfter: 3 << 20 }, cors: true });
+const modelsMounts = { '/models/': resolve(root, 'models'), '/broken/': broken, '/flaky/': resolve(root, 'models'), '/stall/': resolve(root, 'models') };
+const faults = { flaky: { prefix: '/flaky/', cutAfter: 3 << 20 }, stall: { prefix: '/stall/' } };
+let models = await startServer({ mounts: modelsMounts, log: modelLog, ...faults, cors: true });
 const modelsPort = new URL(models.origin).port;
 const modelUrl = (path) => `${models.origin}${path}`;
 
@@ -264,7 +265,7 @@ await test('auto takes the wasm backend over the CPU fallback adapter and says w
 });
 
 // The models server again, on the same port (the cache is keyed by URL).
-models = await startServer({ mounts: modelsMounts, port: Number(modelsPort), log: modelLog, flaky: { prefix: '/flaky/', cutAfter: 3 << 20 }, cors: true });
+models = await startServer({ mounts: modelsMounts, port: Number(modelsPort), log: modelLog, ...faults, cors: true });
 
 await test('a download whose connections break off resumes and gives the same answer', async () => {
   page = await openPage(context, 'flaky');
@@ -280,6 +281,23 @@ await test('a download whose connections break off resumes and gives the same an
   check(resumed.length > 0, `no resumed requests among ${starts.length}`);
   await page.close();
   return `${starts.length} range requests, ${resumed.length} resuming a cut one`;
+});
+
+await test('a download whose server stops answering is asked again after stallTimeoutMs', async () => {
+  page = await openPage(context, 'stall');
+  modelLog.length = 0;
+  const started = Date.now();
+  const { error } = await load(page, modelUrl(`/stall/${MODEL}`), { stallTimeoutMs: 1000 });
+  check(!error, `stalled load failed: ${JSON.stringify(error)}`);
+  const answer = await ask(page);
+  check(answer.text === webgpuAnswer, `stalled answer ${JSON.stringify(answer.text)}`);
+  // The size probe and the first range were each held unanswered once, then asked again.
+  const asked = (range) => modelLog.filter((r) => r.path === `/stall/${MODEL}` && r.range === range).length;
+  const probes = asked('bytes=0-0');
+  const firstRange = asked(`bytes=0-${(8 << 20) - 1}`);
+  check(probes === 2 && firstRange === 2, `asked ${probes} times for the first byte, ${firstRange} for the first range`);
+  await page.close();
+  return `loaded in ${((Date.now() - started) / 1000).toFixed(1)} s with two stalls of 1 s`;
 });
 
 await test('a load aborted half-way resumes in a new page from the chunks it stored', async () => {
