@@ -5,10 +5,15 @@
 //   router.url (…/v1), router.token, router.model, router.engineUrl (the provider itself),
 //   await router.restartProvider(), await router.usage(), await router.close()
 //
+// With `withRestartModel`, a second model, router.restartModel, goes first to a cheaper provider that sends two words and
+// drops the connection, then to the same `edgechat serve` configured as unable to continue a
+// text: the router's rescue must start the answer over, visibly.
+//
 // Needs scripts/worker build's tools (scripts/setup), target/release/edgechat and scripts/models.
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -18,6 +23,34 @@ import { fileURLToPath } from 'node:url';
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const wranglerJs = join(repo, 'worker/node_modules/wrangler/bin/wrangler.js');
 export const ROUTER_MODEL = 'smollm2-135m';
+export const RESTART_MODEL = 'smollm2-restart';
+// What the provider that breaks off sends before it does.
+export const CUT_STREAM_TEXT = 'Let me';
+
+// An OpenAI-compatible provider whose every answer is two streamed words and then a dropped
+// connection (no finish reason, no [DONE]).
+async function startCutStreamProvider() {
+  const server = http.createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-store' });
+      for (const content of ['Let', ' me']) {
+        const chunk = { id: 'cut', object: 'chat.completion.chunk', created: 0, model: 'cut',
+          choices: [{ index: 0, delta: { content }, finish_reason: null }] };
+        res.write(`data: ${JSON.stringify(chunk)}\n\n`);
+      }
+      setTimeout(() => res.destroy(), 50);
+    });
+  });
+  await new Promise((ok, ko) => {
+    server.once('error', ko);
+    server.listen(0, '127.0.0.1', ok);
+  });
+  return {
+    url: `http://127.0.0.1:${server.address().port}/v1`,
+    close: () => { server.closeAllConnections(); server.close(); },
+  };
+}
 
 async function freePort() {
   return new Promise((ok, ko) => {
@@ -44,10 +77,11 @@ function stop(child) {
   }
 }
 
-export async function startRouter({ allowOrigin, build = true } = {}) {
+export async function startRouter({ allowOrigin, build = true, withRestartModel = false } = {}) {
   if (build) execFileSync(join(repo, 'scripts/worker'), ['build'], { stdio: ['ignore', 'ignore', 'inherit'] });
   const state = mkdtempSync(join(tmpdir(), 'edgechat-router-'));
   const children = [];
+  const cutStream = withRestartModel ? await startCutStreamProvider() : null;
   try {
     // The provider: edgechat serve on SmolLM2, on a port of its own so it can be restarted.
     const enginePort = await freePort();
@@ -79,7 +113,13 @@ export async function startRouter({ allowOrigin, build = true } = {}) {
       providers: [{
         name: 'local-engine', base_url: engineUrl, prefill: 'trailing_assistant',
         models: [{ model: ROUTER_MODEL, upstream_model: 'smollm2-135m-instruct', input_usd_per_mtok: 0.1, output_usd_per_mtok: 0.2, context_length: 8192 }],
-      }],
+      }, ...(cutStream ? [{
+        name: 'cut-stream', base_url: cutStream.url, prefill: 'trailing_assistant',
+        models: [{ model: RESTART_MODEL, upstream_model: 'cut', input_usd_per_mtok: 0.01, output_usd_per_mtok: 0.02, context_length: 8192 }],
+      }, {
+        name: 'local-engine-restarts', base_url: engineUrl, prefill: 'none',
+        models: [{ model: RESTART_MODEL, upstream_model: 'smollm2-135m-instruct', input_usd_per_mtok: 0.1, output_usd_per_mtok: 0.2, context_length: 8192 }],
+      }] : [])],
     };
     const port = await freePort();
     const dev = start('node', [wranglerJs, 'dev', '--ip', '127.0.0.1', '--port', String(port),
@@ -104,6 +144,7 @@ export async function startRouter({ allowOrigin, build = true } = {}) {
       url: `${origin}/v1`,
       token,
       model: ROUTER_MODEL,
+      restartModel: cutStream ? RESTART_MODEL : null,
       engineUrl,
       // A fresh provider process (an empty KV cache): a small model's greedy answer can depend on
       // how much of a prompt was cached, so answers compared with each other start alike.
@@ -117,11 +158,13 @@ export async function startRouter({ allowOrigin, build = true } = {}) {
       usage: async () => (await fetch(`${origin}/v1/usage`, { headers: { Authorization: `Bearer ${token}` } })).json(),
       close: async () => {
         children.forEach(stop);
+        cutStream?.close();
         rmSync(state, { recursive: true, force: true });
       },
     };
   } catch (e) {
     children.forEach(stop);
+    cutStream?.close();
     rmSync(state, { recursive: true, force: true });
     throw e;
   }

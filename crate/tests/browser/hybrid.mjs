@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 
 import { launchChromium } from '../../../scripts/browser/chromium.mjs';
 import { check, failed, openPackagePage, test } from './harness.mjs';
-import { startRouter } from '../../../scripts/browser/router.mjs';
+import { CUT_STREAM_TEXT, startRouter } from '../../../scripts/browser/router.mjs';
 import { startServer } from '../../../scripts/browser/server.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -22,7 +22,7 @@ const pages = await startServer({
 });
 const models = await startServer({ mounts: { '/models/': resolve(root, 'models') }, cors: true });
 const modelUrl = `${models.origin}/models/${MODEL}`;
-const router = await startRouter({ allowOrigin: pages.origin });
+const router = await startRouter({ allowOrigin: pages.origin, withRestartModel: true });
 const fallback = { url: router.url, token: router.token, model: router.model };
 
 // Requests in the caller's router ledger (the ledger is written just after an answer: wait for it).
@@ -134,6 +134,30 @@ try {
     check(usage.completion_tokens === localTokens + chunks.at(-1).edgechat.hosted.completion_tokens, `usage ${JSON.stringify(usage)}`);
     await page.close();
     return `local ${JSON.stringify(local)} + hosted ${JSON.stringify(hosted)}; usage ${JSON.stringify(usage)}`;
+  });
+
+  await test('a hosted answer cut off mid-way is started over by a provider that cannot continue it: the restart marker says what stands', async () => {
+    await router.restartProvider();
+    const page = await openPage(plain, 'restart');
+    const { info, error } = await load(page, { fallback: { ...fallback, model: router.restartModel, mode: 'hosted-only' } });
+    check(!error && info.backend === 'hosted', `createEngine: ${JSON.stringify(error ?? info.backend)}`);
+    const { chunks, error: failed } = await ask(page);
+    check(!failed, `answer: ${JSON.stringify(failed)}`);
+    const restarts = chunks.filter((c) => c.edgechat?.event === 'restart');
+    check(restarts.length === 1, `restart markers: ${JSON.stringify(chunks.map((c) => c.edgechat))}`);
+    // Nothing was local, so nothing of the answer stands at the restart.
+    check(restarts[0].edgechat.text === '', `the marker's text ${JSON.stringify(restarts[0].edgechat.text)}`);
+    const at = chunks.indexOf(restarts[0]);
+    const voided = textOf(chunks.slice(0, at));
+    check(voided === CUT_STREAM_TEXT, `text before the restart ${JSON.stringify(voided)}`);
+    const answer = textOf(chunks.slice(at + 1));
+    const expected = await providerAnswer(QUESTION, MAX_TOKENS);
+    check(answer === expected, `after the restart ${JSON.stringify(answer)} != provider ${JSON.stringify(expected)}`);
+    const content = chunks.slice(at + 1).filter((c) => c.choices[0]?.delta?.content);
+    check(content.every((c) => c.edgechat?.provider === 'local-engine-restarts'), `providers after the restart: ${JSON.stringify(content.map((c) => c.edgechat))}`);
+    check(chunks.at(-1).edgechat.hosted?.providers?.join() === 'local-engine-restarts', `providers of the answer: ${JSON.stringify(chunks.at(-1).edgechat)}`);
+    await page.close();
+    return `${JSON.stringify(voided)} voided, then ${JSON.stringify(answer)}`;
   });
 
   await test('a working local engine makes no request to the router', async () => {
