@@ -1,7 +1,7 @@
 //! CPU backend on candle-core: weights stay in their GGUF quantization and are multiplied with
 //! candle's quantized kernels (AVX2 / AVX-512-VNNI natively, simd128 in wasm), except where ours
 //! are faster (`rows.rs`: Q4_1 everywhere, Q8_0 in wasm; `tiles.rs`: Q4_K and Q6_K with
-//! AVX-512 VNNI).
+//! AVX-512 VNNI or AVX2).
 
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Tensor};
@@ -11,9 +11,9 @@ mod parallel;
 mod rows;
 #[cfg(all(
     target_arch = "x86_64",
-    target_feature = "avx512f",
-    target_feature = "avx512bw",
-    target_feature = "avx512vnni"
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
 ))]
 mod tiles;
 
@@ -88,20 +88,20 @@ pub enum CpuMatrix {
     Rows(RowMatrix),
     #[cfg(all(
         target_arch = "x86_64",
-        target_feature = "avx512f",
-        target_feature = "avx512bw",
-        target_feature = "avx512vnni"
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
     ))]
     Tiles(tiles::TiledMatrix),
 }
 
-/// Repacks a K-quant matrix into our AVX-512 VNNI tiles where they are built and the shape
+/// Repacks a K-quant matrix into our tiles (`tiles.rs`) where they are built and the shape
 /// tiles (rows a multiple of 16, columns of 256); `None` leaves it to the other kernels.
 #[cfg(all(
     target_arch = "x86_64",
-    target_feature = "avx512f",
-    target_feature = "avx512bw",
-    target_feature = "avx512vnni"
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
 ))]
 fn tiled(info: &TensorInfo, bytes: &[u8]) -> Option<Result<CpuMatrix>> {
     let format = match info.dtype {
@@ -121,9 +121,9 @@ fn tiled(info: &TensorInfo, bytes: &[u8]) -> Option<Result<CpuMatrix>> {
 
 #[cfg(not(all(
     target_arch = "x86_64",
-    target_feature = "avx512f",
-    target_feature = "avx512bw",
-    target_feature = "avx512vnni"
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
 )))]
 fn tiled(_info: &TensorInfo, _bytes: &[u8]) -> Option<Result<CpuMatrix>> {
     None
@@ -211,10 +211,10 @@ impl Backend for CpuBackend {
         )?))
     }
 
-    /// A Q6_K head (Mistral-shaped files) goes through our kernels: the AVX-512 tiles where they
-    /// are built (as the layers), else the AVX2 rows, two at a time: one row per decode step is
-    /// what it serves, where candle's kernel, repacked for prompts, takes one weight row at a
-    /// time. Without either, candle's.
+    /// A Q6_K head (Mistral-shaped files) goes through our kernels: the tiles (as the layers),
+    /// else, for a shape they cannot take, the AVX2 rows, two at a time: one row per decode step
+    /// is what it serves, where candle's kernel, repacked for prompts, takes one weight row at a
+    /// time. Without AVX2, candle's.
     fn load_head(&self, data: TensorData<'_>) -> Result<CpuMatrix> {
         let avx2 = cfg!(all(
             target_arch = "x86_64",
@@ -259,9 +259,9 @@ impl Backend for CpuBackend {
             CpuMatrix::Candle(w) => Ok(x.apply(w)?),
             #[cfg(all(
                 target_arch = "x86_64",
-                target_feature = "avx512f",
-                target_feature = "avx512bw",
-                target_feature = "avx512vnni"
+                target_feature = "avx2",
+                target_feature = "fma",
+                target_feature = "f16c"
             ))]
             CpuMatrix::Tiles(w) => {
                 let rows = x.dims()[0];
@@ -328,9 +328,9 @@ impl Backend for CpuBackend {
         let tokens = x.dims()[0];
         #[cfg(all(
             target_arch = "x86_64",
-            target_feature = "avx512f",
-            target_feature = "avx512bw",
-            target_feature = "avx512vnni"
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
         ))]
         {
             let group: Option<Vec<&tiles::TiledMatrix>> = ws

@@ -54,8 +54,8 @@ pub(super) fn for_each_rows_in_parallel(
         unsafe impl Sync for Output {}
         let rows = out.len() / row_len;
         let output = &Output(out.as_mut_ptr());
-        candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
-            // SAFETY: `execute_chunked` hands out disjoint ranges inside 0..rows, so each run of
+        for_each_in_parallel(rows, |range| {
+            // SAFETY: `for_each_in_parallel` hands out disjoint ranges inside 0..rows, so each run of
             // rows is written by one thread only, and it lies inside `out`
             // (range.end <= rows = out.len() / row_len).
             let run = unsafe {
@@ -70,8 +70,8 @@ pub(super) fn for_each_rows_in_parallel(
     }
 }
 
-/// Calls `f` on runs of `0..units` that together cover it once, the runs spread over the
-/// threads.
+/// Calls `f` on disjoint runs of `0..units` that together cover it once, the runs spread over
+/// the threads; returns when all are done.
 #[cfg(not(target_arch = "wasm32"))]
 pub(super) fn for_each_in_parallel(units: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
     candle_core::utils::barrier_pool().execute_chunked(units, f);

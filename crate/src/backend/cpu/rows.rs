@@ -7,8 +7,8 @@
 //! - Q8_0 in wasm: candle's simd128 kernel converts two f16 scales in software and widens the
 //!   same activations again for every weight row (it ran at less than half our Q4_1 kernel's speed
 //!   per weight). Natively candle's AVX kernels, repacked for prompts, are kept.
-//! - Q6_K natively with AVX2 where the AVX-512 tiles (`tiles.rs`) are not built, for the output
-//!   projection of Mistral-shaped files (see `CpuBackend::load_head`): two rows at a time,
+//! - Q6_K natively with AVX2, for an output projection of Mistral-shaped files that the tiles
+//!   (`tiles.rs`) cannot take (see `CpuBackend::load_head`): two rows at a time,
 //!   sharing the activations, where candle's kernel takes one (tiny Mistral's 131072 x 512 head
 //!   at 2 threads: 24.4 -> 27.0 GB/s).
 

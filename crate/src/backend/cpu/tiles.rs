@@ -1,21 +1,84 @@
 //! K-quant weight matrices repacked once at load into tiles of 16 rows × one 256-value
-//! super-block, multiplied with AVX-512 VNNI (`vpdpbusd`): one instruction takes four products
-//! for each of the 16 rows, so a tile's scales and minimums are vectors across its rows and no
-//! sum is ever reduced across lanes. The same tiles serve decode (one activation row) and
+//! super-block, multiplied with integer dot products across the 16 rows at once (AVX-512 VNNI's
+//! `vpdpbusd`, or AVX2's `vpmaddubsw`): a tile's scales and minimums are vectors across its rows
+//! and no sum is ever reduced across lanes. The same tiles serve decode (one activation row) and
 //! prompts (up to four activation rows per pass over a tile), so the GGUF blocks are not kept.
 //!
 //! Why ours and not candle's repacked kernels: candle's tiles widen every scale and minimum to
-//! f32 (3072 bytes per tile where the GGUF blocks take 2304: a third more to read per token),
-//! and its inner loop, sized at run time for up to four activation rows, ran at about half the
-//! memory bandwidth of one core on the 8B-shaped model's decode. Ours take 2368 bytes per Q4_K
-//! tile and 3392 per Q6_K tile (3360 in GGUF).
+//! f32 (3072 bytes per tile where the GGUF blocks take 2304: a third more to read per token) and
+//! keep the GGUF blocks beside them (the 8B-shaped model took 10.6 GB of memory, now 5.5), and its
+//! inner loop, sized at run time for up to four activation rows, ran at about half the memory
+//! bandwidth of one core on the 8B-shaped model's decode. Ours take 2368 bytes per Q4_K tile and
+//! 3392 per Q6_K tile (3360 in GGUF).
 //!
-//! Built only for x86-64 with AVX-512 F, BW and VNNI at compile time (`target-cpu=native`);
-//! elsewhere candle's kernels and ours in `rows.rs` run.
+//! Built for x86-64 with AVX2 and FMA at compile time (`target-cpu=native`), with the AVX-512
+//! kernels where AVX-512 F, BW and VNNI are too; elsewhere candle's kernels and ours in `rows.rs`
+//! run.
+
+use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
 
 use crate::error::{Error, Result};
 
+mod avx2;
+#[cfg(all(
+    target_feature = "avx512f",
+    target_feature = "avx512bw",
+    target_feature = "avx512vnni"
+))]
 mod avx512;
+
+/// The kernels a multiplication runs: the widest this build has, unless a test asks for another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernels {
+    // Constructed by AVX2-only builds, and by the tests everywhere.
+    #[cfg_attr(
+        all(
+            target_feature = "avx512f",
+            target_feature = "avx512bw",
+            target_feature = "avx512vnni"
+        ),
+        allow(dead_code)
+    )]
+    Avx2,
+    #[cfg(all(
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vnni"
+    ))]
+    Avx512,
+}
+
+impl Kernels {
+    #[cfg(all(
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vnni"
+    ))]
+    const WIDEST: Kernels = Kernels::Avx512;
+    #[cfg(not(all(
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vnni"
+    )))]
+    const WIDEST: Kernels = Kernels::Avx2;
+}
+
+/// How many tiles ahead of the one being multiplied the kernels ask for their bytes: the
+/// hardware prefetcher alone left the Q6_K kernel waiting on its loads (a tile's three parts are
+/// three interleaved streams).
+const PREFETCH_TILES: usize = 4;
+
+/// Asks for the cache lines of the tile `PREFETCH_TILES` after `tile` in memory (in this row
+/// tile or the next: the matrix's tiles are consecutive; past its end the hint is dropped).
+#[inline(always)]
+fn prefetch_ahead<T>(tile: &T) {
+    let size = std::mem::size_of::<T>();
+    let ahead = (tile as *const T as *const u8).wrapping_add(PREFETCH_TILES * size);
+    for offset in (0..size).step_by(64) {
+        // SAFETY: a prefetch is a hint; it reads nothing and never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(offset) as *const i8) };
+    }
+}
 
 /// Weight rows per tile: one 512-bit register of i32 or f32 lanes.
 pub const TILE_ROWS: usize = 16;
@@ -149,6 +212,15 @@ impl TiledMatrix {
 /// activations are quantized once and every tile of the group is shared out in one parallel
 /// pass, so a decode step wakes the worker threads once per group.
 pub fn matmul_many(matrices: &[&TiledMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    matmul_many_with(Kernels::WIDEST, matrices, x, m)
+}
+
+fn matmul_many_with(
+    kernels: Kernels,
+    matrices: &[&TiledMatrix],
+    x: &[f32],
+    m: usize,
+) -> Vec<Vec<f32>> {
     let Some(first) = matrices.first() else {
         return Vec::new();
     };
@@ -188,13 +260,22 @@ pub fn matmul_many(matrices: &[&TiledMatrix], x: &[f32], m: usize) -> Vec<Vec<f3
             };
             let tiles = tile_row * blocks_per_row..(tile_row + 1) * blocks_per_row;
             let mut sums = [[0f32; TILE_ROWS]; MAX_ACTIVATION_ROWS];
-            match &w.tiles {
-                Tiles::Q4K(all) => {
-                    avx512::q4k(&all[tiles], [act(0), act(1), act(2), act(3)], n, &mut sums)
-                }
-                Tiles::Q6K(all) => {
-                    avx512::q6k(&all[tiles], [act(0), act(1), act(2), act(3)], n, &mut sums)
-                }
+            let acts = [act(0), act(1), act(2), act(3)];
+            match (&w.tiles, kernels) {
+                (Tiles::Q4K(all), Kernels::Avx2) => avx2::q4k(&all[tiles], acts, n, &mut sums),
+                (Tiles::Q6K(all), Kernels::Avx2) => avx2::q6k(&all[tiles], acts, n, &mut sums),
+                #[cfg(all(
+                    target_feature = "avx512f",
+                    target_feature = "avx512bw",
+                    target_feature = "avx512vnni"
+                ))]
+                (Tiles::Q4K(all), Kernels::Avx512) => avx512::q4k(&all[tiles], acts, n, &mut sums),
+                #[cfg(all(
+                    target_feature = "avx512f",
+                    target_feature = "avx512bw",
+                    target_feature = "avx512vnni"
+                ))]
+                (Tiles::Q6K(all), Kernels::Avx512) => avx512::q6k(&all[tiles], acts, n, &mut sums),
             }
             for (k, row_sums) in sums[..n].iter().enumerate() {
                 let start = (first_row + k) * w.rows + tile_row * TILE_ROWS;
@@ -449,6 +530,21 @@ mod tests {
         out
     }
 
+    /// Every kernel set this build has.
+    const BUILT: &[Kernels] = &[
+        Kernels::Avx2,
+        #[cfg(all(
+            target_feature = "avx512f",
+            target_feature = "avx512bw",
+            target_feature = "avx512vnni"
+        ))]
+        Kernels::Avx512,
+    ];
+
+    fn matmul_with(kernels: Kernels, w: &TiledMatrix, x: &[f32], m: usize) -> Vec<f32> {
+        matmul_many_with(kernels, &[w], x, m).pop().unwrap()
+    }
+
     fn input(len: usize, seed: usize) -> Vec<f32> {
         (0..len)
             .map(|i| (((i + seed) * 37 % 101) as f32 - 50.0) / 25.0)
@@ -459,14 +555,17 @@ mod tests {
     /// rounding of the activations, bounded here by 1% of the sum of |terms|.
     #[test]
     fn matmul_matches_dequantized_product() {
-        for format in [TileFormat::Q4K, TileFormat::Q6K] {
-            for (rows, cols, m) in [(16, 256, 1), (48, 512, 1), (32, 1024, 3), (16, 768, 9)] {
+        let cases = [(16, 256, 1), (48, 512, 1), (32, 1024, 3), (16, 768, 9)];
+        for (format, kernels) in [TileFormat::Q4K, TileFormat::Q6K]
+            .into_iter()
+            .flat_map(|f| BUILT.iter().map(move |&k| (f, k)))
+        {
+            for (rows, cols, m) in cases {
                 let bytes = random_blocks(format, rows, cols, (rows * 31 + cols) as u32);
                 let w = dequantize(format, &bytes);
                 let x = input(m * cols, rows);
-                let got = TiledMatrix::from_gguf(format, &bytes, rows, cols)
-                    .unwrap()
-                    .matmul(&x, m);
+                let tiled = TiledMatrix::from_gguf(format, &bytes, rows, cols).unwrap();
+                let got = matmul_with(kernels, &tiled, &x, m);
                 for i in 0..m {
                     for j in 0..rows {
                         let terms =
@@ -476,7 +575,7 @@ mod tests {
                         let err = (got[i * rows + j] as f64 - exact).abs();
                         assert!(
                             err <= 0.01 * magnitude + 1e-4,
-                            "{format:?} {rows}x{cols} m={m} [{i},{j}]: {} vs {exact}",
+                            "{format:?} {kernels:?} {rows}x{cols} m={m} [{i},{j}]: {} vs {exact}",
                             got[i * rows + j]
                         );
                     }
@@ -494,14 +593,16 @@ mod tests {
             let bytes = random_blocks(format, rows, cols, 9);
             let w = TiledMatrix::from_gguf(format, &bytes, rows, cols).unwrap();
             let x = input(m * cols, 3);
-            let batched = w.matmul(&x, m);
-            for i in 0..m {
-                let single = w.matmul(&x[i * cols..(i + 1) * cols], 1);
-                assert_eq!(
-                    &batched[i * rows..(i + 1) * rows],
-                    &single[..],
-                    "{format:?} row {i}"
-                );
+            for &kernels in BUILT {
+                let batched = matmul_with(kernels, &w, &x, m);
+                for i in 0..m {
+                    let single = matmul_with(kernels, &w, &x[i * cols..(i + 1) * cols], 1);
+                    assert_eq!(
+                        &batched[i * rows..(i + 1) * rows],
+                        &single[..],
+                        "{format:?} {kernels:?} row {i}"
+                    );
+                }
             }
         }
     }
@@ -529,6 +630,25 @@ mod tests {
             let grouped = matmul_many(&refs, &x, m);
             for (w, got) in parts.iter().zip(&grouped) {
                 assert_eq!(got, &w.matmul(&x, m));
+            }
+        }
+    }
+
+    /// The kernel sets add the same integers and round the same floats in the same order.
+    #[test]
+    fn every_kernel_set_gives_the_same_products() {
+        let (rows, cols, m) = (48, 768, 6);
+        for format in [TileFormat::Q4K, TileFormat::Q6K] {
+            let bytes = random_blocks(format, rows, cols, 21);
+            let w = TiledMatrix::from_gguf(format, &bytes, rows, cols).unwrap();
+            let x = input(m * cols, 5);
+            let widest = matmul_with(Kernels::WIDEST, &w, &x, m);
+            for &kernels in BUILT {
+                assert_eq!(
+                    matmul_with(kernels, &w, &x, m),
+                    widest,
+                    "{format:?} {kernels:?}"
+                );
             }
         }
     }

@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{ActivationBlock, TileQ4K, TileQ6K, MAX_ACTIVATION_ROWS, TILE_ROWS};
+use super::{prefetch_ahead, ActivationBlock, TileQ4K, TileQ6K, MAX_ACTIVATION_ROWS, TILE_ROWS};
 
 /// The 16 rows of a row tile (`tiles`, one per super-block) times the first `rows` of `acts`,
 /// into `sums[k]` for activation row k.
@@ -61,23 +61,6 @@ fn broadcast_pair(sums: &[i16], pair: usize) -> __m512i {
         sums[2 * pair + 1] as u16 as u32,
     );
     _mm512_set1_epi32((a | (b << 16)) as i32)
-}
-
-/// How many tiles ahead of the one being multiplied the kernels ask for their bytes: the
-/// hardware prefetcher alone left the Q6_K kernel waiting on its loads (a tile's three parts are
-/// three interleaved streams).
-const PREFETCH_TILES: usize = 4;
-
-/// Asks for the cache lines of the tile `PREFETCH_TILES` after `tile` in memory (in this row
-/// tile or the next: the matrix's tiles are consecutive; past its end the hint is dropped).
-#[inline(always)]
-fn prefetch_ahead<T>(tile: &T) {
-    let size = std::mem::size_of::<T>();
-    let ahead = (tile as *const T as *const u8).wrapping_add(PREFETCH_TILES * size);
-    for offset in (0..size).step_by(64) {
-        // SAFETY: a prefetch is a hint; it reads nothing and never faults.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(offset) as *const i8) };
-    }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
