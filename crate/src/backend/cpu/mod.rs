@@ -9,6 +9,8 @@ use candle_core::{Device, Tensor};
 mod attention;
 mod parallel;
 mod rows;
+#[cfg(test)]
+mod test_blocks;
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",

@@ -500,15 +500,10 @@ fn dot_q6_k_pair(w0: &[u8], w1: &[u8], act: &[SuperBlockQ8]) -> [f32; 2] {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_blocks::{
+        assert_matches_dequantized, dequantize_q6_k, random_bytes, random_q6_k,
+    };
     use super::*;
-
-    fn random_bytes(seed: u32) -> impl FnMut() -> u8 {
-        let mut state = seed;
-        move || {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (state >> 8) as u8
-        }
-    }
 
     fn random_q4_1(rows: usize, cols: usize, seed: u32) -> Vec<u8> {
         let mut next = random_bytes(seed);
@@ -535,19 +530,6 @@ mod tests {
         bytes
     }
 
-    fn random_q6_k(rows: usize, cols: usize, seed: u32) -> Vec<u8> {
-        let mut next = random_bytes(seed);
-        let mut bytes = Vec::new();
-        for _ in 0..rows * cols / SUPER_BLOCK {
-            // Any bits for the values; scales over the whole i8 range, -128 included.
-            bytes.extend((0..192).map(|_| next()));
-            bytes.extend((0..16).map(|i| if i == 5 { 0x80 } else { next() }));
-            let d = f16::from_f32(0.0001 + next() as f32 / 500_000.0);
-            bytes.extend_from_slice(&d.to_le_bytes());
-        }
-        bytes
-    }
-
     fn random(format: RowFormat, rows: usize, cols: usize, seed: u32) -> Vec<u8> {
         match format {
             RowFormat::Q4_1 => random_q4_1(rows, cols, seed),
@@ -570,29 +552,8 @@ mod tests {
                     let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
                     out.extend(block[2..].iter().map(|&q| d * q as i8 as f32));
                 }
-                // Written from GGUF's layout (ggml's dequantize_row_q6_K), not from our kernel's
-                // `q6_k_value`: element 128n + 32j + l of each half n.
-                RowFormat::Q6K => {
-                    let d = f16::from_le_bytes([block[208], block[209]]).to_f32();
-                    for n in 0..2 {
-                        let (ql, qh) = (&block[64 * n..], &block[128 + 32 * n..]);
-                        let scale = |i: usize| f32::from(block[192 + 8 * n + i] as i8);
-                        let mut half = [0f32; 128];
-                        for l in 0..32 {
-                            let is = l / 16;
-                            let q = [
-                                (ql[l] & 0xF) | ((qh[l] & 3) << 4),
-                                (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4),
-                                (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
-                                (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
-                            ];
-                            for (j, q) in q.into_iter().enumerate() {
-                                half[32 * j + l] = d * scale(is + 2 * j) * (q as f32 - 32.0);
-                            }
-                        }
-                        out.extend(half);
-                    }
-                }
+                // Written from GGUF's layout, not from our kernel's `q6_k_value`.
+                RowFormat::Q6K => out.extend(dequantize_q6_k(block)),
             }
         }
         out
@@ -619,20 +580,7 @@ mod tests {
                 let got = RowMatrix::new(format, bytes.clone(), rows, cols)
                     .unwrap()
                     .matmul(&x, m);
-                for i in 0..m {
-                    for j in 0..rows {
-                        let terms =
-                            (0..cols).map(|c| w[j * cols + c] as f64 * x[i * cols + c] as f64);
-                        let exact: f64 = terms.clone().sum();
-                        let magnitude: f64 = terms.map(f64::abs).sum();
-                        let err = (got[i * rows + j] as f64 - exact).abs();
-                        assert!(
-                            err <= 0.01 * magnitude + 1e-4,
-                            "{format:?} {rows}x{cols} m={m} [{i},{j}]: {} vs {exact}",
-                            got[i * rows + j]
-                        );
-                    }
-                }
+                assert_matches_dequantized(&format!("{format:?}"), &got, &w, &x, rows);
             }
         }
     }

@@ -441,6 +441,9 @@ fn tile_q6k<'a>(block: impl Fn(usize) -> &'a [u8]) -> TileQ6K {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_blocks::{
+        assert_matches_dequantized, dequantize_q6_k, random_bytes, random_q6_k,
+    };
     use super::*;
     use half::f16;
 
@@ -448,34 +451,19 @@ mod tests {
         f16::from_bits(bits).to_f32()
     }
 
-    fn random_bytes(seed: u32) -> impl FnMut() -> u8 {
-        let mut state = seed;
-        move || {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (state >> 8) as u8
-        }
-    }
-
     fn random_blocks(format: TileFormat, rows: usize, cols: usize, seed: u32) -> Vec<u8> {
+        if format == TileFormat::Q6K {
+            return random_q6_k(rows, cols, seed);
+        }
         let mut next = random_bytes(seed);
         let mut bytes = Vec::new();
         for _ in 0..rows * cols / SUPER_BLOCK {
             let d = f16::from_f32(0.0001 + next() as f32 / 500_000.0);
-            match format {
-                TileFormat::Q4K => {
-                    let dmin = f16::from_f32(0.0001 + next() as f32 / 700_000.0);
-                    bytes.extend_from_slice(&d.to_le_bytes());
-                    bytes.extend_from_slice(&dmin.to_le_bytes());
-                    // Any bits: every 6-bit scale and minimum up to 63.
-                    bytes.extend((0..140).map(|_| next()));
-                }
-                TileFormat::Q6K => {
-                    bytes.extend((0..192).map(|_| next()));
-                    // Scales over the whole i8 range, -128 included.
-                    bytes.extend((0..16).map(|i| if i == 5 { 0x80 } else { next() }));
-                    bytes.extend_from_slice(&d.to_le_bytes());
-                }
-            }
+            let dmin = f16::from_f32(0.0001 + next() as f32 / 700_000.0);
+            bytes.extend_from_slice(&d.to_le_bytes());
+            bytes.extend_from_slice(&dmin.to_le_bytes());
+            // Any bits: every 6-bit scale and minimum up to 63.
+            bytes.extend((0..140).map(|_| next()));
         }
         bytes
     }
@@ -483,48 +471,26 @@ mod tests {
     /// Written from ggml's `dequantize_row_q4_K` and `dequantize_row_q6_K` on the GGUF bytes,
     /// not from the repacking above.
     fn dequantize(format: TileFormat, bytes: &[u8]) -> Vec<f32> {
+        if format == TileFormat::Q6K {
+            return dequantize_q6_k(bytes);
+        }
         let mut out = Vec::new();
         for b in bytes.chunks_exact(format.gguf_block_bytes()) {
-            match format {
-                TileFormat::Q4K => {
-                    let d = f32_of(f16_bits(&b[0..2]));
-                    let dmin = f32_of(f16_bits(&b[2..4]));
-                    let scales = &b[4..16];
-                    for c in 0..4 {
-                        let q = &b[16 + 32 * c..48 + 32 * c];
-                        let (s0, m0) = q4k_scale_min(2 * c, scales);
-                        let (s1, m1) = q4k_scale_min(2 * c + 1, scales);
-                        out.extend(
-                            q.iter()
-                                .map(|&v| d * s0 as f32 * (v & 0x0F) as f32 - dmin * m0 as f32),
-                        );
-                        out.extend(
-                            q.iter()
-                                .map(|&v| d * s1 as f32 * (v >> 4) as f32 - dmin * m1 as f32),
-                        );
-                    }
-                }
-                TileFormat::Q6K => {
-                    let d = f32_of(f16_bits(&b[208..210]));
-                    for n in 0..2 {
-                        let (ql, qh) = (&b[64 * n..], &b[128 + 32 * n..]);
-                        let scale = |i: usize| f32::from(b[192 + 8 * n + i] as i8);
-                        let mut half = [0f32; 128];
-                        for l in 0..32 {
-                            let is = l / 16;
-                            let q = [
-                                (ql[l] & 0xF) | ((qh[l] & 3) << 4),
-                                (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4),
-                                (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
-                                (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
-                            ];
-                            for (j, q) in q.into_iter().enumerate() {
-                                half[32 * j + l] = d * scale(is + 2 * j) * (q as f32 - 32.0);
-                            }
-                        }
-                        out.extend(half);
-                    }
-                }
+            let d = f32_of(f16_bits(&b[0..2]));
+            let dmin = f32_of(f16_bits(&b[2..4]));
+            let scales = &b[4..16];
+            for c in 0..4 {
+                let q = &b[16 + 32 * c..48 + 32 * c];
+                let (s0, m0) = q4k_scale_min(2 * c, scales);
+                let (s1, m1) = q4k_scale_min(2 * c + 1, scales);
+                out.extend(
+                    q.iter()
+                        .map(|&v| d * s0 as f32 * (v & 0x0F) as f32 - dmin * m0 as f32),
+                );
+                out.extend(
+                    q.iter()
+                        .map(|&v| d * s1 as f32 * (v >> 4) as f32 - dmin * m1 as f32),
+                );
             }
         }
         out
@@ -551,8 +517,8 @@ mod tests {
             .collect()
     }
 
-    /// Against an f64 product of the dequantized GGUF blocks: the only error is the 8-bit
-    /// rounding of the activations, bounded here by 1% of the sum of |terms|.
+    /// Against an f64 product of the dequantized GGUF blocks, within 1% of the sum of |terms|
+    /// (see `assert_matches_dequantized`).
     #[test]
     fn matmul_matches_dequantized_product() {
         let cases = [(16, 256, 1), (48, 512, 1), (32, 1024, 3), (16, 768, 9)];
@@ -566,20 +532,7 @@ mod tests {
                 let x = input(m * cols, rows);
                 let tiled = TiledMatrix::from_gguf(format, &bytes, rows, cols).unwrap();
                 let got = matmul_with(kernels, &tiled, &x, m);
-                for i in 0..m {
-                    for j in 0..rows {
-                        let terms =
-                            (0..cols).map(|c| w[j * cols + c] as f64 * x[i * cols + c] as f64);
-                        let exact: f64 = terms.clone().sum();
-                        let magnitude: f64 = terms.map(f64::abs).sum();
-                        let err = (got[i * rows + j] as f64 - exact).abs();
-                        assert!(
-                            err <= 0.01 * magnitude + 1e-4,
-                            "{format:?} {kernels:?} {rows}x{cols} m={m} [{i},{j}]: {} vs {exact}",
-                            got[i * rows + j]
-                        );
-                    }
-                }
+                assert_matches_dequantized(&format!("{format:?} {kernels:?}"), &got, &w, &x, rows);
             }
         }
     }
