@@ -122,8 +122,9 @@ export class Engine {
     if (model == null && fallback?.mode !== 'hosted-only') {
       throw new EdgechatError('invalid_options', 'createEngine needs a `model`: a URL, a File or Blob, or "cache:<id>"');
     }
-    if (stallTimeoutMs != null && !(Number.isFinite(stallTimeoutMs) && stallTimeoutMs > 0)) {
-      throw new EdgechatError('invalid_options', '`stallTimeoutMs` must be a positive number of milliseconds');
+    // setTimeout takes at most 2^31 - 1 ms (about 24.8 days); a longer delay fires at once.
+    if (stallTimeoutMs != null && !(Number.isFinite(stallTimeoutMs) && stallTimeoutMs > 0 && stallTimeoutMs <= 2 ** 31 - 1)) {
+      throw new EdgechatError('invalid_options', '`stallTimeoutMs` must be a number of milliseconds above 0 and at most 2147483647');
     }
     // A relative URL means the page's, not the worker script's.
     if (typeof model === 'string' && !model.startsWith('cache:')) model = new URL(model, globalThis.document?.baseURI ?? location.href).href;

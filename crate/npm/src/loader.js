@@ -273,6 +273,12 @@ async function download({ url, meta, file, metaFile, progress, signal, stallMs }
 
 async function downloadFrom(probe, { url, meta, file, metaFile, progress, signal, stallMs, guard }) {
   const ranged = probe.status === 206;
+  if (ranged) {
+    // The ranges are fetched anew below: the probe's one byte is not read.
+    await probe.body?.cancel().catch(() => {});
+    guard.done();
+    throwIfAborted(signal);
+  }
   let size = null;
   if (ranged) {
     const total = /\/(\d+)\s*$/.exec(probe.headers.get('content-range') ?? '');
@@ -318,8 +324,6 @@ async function downloadFrom(probe, { url, meta, file, metaFile, progress, signal
     file.access.flush();
     return { ...meta, size: written, done: [] };
   }
-  await probe.body?.cancel();
-  guard.done();
   if (size == null) throw new EdgechatError('download_failed', `${url}: the server did not say the file's size (Content-Range)`);
   if (file.access.getSize() !== size) file.access.truncate(size);
 
@@ -380,9 +384,11 @@ async function checkQuota(size, stored) {
   }
 }
 
-async function fetchWithRetries(url, init, signal) {
+// With a stall `guard`, its timer counts from each attempt (not through the backoff between them).
+async function fetchWithRetries(url, init, signal, guard = null) {
   for (let attempt = 0; ; attempt++) {
     throwIfAborted(signal);
+    guard?.arm();
     let response;
     try {
       response = await fetch(url, { ...init, cache: 'no-store', signal });
@@ -432,9 +438,9 @@ function stallGuard(signal, stallMs) {
 async function probeFile(url, signal, stallMs) {
   for (let stalls = 0; ; stalls++) {
     const guard = stallGuard(signal, stallMs);
-    guard.arm();
     try {
-      const response = await fetchWithRetries(url, { headers: { Range: 'bytes=0-0' } }, guard.signal);
+      const response = await fetchWithRetries(url, { headers: { Range: 'bytes=0-0' } }, guard.signal, guard);
+      guard.arm(); // from here the timer waits for the body
       return { response, guard };
     } catch (e) {
       guard.done();
@@ -456,8 +462,7 @@ async function fetchRange(url, start, end, size, signal, stallMs, write) {
   while (at < end) {
     const guard = stallGuard(signal, stallMs);
     try {
-      guard.arm();
-      const response = await fetchWithRetries(url, { headers: { Range: `bytes=${at}-${end - 1}` } }, guard.signal);
+      const response = await fetchWithRetries(url, { headers: { Range: `bytes=${at}-${end - 1}` } }, guard.signal, guard);
       if (response.status !== 206) {
         await response.body?.cancel();
         throw new EdgechatError('download_failed', `GET ${url}: the server stopped serving byte ranges (HTTP ${response.status})`);
