@@ -81,8 +81,9 @@ export async function startRouter({ allowOrigin, build = true, withRestartModel 
   if (build) execFileSync(join(repo, 'scripts/worker'), ['build'], { stdio: ['ignore', 'ignore', 'inherit'] });
   const state = mkdtempSync(join(tmpdir(), 'edgechat-router-'));
   const children = [];
-  const cutStream = withRestartModel ? await startCutStreamProvider() : null;
+  let cutStream = null;
   try {
+    if (withRestartModel) cutStream = await startCutStreamProvider();
     // The provider: edgechat serve on SmolLM2, on a port of its own so it can be restarted.
     const enginePort = await freePort();
     let engine = null;
